@@ -1,0 +1,29 @@
+# Two commands work on a fresh machine: `make demo` and `make test` (both run setup first when needed).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-stamp
+
+.PHONY: setup test lint bench clean help
+.DEFAULT_GOAL := help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	@touch $@
+
+setup: $(STAMP)  ## create .venv (torch first, then the project); idempotent
+
+test: $(STAMP)  ## run the whole test suite
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff
+	$(PY) -m ruff check .
+
+bench: $(STAMP)  ## run the benchmarks and print their tables (see BENCHMARKS.md)
+	$(PY) -m bench.search
+
+clean:  ## remove caches (keeps .venv and runs/)
+	find . -name __pycache__ -prune -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache .hypothesis

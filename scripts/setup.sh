@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Idempotent set-up of .venv on a fresh machine (make setup).
+# 1. system packages FFCV needs to build (apt-get when root on Debian, else a clear message);
+# 2. torch==2.13.0 first, so that no later package pulls a CUDA build;
+# 3. the project with its dependencies (editable) and the dev tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+SYSTEM_PKGS=(libopencv-dev libturbojpeg0-dev pkg-config)
+
+missing=()
+for p in "${SYSTEM_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo ">> apt-get install ${missing[*]} (needed to build FFCV)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "ERROR: FFCV needs the system packages: ${missing[*]}" >&2
+    echo "  Debian/Ubuntu: sudo apt-get install ${missing[*]}" >&2
+    echo "  conda: conda env create -f environment.yml (brings opencv, libjpeg-turbo, pkg-config)" >&2
+    exit 1
+  fi
+fi
+
+[[ -x $VENV/bin/python ]] || { echo ">> creating $VENV"; "$PY" -m venv "$VENV"; }
+pip=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  echo ">> installing $TORCH_SPEC first"
+  "${pip[@]}" install "$TORCH_SPEC"
+fi
+# numpy, cython and setuptools must be present to build ffcv from source without build isolation
+"${pip[@]}" install "numpy>=1.26" cython setuptools wheel pkgconfig
+echo ">> installing the project and its dependencies"
+"${pip[@]}" install --no-build-isolation -e ".[dev]"
+"$VENV/bin/python" - <<'PY'
+import torch, ffcv, webdataset, constriction, nws  # noqa: F401 — fail here, not in the tests
+print(f">> setup ok: torch {torch.__version__}, ffcv {ffcv.__version__}")
+PY
