@@ -1,0 +1,122 @@
+"""Pool distillation (seed 004_ Eq. 3/4, §4.2): during pretraining every pool kernel moves toward the temporary
+kernels currently assigned to it.
+
+Eq. 4 minimises ||sg[W] - NWS(W; M)||² over the pool. As in VQ-VAE and the official code (notes §1.1) this is done
+by an exponential moving average rather than by gradient: per pool kernel j,
+    N_j <- d N_j + (1 - d) n_j,     m_j <- d m_j + (1 - d) Σ_{w assigned to j} w,     M_j = m_j / N_j (smoothed),
+with decay d = 0.99 and n_j the number of temporary kernels assigned to j in the step.
+
+Two fixes over the official code: N starts at 1 (not 0), so kernels that are not chosen at the first step stay where
+they are instead of being blown up to ~1e5 × their scale; and pool kernels that stay unused ("dead") are restarted
+on randomly chosen temporary kernels, which the official code never does. Under torch.distributed the per-step
+counts and sums are all-reduced, so every rank holds the same pools.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from nws.convert import nws_layers
+from nws.layers import NWSLayer
+
+
+@dataclass
+class _LayerState:
+    cluster_size: torch.Tensor  # N_j, EMA of the assignment counts
+    embed_sum: torch.Tensor  # m_j, EMA of the sums of assigned kernels
+    counts: torch.Tensor  # n_j accumulated since the last step
+    sums: torch.Tensor
+
+
+class PoolDistiller:
+    """Attaches to every NWS layer of `model` (switching them to `distill` mode) and updates the pools on `step()`,
+    which the training loop calls once per optimizer step."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.99, eps: float = 1e-5, restart_every: int = 100,
+                 dead_usage: float = 1e-2, seed: int = 0):
+        self.decay, self.eps = decay, eps
+        self.restart_every, self.dead_usage, self.seed = restart_every, dead_usage, seed
+        self.layers: dict[str, NWSLayer] = dict(nws_layers(model))
+        self.names = {id(layer): name for name, layer in self.layers.items()}
+        self.state: dict[str, _LayerState] = {}
+        self.restarts = {name: 0 for name in self.layers}
+        self.steps = 0
+        for name, layer in self.layers.items():
+            pool = layer.pool
+            self.state[name] = _LayerState(
+                cluster_size=torch.ones(pool.shape[0], device=pool.device),
+                embed_sum=pool.detach().clone().float(),
+                counts=torch.zeros(pool.shape[0], device=pool.device),
+                sums=torch.zeros_like(pool, dtype=torch.float32),
+            )
+            layer.set_mode("distill")
+            layer.distill_hook = self._accumulate
+
+    def detach(self):
+        for layer in self.layers.values():
+            layer.distill_hook = None
+
+    @torch.no_grad()
+    def _accumulate(self, layer: NWSLayer, flat: torch.Tensor, idx: torch.Tensor):
+        st = self.state[self.names[id(layer)]]
+        st.counts += torch.bincount(idx, minlength=st.counts.numel()).to(st.counts.dtype)
+        st.sums.index_add_(0, idx, flat.float())
+
+    @torch.no_grad()
+    def step(self) -> dict[str, int]:
+        """Apply the EMA update of Eq. 4 to every pool; returns the dead-kernel restarts of this step per layer."""
+        self.steps += 1
+        restarted = {}
+        for name, layer in self.layers.items():
+            st = self.state[name]
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(st.counts)
+                dist.all_reduce(st.sums)
+            if st.counts.sum() == 0:  # no forward since the last step
+                continue
+            st.cluster_size.mul_(self.decay).add_(st.counts, alpha=1 - self.decay)
+            st.embed_sum.mul_(self.decay).add_(st.sums, alpha=1 - self.decay)
+            total = st.cluster_size.sum()
+            smoothed = (st.cluster_size + self.eps) / (total + st.cluster_size.numel() * self.eps) * total
+            layer.pool.copy_(st.embed_sum / smoothed.unsqueeze(1))
+            restarted[name] = self._restart_dead(name, layer, st) if self.steps % self.restart_every == 0 else 0
+            st.counts.zero_()
+            st.sums.zero_()
+        return restarted
+
+    def _restart_dead(self, name: str, layer: NWSLayer, st: _LayerState) -> int:
+        dead = (st.cluster_size < self.dead_usage).nonzero().flatten()
+        if dead.numel() == 0:
+            return 0
+        flat = layer.flat_weight().detach().float()
+        # the same generator state on every rank (and W is replicated), so all ranks restart identically
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
+        picks = torch.randint(flat.shape[0], (dead.numel(),), generator=gen).to(flat.device)
+        layer.pool[dead] = flat[picks]
+        st.embed_sum[dead] = flat[picks]
+        st.cluster_size[dead] = 1.0
+        self.restarts[name] += dead.numel()
+        return int(dead.numel())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors only (safetensors-ready): EMA state per layer, restart counts and the step counter."""
+        out = {"steps": torch.tensor(self.steps)}
+        for name, st in self.state.items():
+            out[f"{name}.cluster_size"] = st.cluster_size.detach().cpu().clone()
+            out[f"{name}.embed_sum"] = st.embed_sum.detach().cpu().clone()
+            out[f"{name}.restarts"] = torch.tensor(self.restarts[name])
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]):
+        self.steps = int(state["steps"])
+        for name, st in self.state.items():
+            for key in ("cluster_size", "embed_sum"):
+                value = state.get(f"{name}.{key}")
+                if value is None or value.shape != getattr(st, key).shape:
+                    raise ValueError(f"distiller state for layer {name!r} is missing or has the wrong shape ({key})")
+                getattr(st, key).copy_(value)
+            self.restarts[name] = int(state[f"{name}.restarts"])

@@ -1,0 +1,72 @@
+"""A task artifact rebuilds the identical task model from its files alone, and refuses corruption."""
+
+import pytest
+import torch
+
+import nws
+from nws.artifact import ArtifactError, load_task, read_manifest, save_task
+
+
+def _trained_like_task_model(seed=0):
+    torch.manual_seed(seed)
+    snet = nws.convert(nws.models.resnet18(num_classes=3, stem="cifar", width=0.125), pool_size=32,
+                       pool_init="kmeans", seed=seed)
+    snet.train()
+    with torch.no_grad():
+        for _ in range(3):  # BatchNorm statistics that differ from their initial values
+            snet(torch.randn(8, 3, 16, 16) * 2 + 0.5)
+    return snet
+
+
+@pytest.mark.parametrize("mode", ["packed", "entropy", "smallest"])
+def test_round_trip_gives_identical_predictions(tmp_path, mode):
+    snet = _trained_like_task_model()
+    snet.eval()
+    x = torch.randn(5, 3, 16, 16)
+    expected = snet(x)
+    manifest = save_task(tmp_path / "task0", snet, codec_mode=mode, meta={"task": "t0"})
+    assert manifest["kernels"] == sum(layer.num_groups for _, layer in nws.nws_layers(snet))
+
+    fresh = nws.convert(nws.models.resnet18(num_classes=3, stem="cifar", width=0.125), pool_size=32, seed=9)
+    nws.load_pools(fresh, nws.export_pools(snet))  # the shared pools, stored once elsewhere
+    load_task(tmp_path / "task0", fresh)
+    fresh.eval()
+    assert torch.equal(fresh(x), expected)
+    plain = nws.materialize(fresh).eval()
+    torch.testing.assert_close(plain(x), expected)
+
+
+def test_delta_artifact_needs_the_previous_task(tmp_path):
+    snet = _trained_like_task_model()
+    prev = nws.export_indices(snet)
+    with torch.no_grad():  # a next task that changes a few kernels
+        layer = dict(nws.nws_layers(snet))["layer1.0.conv1"]
+        layer.weight.view(-1, 9)[:10] = layer.pool[3]
+    save_task(tmp_path / "t1", snet, codec_mode="delta", prev=prev)
+    cur = nws.export_indices(snet)
+    decoded = nws.artifact.read_indices(tmp_path / "t1", prev=prev)
+    assert all(torch.equal(decoded[k], cur[k]) for k in cur)
+    with pytest.raises(ValueError):
+        nws.artifact.read_indices(tmp_path / "t1", prev=None)
+
+
+@pytest.mark.parametrize("victim", ["indices.bin", "state.safetensors"])
+def test_corrupted_artifact_is_refused(tmp_path, victim):
+    snet = _trained_like_task_model()
+    save_task(tmp_path / "t", snet, codec_mode="packed")
+    path = tmp_path / "t" / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"{victim}: checksum mismatch"):
+        load_task(tmp_path / "t", snet)
+    (tmp_path / "t" / victim).unlink()
+    with pytest.raises(ArtifactError, match="missing file"):
+        read_manifest(tmp_path / "t")
+
+
+def test_artifact_for_another_network_is_refused(tmp_path):
+    save_task(tmp_path / "t", _trained_like_task_model(), codec_mode="packed")
+    other = nws.convert(nws.models.resnet18(num_classes=3, stem="cifar", width=0.125), pool_size=64, seed=0)
+    with pytest.raises(ArtifactError, match="pools"):
+        load_task(tmp_path / "t", other)

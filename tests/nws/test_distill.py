@@ -1,0 +1,74 @@
+"""Pool distillation (Eq. 3/4): pools move toward their temporary kernels, dead kernels restart, no blow-up."""
+
+import torch
+from torch import nn
+
+import nws
+
+
+def _layer_and_distiller(pool_size=16, restart_every=100, seed=0, decay=0.99):
+    torch.manual_seed(seed)
+    snet = nws.convert(nn.Sequential(nn.Conv2d(8, 8, 3, bias=False)), pool_size=pool_size, seed=seed)
+    return snet, nws.PoolDistiller(snet, restart_every=restart_every, seed=seed, decay=decay)
+
+
+def test_pool_kernels_move_toward_the_mean_of_their_assigned_kernels():
+    snet, distiller = _layer_and_distiller()
+    layer = snet[0]
+    assert layer.mode == "distill"
+    snet(torch.randn(2, 8, 5, 5))
+    idx = layer.indices.clone()
+    flat = layer.flat_weight().detach()
+    before = layer.pool.clone()
+    distiller.step()
+    for j in idx.unique()[:5]:
+        target = flat[idx == j].mean(0)
+        assert torch.dist(layer.pool[j], target) < torch.dist(before[j], target)
+    unused = [j for j in range(16) if j not in set(idx.tolist())]
+    assert unused, "the test needs a pool kernel nobody chose"
+    # the official EMA (cluster size starting at 0) multiplies unchosen kernels by ~1e5; ours leaves them in place
+    for j in unused:
+        assert torch.dist(layer.pool[j], before[j]) < 0.05 * before[j].norm()
+
+
+def test_many_steps_converge_and_the_search_term_is_not_zero():
+    snet, distiller = _layer_and_distiller(restart_every=10, decay=0.9)  # unused kernels die within ~50 steps
+    layer = snet[0]
+    opt = torch.optim.SGD(snet.parameters(), lr=0.0)  # W fixed: the pools alone must converge onto it
+    first = None
+    for _ in range(300):
+        snet(torch.randn(1, 8, 5, 5))
+        loss = nws.search_loss(snet)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        distiller.step()
+    assert first > 0 and float(loss.detach()) < first  # the Eq. 2 term is live in distill mode and falls
+    err = nws.pools.quantisation_error(layer.flat_weight(), layer.pool)
+    start = nws.pools.quantisation_error(layer.flat_weight(), torch.randn(16, 9))
+    assert err < 0.1 * start
+    assert sum(distiller.restarts.values()) > 0  # N(0,1) pool kernels far from the kaiming-scale W were restarted
+    used = layer.indices.unique().numel()
+    assert used >= 12  # restarts bring dead kernels back into use
+
+
+def test_state_dict_round_trip_resumes_identically():
+    snet_a, dist_a = _layer_and_distiller(seed=3, restart_every=5)
+    x = [torch.randn(1, 8, 5, 5) for _ in range(12)]
+    for xi in x[:6]:
+        snet_a(xi)
+        dist_a.step()
+    state, model_state = dist_a.state_dict(), {k: v.clone() for k, v in snet_a.state_dict().items()}
+    for xi in x[6:]:
+        snet_a(xi)
+        dist_a.step()
+
+    snet_b, dist_b = _layer_and_distiller(seed=3, restart_every=5)
+    snet_b.load_state_dict(model_state)
+    dist_b.load_state_dict(state)
+    for xi in x[6:]:
+        snet_b(xi)
+        dist_b.step()
+    assert torch.equal(snet_a[0].pool, snet_b[0].pool)
+    assert dist_a.restarts == dist_b.restarts
