@@ -1,0 +1,138 @@
+"""Experiment configs: YAML validated by pydantic schemas, with `key.sub=value` overrides from the command line.
+
+Every stage owns the schema of its section (a pydantic model with `extra="forbid"`), so an unknown or mistyped key
+stops with an error that names it and lists the valid keys. The resolved config is what gets saved next to the
+outputs, hashed for caching, and logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ModelConfig(Section):
+    """The network every stage builds (nws.models)."""
+
+    arch: str = "resnet18"
+    stem: str = "nws"  # imagenet | nws | cifar (ResNets); cifar/imagenet for mobilenet_v2
+    width: float = Field(1.0, gt=0)
+    pool_size: int = Field(512, ge=2)  # n: kernels per layer-wise pool (seed 004_ §4.3)
+    linear_group_size: int = Field(1, ge=1)  # scalars per group in Linear layers (appendix §1)
+
+    def build(self, num_classes: int):
+        import nws
+
+        kwargs: dict[str, Any] = {"num_classes": num_classes, "width": self.width}
+        if self.arch.startswith("resnet") or self.arch == "mobilenet_v2":
+            kwargs["stem"] = self.stem
+        return nws.models.build(self.arch, **kwargs)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file, the key and what was expected."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], value parsed as YAML, so numbers, booleans and lists work)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return raw
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def validate(schema: type[M], raw: dict, source: str = "config") -> M:
+    """`schema(**raw)`, with pydantic's errors turned into one readable ConfigError."""
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(schema, err) for err in e.errors())) from None
+
+
+def _describe(schema: type[BaseModel], err: dict) -> str:
+    loc = [str(p) for p in err["loc"]]
+    where = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        valid = sorted(_fields_at(schema, loc[:-1]))
+        return f"unknown key {where!r}; valid keys here: {', '.join(valid)}"
+    return f"{where}: {err['msg']}"
+
+
+def _fields_at(schema: type[BaseModel], loc: list[str]) -> list[str]:
+    model: Any = schema
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def load_config(schema: type[M], path: str | Path, overrides: list[str] | None = None) -> M:
+    return validate(schema, apply_overrides(load_yaml(path), overrides or []), source=str(path))
+
+
+def resolved(cfg: BaseModel) -> dict:
+    """The resolved config as plain data (defaults filled in): saved next to outputs and logged."""
+    return cfg.model_dump(mode="json")
+
+
+def config_hash(cfg: BaseModel | dict) -> str:
+    data = resolved(cfg) if isinstance(cfg, BaseModel) else cfg
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def experiment_schema():
+    """The whole experiment file: one section per stage (each stage package owns its section's schema)."""
+    from data_prep.config import DataConfig
+    from incremental.config import IncrementalConfig
+    from pretrain.config import PretrainConfig
+
+    class Experiment(Section):
+        name: str = "experiment"
+        seeds: list[int] = Field(default_factory=lambda: [0])
+        data: DataConfig = Field(default_factory=DataConfig)
+        model: ModelConfig = Field(default_factory=ModelConfig)
+        pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+        incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)
+
+    return Experiment
