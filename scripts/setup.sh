@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-SYSTEM_PKGS=(libopencv-dev libturbojpeg0-dev pkg-config)
+# FFCV's build needs the first three; dataset-fashion-mnist puts the real Fashion-MNIST IDX files in
+# /usr/share/datasets/fashion-mnist (real data for the tests and the fmnist config)
+SYSTEM_PKGS=(libopencv-dev libturbojpeg0-dev pkg-config dataset-fashion-mnist)
 
 missing=()
 for p in "${SYSTEM_PKGS[@]}"; do
@@ -16,13 +18,14 @@ for p in "${SYSTEM_PKGS[@]}"; do
 done
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    echo ">> apt-get install ${missing[*]} (needed to build FFCV)"
+    echo ">> apt-get install ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "ERROR: FFCV needs the system packages: ${missing[*]}" >&2
+    echo "ERROR: missing system packages: ${missing[*]}" >&2
     echo "  Debian/Ubuntu: sudo apt-get install ${missing[*]}" >&2
-    echo "  conda: conda env create -f environment.yml (brings opencv, libjpeg-turbo, pkg-config)" >&2
+    echo "  conda: conda env create -f environment.yml (brings opencv, libjpeg-turbo, pkg-config for FFCV);" >&2
+    echo "  Fashion-MNIST: put the four IDX .gz files in a folder and give it as data.root" >&2
     exit 1
   fi
 fi
