@@ -125,7 +125,7 @@ def load_indices(model: nn.Module, indices: dict[str, torch.Tensor]) -> nn.Modul
             raise ValueError(f"layer {name!r}: indices outside the pool [0, {layer.pool_size})")
         layer.indices.copy_(idx)
         layer.weight.copy_(layer.searched_weight())
-        layer.search_cache.reset()
+        layer.forget_search()
     return model
 
 
@@ -163,5 +163,5 @@ def load_pools(model: nn.Module, pools: dict[str, torch.Tensor]) -> nn.Module:
                 f"{tuple(layer.pool.shape)} (pool size × kernel size): pools from another architecture?"
             )
         layer.pool.copy_(pools[name])
-        layer.search_cache.reset()
+        layer.forget_search()
     return model

@@ -43,6 +43,8 @@ class NWSLayer(nn.Module):
         self.diff: torch.Tensor | None = None  # Eq. 2 term of the last forward
         self.distill_hook = None  # set by nws.distill.PoolDistiller: called with (layer, flat W, indices)
         self.search_cache = SearchCache()
+        self._searched_from: torch.Tensor | None = None  # the cache's result the indices were last copied from
+        self._kernels: torch.Tensor | None = None  # K for those indices
 
     def __getstate__(self):
         """Copies and pickles leave out what belongs to the last forward or to a training loop: the Eq. 2 term
@@ -64,14 +66,21 @@ class NWSLayer(nn.Module):
         """K = D(C; M): the searched kernels rebuilt from the indices by lookup, shaped like W."""
         return self.pool[self.indices].reshape(self.weight.shape)
 
+    def forget_search(self):
+        """Drop every cached search result (after the pool or the indices were set from outside)."""
+        self.search_cache.reset()
+        self._searched_from, self._kernels = None, None
+
     @torch.no_grad()
     def search_(self) -> torch.Tensor:
         """Run Eq. 1 on the current temporary kernels and store the indices; returns them."""
         flat = self.flat_weight().detach()
         if self.mode == "distill":  # the pool moves every step: nothing cached is valid
-            self.search_cache.reset()
+            self.forget_search()
         idx = self.search_cache(flat, self.pool)
-        self.indices.copy_(idx)
+        if idx is not self._searched_from:  # the cache returns the very same tensor when nothing changed
+            self.indices.copy_(idx)
+            self._searched_from, self._kernels = idx, None
         return self.indices
 
     def effective_weight(self) -> torch.Tensor:
@@ -80,7 +89,9 @@ class NWSLayer(nn.Module):
             self.diff = None
             return self.searched_weight().to(self.weight.dtype)
         idx = self.search_()
-        kernels = self.searched_weight()
+        if self._kernels is None:  # K = D(C; M) only when some index (or the pool) changed since the last forward
+            self._kernels = self.searched_weight()
+        kernels = self._kernels
         if self.distill_hook is not None and self.training:
             self.distill_hook(self, self.flat_weight().detach(), idx)
         w = self.weight
@@ -95,7 +106,7 @@ class NWSLayer(nn.Module):
         if mode == "frozen" and self.mode != "frozen":
             self.search_()  # the frozen layer uses the kernels searched for the current W
         self.mode = mode
-        self.search_cache.reset()
+        self.forget_search()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pool_size={self.pool_size}, group_dim={self.group_dim}, mode={self.mode}"

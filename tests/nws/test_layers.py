@@ -123,3 +123,23 @@ def test_search_is_fp32_under_bf16_autocast():
         out = snet(torch.randn(1, 8, 6, 6))
     assert out.dtype == torch.bfloat16
     assert torch.equal(layer.indices, expected)
+
+
+def test_kernels_stay_exact_across_training_steps_with_the_search_cache():
+    """Each forward uses pool[nearest(W)] for the current W, also when most kernels keep their index (the cached
+    search and the reused K) and when the pool is replaced from outside."""
+    torch.manual_seed(7)
+    snet = nws.convert(nn.Sequential(nn.Conv2d(4, 8, 3)), pool_size=32, pool_init="sample", seed=7)
+    layer = snet[0]
+    opt = torch.optim.SGD(snet.parameters(), lr=0.5)
+    for step in range(12):
+        x = torch.randn(2, 4, 6, 6)
+        w = layer.effective_weight()
+        expected = layer.pool[_brute_nearest(layer.flat_weight().detach(), layer.pool)].reshape(w.shape)
+        assert torch.equal(w.detach(), expected), step
+        loss = snet(x).square().mean() + nws.search_loss(snet)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step == 6:
+            nws.load_pools(snet, {"0": torch.randn(32, 9) * 0.1})
