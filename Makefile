@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup test lint bench clean help
+.PHONY: setup test lint bench clean help data
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -23,6 +23,12 @@ lint: $(STAMP)  ## ruff
 
 bench: $(STAMP)  ## run the benchmarks and print their tables (see BENCHMARKS.md)
 	$(PY) -m bench.search
+	$(PY) -m bench.loaders
+
+SOURCE ?= fashion_mnist
+DATA_ARGS ?=
+data: $(STAMP)  ## shard a dataset into tasks: make data SOURCE=fashion_mnist DATA_ARGS="--root DIR"
+	$(PY) -m data_prep prepare $(SOURCE) --out runs/data/$(SOURCE) $(DATA_ARGS)
 
 clean:  ## remove caches (keeps .venv and runs/)
 	find . -name __pycache__ -prune -exec rm -rf {} +

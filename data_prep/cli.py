@@ -1,0 +1,177 @@
+"""`nws data prepare` / `python -m data_prep prepare`: parse the command line and call data_prep.prepare.
+
+Bad input (a dataset laid out otherwise than expected, a bad image under --strict, unusable options) ends
+with a one-line error naming the path or option and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from data_prep.types import LayoutError
+
+TASK_KINDS = ("auto", "group", "blocks", "random", "explicit", "all")
+EPILOG = """examples:
+  nws data prepare digits --out runs/data/digits
+  nws data prepare fashion_mnist --out runs/data/fmnist          # 5 two-class tasks + pretrain, wds and ffcv
+  nws data prepare cifar100 --root cifar-100-python.tar.gz --out runs/data/cifar100   # 20 superclass tasks
+  nws data prepare cifar100 --root ... --out ... --tasks blocks --num-tasks 10
+  nws data prepare imagenet --root ILSVRC2012 --out runs/data/imagenet --tasks all --image-size 256 --workers 8
+  nws data prepare image_folder --root my_data --out runs/data/mine --option test_fraction=0.2
+
+Re-running skips units whose files re-hash to the manifest; --force rebuilds them."""
+
+
+def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="digits | fashion_mnist | cifar100 | imagenet | image_folder | cub2sketches | "
+                                  "miniimagenet")
+    p.add_argument("--root", default=None, help="the dataset as distributed (default: the source's default; "
+                                                "fashion_mnist: /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (tasks.json, manifest.json, one "
+                                                            "folder per unit)")
+    p.add_argument("--format", default="wds,ffcv", help="comma-separated: wds, ffcv (default: both)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="source option, e.g. test_fraction=0.2 seed=1 (repeatable)")
+    g = p.add_argument_group("task split")
+    g.add_argument("--tasks", default="auto", choices=TASK_KINDS,
+                   help="auto (default): group when the source defines groups (CIFAR-100 superclasses, "
+                        "CUB-to-Sketches datasets); else blocks of 2 classes for at most 20 classes (digits, "
+                        "Fashion-MNIST: 5 tasks); else all (one task)")
+    g.add_argument("--classes-per-task", type=int, default=None, help="blocks/random: classes in each task")
+    g.add_argument("--num-tasks", type=int, default=None, help="blocks/random: number of tasks")
+    g.add_argument("--seed", type=int, default=0, help="random: seed of the class permutation")
+    g.add_argument("--order", choices=("alphabetical", "source"), default=None, help="group: task order")
+    g.add_argument("--explicit", default=None, metavar="A,B;C,D",
+                   help="explicit: tasks separated by ';', classes (names, or ids) by ','")
+    g.add_argument("--no-pretrain-set", action="store_true", help="skip the all-classes unit `pretrain`")
+    w = p.add_argument_group("writing")
+    w.add_argument("--max-per-shard", type=int, default=10_000, help="samples per webdataset shard")
+    w.add_argument("--image-size", type=int, default=None,
+                   help="store N x N images (shorter side resized to N, central square); e.g. 256 for 224 "
+                        "training; default: as distributed")
+    w.add_argument("--max-resolution", type=int, default=None,
+                   help="instead: longer side at most N, aspect kept")
+    w.add_argument("--image-format", choices=("auto", "png", "jpg"), default="auto",
+                   help="webdataset encoding; auto: png up to 64x64 pixels (lossless), jpg above")
+    w.add_argument("--ffcv-write-mode", choices=("auto", "raw", "jpg", "smart", "proportion"), default="auto",
+                   help="FFCV RGBImageField write_mode; auto: raw up to 64x64 pixels (lossless), jpg above")
+    w.add_argument("--jpeg-quality", type=int, default=90)
+    w.add_argument("--workers", type=int, default=1, help="processes decoding/encoding (and FFCV writers)")
+    w.add_argument("--strict", action="store_true", help="a corrupt/truncated/empty image stops the run "
+                                                         "(default: skip it and list it in bad_images.log)")
+    w.add_argument("--force", action="store_true", help="rebuild units that are already complete")
+    w.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser(prog: str = "python -m data_prep") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="The data stage: sources -> task shards.")
+    sub = parser.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    _add_prepare(sub)
+    return parser
+
+
+def register(subparsers) -> None:
+    """Adds `data` (with `prepare`) to the `nws` command line (pipeline/cli.py)."""
+    data = subparsers.add_parser("data", help="prepare datasets: task shards in webdataset and FFCV formats",
+                                 description="The data stage: sources -> task shards.")
+    sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    _add_prepare(sub)
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="write tasks.json, shards, .beton files and manifest.json",
+                       description="Turn a dataset as distributed into task units (webdataset shards and FFCV "
+                                   ".beton files per task and split, plus the all-classes `pretrain` unit), "
+                                   "verified and resumable.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_prepare_arguments(p)
+    p.set_defaults(func=run_prepare)
+
+
+def _parse_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def task_options(args, source) -> tuple[str, dict]:
+    """(kind, split_tasks options) from the arguments; `auto` decided from the opened source."""
+    kind = args.tasks
+    sized = args.classes_per_task is not None or args.num_tasks is not None
+    if kind == "auto":
+        n = len(source.classes)
+        kind = "group" if source.groups else "blocks" if sized or (n <= 20 and n % 2 == 0) else "all"
+    opts: dict = {}
+    if kind in ("blocks", "random"):
+        opts = {"classes_per_task": args.classes_per_task, "num_tasks": args.num_tasks}
+        if not sized:
+            opts["classes_per_task"] = 2
+        opts = {k: v for k, v in opts.items() if v is not None}
+        if kind == "random":
+            opts["seed"] = args.seed
+    elif kind == "group" and args.order:
+        opts["order"] = args.order
+    elif kind == "explicit":
+        if not args.explicit:
+            raise ValueError("--tasks explicit needs --explicit 'A,B;C,D'")
+        names = set(source.classes)
+        opts["explicit"] = [[c if c in names or not c.isdigit() else int(c) for c in part.split(",") if c]
+                            for part in args.explicit.split(";") if part]
+    return kind, opts
+
+
+def run_prepare(args) -> int:
+    from data_prep.prepare import PrepareError, prepare
+    from data_prep.sources import open_source
+
+    try:
+        formats = [f.strip() for f in args.format.split(",") if f.strip()]
+        unknown = sorted(set(formats) - {"wds", "ffcv"})
+        if unknown or not formats:
+            raise ValueError(f"--format {args.format!r}: expected a comma-separated list of wds, ffcv")
+        source_options = _parse_options(args.option)
+        source = open_source(args.source, args.root, **source_options)
+        kind, opts = task_options(args, source)
+        summary = prepare(args.source, args.root, args.out, formats, kind, opts, source_options=source_options,
+                          pretrain_set=not args.no_pretrain_set, max_per_shard=args.max_per_shard,
+                          image_size=args.image_size, max_resolution=args.max_resolution,
+                          image_format=args.image_format, ffcv_write_mode=args.ffcv_write_mode,
+                          jpeg_quality=args.jpeg_quality, strict=args.strict, force=args.force,
+                          workers=args.workers, progress=not args.quiet, source=source)
+    except (LayoutError, PrepareError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    """The end-of-run table: images per unit and split, size, built or skipped; then totals."""
+    splits = sorted({s for u in summary["units"].values() for s in u["splits"]})
+    head = ["unit", "classes", *splits, "MiB", "bad", "status"]
+    rows = [[name, str(u["classes"]), *(str(u["splits"].get(s, "-")) for s in splits),
+             f"{u['bytes'] / 2**20:.1f}", str(u["bad_images"]), "built" if u["built"] else "verified, skipped"]
+            for name, u in summary["units"].items()]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
+    lines.append(f"{summary['source']} -> {summary['out']}: {len(summary['built'])} unit(s) built, "
+                 f"{len(summary['skipped'])} verified and skipped; {summary['bytes_written'] / 2**20:.1f} MiB "
+                 f"written ({summary['bytes_total'] / 2**20:.1f} MiB in all) in {summary['seconds']:.1f} s")
+    if summary["bad_images"]:
+        lines.append(f"{summary['bad_images']} bad image(s) skipped: see {Path(summary['out']) / 'bad_images.log'}")
+    if summary["other_units"]:
+        lines.append(f"kept from earlier runs (not in this request): {', '.join(summary['other_units'])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
