@@ -10,9 +10,10 @@ from pipeline.config import Section
 
 
 class TasksConfig(Section):
-    """Task split (data_prep.tasks.split_tasks): group (superclass / dataset per task), blocks, random, explicit."""
+    """Task split (data_prep.tasks.split_tasks): group (superclass / dataset per task), blocks, random, explicit, all;
+    `auto` as `nws data prepare --tasks auto` (group when the source has groups, else blocks of 2 classes)."""
 
-    kind: Literal["group", "blocks", "random", "explicit", "all"] = "blocks"
+    kind: Literal["auto", "group", "blocks", "random", "explicit", "all"] = "auto"
     classes_per_task: int | None = Field(None, ge=1)
     num_tasks: int | None = Field(None, ge=1)
     seed: int = 0
