@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup test lint bench clean help data
+.PHONY: setup test lint bench clean help data pretrain
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -24,6 +24,12 @@ lint: $(STAMP)  ## ruff
 bench: $(STAMP)  ## run the benchmarks and print their tables (see BENCHMARKS.md)
 	$(PY) -m bench.search
 	$(PY) -m bench.loaders
+	$(PY) -m bench.pretrain
+
+CONFIG ?= configs/demo.yaml
+ARGS ?=
+pretrain: $(STAMP)  ## pool pretraining (+ plain backbone) of CONFIG; its data must be prepared (make data)
+	$(PY) -m pretrain -c $(CONFIG) $(ARGS)
 
 SOURCE ?= fashion_mnist
 DATA_ARGS ?=

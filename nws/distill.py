@@ -8,8 +8,12 @@ with decay d = 0.99 and n_j the number of temporary kernels assigned to j in the
 
 Two fixes over the official code: N starts at 1 (not 0), so kernels that are not chosen at the first step stay where
 they are instead of being blown up to ~1e5 × their scale; and pool kernels that stay unused ("dead") are restarted
-on randomly chosen temporary kernels, which the official code never does. Under torch.distributed the per-step
-counts and sums are all-reduced, so every rank holds the same pools.
+on randomly chosen temporary kernels, which the official code never does.
+
+The statistics of a step (which pool kernel each temporary kernel is assigned to, and their sums) depend on W and M
+only, never on the batch: every micro-batch of a step and every data-parallel rank (W and M are replicated) sees
+the very same ones. So a step uses the statistics of its latest forward, needs no communication, and gives the same
+pools at any world size and any gradient accumulation.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from nws.convert import nws_layers
@@ -28,8 +31,8 @@ from nws.layers import NWSLayer
 class _LayerState:
     cluster_size: torch.Tensor  # N_j, EMA of the assignment counts
     embed_sum: torch.Tensor  # m_j, EMA of the sums of assigned kernels
-    counts: torch.Tensor  # n_j accumulated since the last step
-    sums: torch.Tensor
+    counts: torch.Tensor  # n_j of the latest forward
+    sums: torch.Tensor  # Σ of the temporary kernels assigned to j in the latest forward
 
 
 class PoolDistiller:
@@ -62,9 +65,17 @@ class PoolDistiller:
 
     @torch.no_grad()
     def _accumulate(self, layer: NWSLayer, flat: torch.Tensor, idx: torch.Tensor):
+        """Record the assignment statistics of this forward (they replace those of an earlier forward of the same
+        step, which are identical: see the module docstring)."""
         st = self.state[self.names[id(layer)]]
-        st.counts += torch.bincount(idx, minlength=st.counts.numel()).to(st.counts.dtype)
-        st.sums.index_add_(0, idx, flat.float())
+        st.counts.copy_(torch.bincount(idx, minlength=st.counts.numel()))
+        st.sums.zero_().index_add_(0, idx, flat.float())
+
+    def discard(self):
+        """Forget the statistics of the pending step (a step skipped for a non-finite loss updates no pool)."""
+        for st in self.state.values():
+            st.counts.zero_()
+            st.sums.zero_()
 
     @torch.no_grad()
     def step(self) -> dict[str, int]:
@@ -73,9 +84,6 @@ class PoolDistiller:
         restarted = {}
         for name, layer in self.layers.items():
             st = self.state[name]
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(st.counts)
-                dist.all_reduce(st.sums)
             if st.counts.sum() == 0:  # no forward since the last step
                 continue
             st.cluster_size.mul_(self.decay).add_(st.counts, alpha=1 - self.decay)

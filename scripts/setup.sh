@@ -40,7 +40,12 @@ fi
 "${pip[@]}" install "numpy>=1.26" cython setuptools wheel pkgconfig
 echo ">> installing the project and its dependencies"
 "${pip[@]}" install --no-build-isolation -e ".[dev]"
+# DeepSpeed compiles its CPU shared-memory communication op the first time a process group starts (about 2 minutes):
+# build it here, once, rather than inside the first test that launches 2 ranks
+DS_ACCELERATOR=cpu "$VENV/bin/python" -c \
+  "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()" >/dev/null 2>&1 \
+  || echo ">> note: DeepSpeed's CPU communication op did not prebuild; it will build on first use"
 "$VENV/bin/python" - <<'PY'
-import torch, ffcv, webdataset, constriction, nws  # noqa: F401 — fail here, not in the tests
+import torch, ffcv, webdataset, constriction, deepspeed, mlflow, nws  # noqa: F401 — fail here, not in the tests
 print(f">> setup ok: torch {torch.__version__}, ffcv {ffcv.__version__}")
 PY

@@ -1,0 +1,131 @@
+"""MLflow for every stage (DESIGN §2): one child run per stage under the pipeline's parent run, rank 0 only.
+
+The tracking URI is MLFLOW_TRACKING_URI when set, else a SQLite file `<runs dir>/mlflow.db` (MLflow 3's default store
+kind; the file store refuses to start since 3.13, notes/infrastructure.md §5), with artifacts next to it. A stage
+run started in another process or Slurm job joins the pipeline's run through the parent id in
+NWS_MLFLOW_PARENT_RUN_ID (tag `mlflow.parentRunId`). Ranks other than 0 get a `NullRun` that ignores everything, so
+stage code logs unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+PARENT_ENV = "NWS_MLFLOW_PARENT_RUN_ID"
+DEFAULT_RUNS_DIR = "runs"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
+BATCH = 100  # params per log_batch call (MLflow's limit); metrics are sent in chunks of the same size
+
+
+def tracking_uri(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}: the resolved config as MLflow parameters."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_CHARS]
+    return out
+
+
+class NullRun:
+    """What non-zero ranks (or disabled tracking) get: every call does nothing."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_dict(self, obj: Any, name: str) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.end("FAILED" if exc_type else "FINISHED")
+
+
+class Run(NullRun):
+    """An MLflow run driven through MlflowClient (no global active-run state, so stages and tests can hold several)."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(items), BATCH):
+            self.client.log_batch(self.run_id, params=items[i:i + BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(items), BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i:i + BATCH])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        self.client.log_dict(self.run_id, obj, name)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def _experiment_id(client, name: str, runs_dir: Path) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (runs_dir.resolve() / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it in between
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def start_run(experiment: str, run_name: str, *, runs_dir: str | Path = DEFAULT_RUNS_DIR, enabled: bool = True,
+              resume_run_id: str | None = None, tags: dict[str, str] | None = None) -> NullRun:
+    """A run in `experiment` (created if needed), child of $NWS_MLFLOW_PARENT_RUN_ID when set; `resume_run_id`
+    continues an earlier run of the same stage (a resumed job keeps one metric history). NullRun when disabled."""
+    if not enabled:
+        return NullRun()
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    runs_dir = Path(runs_dir)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri(runs_dir))
+    if resume_run_id:
+        try:
+            client.get_run(resume_run_id)
+            client.update_run(resume_run_id, status="RUNNING")
+            return Run(client, resume_run_id)
+        except MlflowException:
+            pass  # the store was reset: start a new run
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    if os.environ.get(PARENT_ENV):
+        tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
+    run = client.create_run(_experiment_id(client, experiment, runs_dir), run_name=run_name, tags=tags)
+    return Run(client, run.info.run_id)

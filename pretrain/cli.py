@@ -1,0 +1,71 @@
+"""`nws pretrain -c CONFIG [--data DIR] [--out DIR] [key.sub=value ...]` and `python -m pretrain ...`.
+
+Launch it as it is (one process), under `deepspeed --num_gpus N` / a hostfile / torchrun, or from Slurm `srun`
+(pretrain.launch resolves the ranks). Running the same command again resumes from the latest checkpoint; a
+complete output folder with the same resolved config is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  nws data prepare digits --out runs/demo/data && nws pretrain -c configs/demo.yaml
+  nws pretrain -c configs/demo.yaml pretrain.kind=both pretrain.epochs=5
+  DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m pretrain -c configs/demo.yaml
+  deepspeed --num_gpus 8 --module pretrain -c configs/imagenet_pools_resnet18.yaml --data /data/imagenet
+  srun --ntasks-per-node 8 python -m pretrain -c configs/imagenet_pools_resnet18.yaml"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, type=Path, help="experiment YAML (sections name, seeds, data, "
+                                                                     "model, pretrain)")
+    p.add_argument("--data", type=Path, default=None, help="prepared data folder (default runs/<name>/data)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>/pretrain)")
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="where the default MLflow store lives (runs/mlflow.db); MLFLOW_TRACKING_URI wins")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.set_defaults(func=run_cli)
+
+
+def register(subparsers) -> None:
+    """Adds `pretrain` to the `nws` command line (pipeline/cli.py)."""
+    p = subparsers.add_parser("pretrain", help="distil the layer-wise kernel pools (DeepSpeed, bf16, resumable)",
+                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+
+
+def run_cli(args) -> int:
+    from pipeline.config import ConfigError, experiment_schema, load_config
+    from pipeline.tracking import DEFAULT_RUNS_DIR
+    from pretrain.guard import NonFiniteLoss
+    from pretrain.run import run
+
+    try:
+        cfg = load_config(experiment_schema(), args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    runs = Path(DEFAULT_RUNS_DIR)
+    data = args.data or runs / cfg.name / "data"
+    out = args.out or runs / cfg.name / "pretrain"
+    try:
+        run(cfg, data, out, runs_dir=args.runs_dir or runs)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,266 @@
+"""The pretraining loop of one kind: `nws` distils the layer-wise pools (seed 004_ §4.2, Eq. 3/4), `plain` trains the
+float backbone the baselines start from (same architecture, data and schedule, no NWS).
+
+Per micro-batch: forward under the engine's autocast; loss = CE + beta × Σ_l mean((sg[K_l] - W_l)^2) (Eq. 2 summed
+over layers, nws.search_loss — never silently zero, unlike the official pool pretraining, notes §1.3); the
+non-finite guard; backward. At each optimizer step the EMA pool update (nws.PoolDistiller, once per step as in the
+official code). Checkpoints every `checkpoint_every` steps and at every epoch end; the same call resumes from the
+latest one, skipping the micro-batches of the epoch it had already consumed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+import nws
+from nws.io import load_tensors
+from nws.pools import quantisation_error
+from nws.stats import kernel_utilisation
+from pretrain import checkpoint, guard
+from pretrain.data import train_loader
+from pretrain.engine import batch_plan, build_engine, lr_at, set_lr
+
+
+@dataclass
+class Job:
+    """Everything a kind's training needs to know, resolved once by pretrain.run."""
+
+    cfg: object  # the Experiment (sections name, seeds, data, model, pretrain)
+    data_dir: Path
+    out_dir: Path
+    num_classes: int
+    config_hash: str
+    resolved: dict
+    rank: int = 0
+    world_size: int = 1
+    runs_dir: Path = Path("runs")
+    seed: int = field(init=False)
+
+    def __post_init__(self):
+        self.seed = self.cfg.seeds[0]
+
+
+def checkpoint_dir(job: Job, kind: str) -> Path:
+    return job.out_dir / "checkpoints" / kind
+
+
+def build_model(kind: str, job: Job) -> nn.Module:
+    """The float network (seeded, identical on every rank); for `nws` converted with its pools."""
+    p, m = job.cfg.pretrain, job.cfg.model
+    torch.manual_seed(job.seed)
+    net = m.build(job.num_classes)
+    if kind == "plain":
+        return net
+    if p.warm_start:
+        try:
+            net.load_state_dict(load_tensors(p.warm_start))
+        except RuntimeError as e:
+            raise ValueError(f"{p.warm_start}: not a plain backbone of {m.arch} (width {m.width}, "
+                             f"{job.num_classes} classes): {e}") from None
+    return nws.convert(net, pool_size=m.pool_size, pool_init=p.pool_init, linear_group_size=m.linear_group_size,
+                       seed=job.seed)
+
+
+def layer_report(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Per NWS layer: pool utilisation (fraction of the pool's kernels in use, §5.7) and quantisation error, for
+    the indices searched afresh in the current pools (the ones nws.export_indices stores)."""
+    return {name: {"utilisation": kernel_utilisation(layer.search_(), layer.pool_size),
+                   "quantisation_error": quantisation_error(layer.flat_weight(), layer.pool)}
+            for name, layer in nws.nws_layers(model)}
+
+
+@torch.no_grad()
+def sync_batchnorm_statistics(model: nn.Module, world_size: int) -> None:
+    """Average the BatchNorm running statistics over ranks (each rank normalised only its share of the batch), so
+    every rank, and so the checkpoint, holds the same network."""
+    if world_size == 1:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf.div_(world_size)
+
+
+@torch.no_grad()
+def pool_update(distiller) -> None:
+    """The EMA pool update of one optimizer step (nws.PoolDistiller.step). Its statistics depend on W and the pools
+    only, so it is the same on every rank and for any gradient accumulation: one step of 1 rank and 1 forward."""
+    distiller.step()
+
+
+class Window:
+    """Sums over a logging window (loss, ce, search, correct, samples), reduced over ranks when logged."""
+
+    def __init__(self):
+        self.sums = torch.zeros(5, dtype=torch.float64)
+        self.micro, self.start = 0, time.perf_counter()
+
+    def add(self, loss, ce, search, logits, y):
+        values = torch.stack([t.detach().float() for t in (loss, ce, search, (logits.argmax(1) == y).sum())])
+        self.sums[:4] += values.double().cpu()
+        self.sums[4] += y.numel()
+        self.micro += 1
+
+    def metrics(self, world_size: int) -> dict[str, float]:
+        sums = self.sums.clone()
+        if world_size > 1:
+            dist.all_reduce(sums)
+        n = max(self.micro * world_size, 1)
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        return {"loss": sums[0].item() / n, "ce": sums[1].item() / n, "search": sums[2].item() / n,
+                "train_acc": sums[3].item() / max(sums[4].item(), 1), "images_per_s": sums[4].item() / seconds}
+
+
+class Trainer:
+    """One kind's engine, pools, data and position; `fit()` runs the remaining epochs."""
+
+    def __init__(self, kind: str, job: Job, tracker):
+        self.kind, self.job, self.tracker = kind, job, tracker
+        self.p = p = job.cfg.pretrain
+        self.plan = batch_plan(p, job.world_size)
+        self.engine, self.optimizer = build_engine(build_model(kind, job), p, self.plan)
+        self.model = self.engine.module
+        self.layers = dict(nws.nws_layers(self.model))
+        if p.debug.nonfinite_steps and p.debug.nonfinite_term not in ("ce", *self.layers):
+            raise ValueError(f"pretrain.debug.nonfinite_term={p.debug.nonfinite_term!r} is neither 'ce' nor an NWS "
+                             f"layer ({', '.join(self.layers) or 'none in a plain network'})")
+        # created after deepspeed.initialize, which may move the module: the EMA state lives with the pools
+        self.distiller = nws.PoolDistiller(self.model, **p.distill.model_dump(), seed=job.seed) if kind == "nws" \
+            else None
+        self.ckpt_dir = checkpoint_dir(job, kind)
+        state = checkpoint.load(self.engine, self.ckpt_dir, self.distiller)
+        if state is not None and state.config_hash != job.config_hash:
+            raise ValueError(f"{self.ckpt_dir}: checkpoints of another config (hash {state.config_hash}, now "
+                             f"{job.config_hash}); use another --out or delete that folder to start over")
+        self.state = state or checkpoint.TrainState(config_hash=job.config_hash)
+        self.guard = guard.NonFiniteGuard(p.max_consecutive_skips)
+        self.guard.skipped = self.state.skipped
+        self.bn = guard.batchnorm_buffers(self.model)
+        self.loader = train_loader(job.data_dir, job.cfg.data, p, self.plan.micro_batch, job.seed, job.rank,
+                                   job.world_size)
+        self.per_epoch = self._micro_batches_per_epoch()
+
+    def _micro_batches_per_epoch(self) -> int:
+        """Whole optimizer steps only, so no accumulation window straddles two epochs."""
+        acc = self.plan.accumulation
+        n = len(self.loader) // acc * acc
+        if self.p.max_steps_per_epoch:
+            n = min(n, self.p.max_steps_per_epoch * acc)
+        if n == 0:
+            raise ValueError(f"a rank's share of the data ({self.loader.num_samples} images) is smaller than one "
+                             f"optimizer step ({self.plan.micro_batch} × {acc}); lower pretrain.batch_size")
+        return n
+
+    def fit(self) -> checkpoint.TrainState:
+        try:
+            for epoch in range(self.state.epoch, self.p.epochs):
+                self._epoch(epoch)
+        finally:
+            if self.distiller is not None:
+                self.distiller.detach()
+        return self.state
+
+    def _save(self) -> None:
+        sync_batchnorm_statistics(self.model, self.job.world_size)
+        checkpoint.save(self.engine, self.ckpt_dir, self.state, self.distiller, self.p.keep_checkpoints,
+                        self.job.rank)
+
+    def _epoch(self, epoch: int) -> None:
+        st = self.state
+        lr = lr_at(self.p, epoch)
+        set_lr(self.optimizer, lr)
+        self.loader.set_epoch(epoch)
+        self.model.train()
+        window, tick = Window(), time.perf_counter()
+        for i, (x, y) in enumerate(self.loader):
+            if i >= self.per_epoch:
+                break
+            if i < st.batch:  # consumed before the checkpoint this run resumed from
+                continue
+            stepped = self._micro_step(x.to(self.engine.device), y.to(self.engine.device), window)
+            st.batch = i + 1
+            if not stepped:
+                continue
+            if st.step % self.p.log_every == 0:
+                self._log(window.metrics(self.job.world_size), lr, epoch)
+                window = Window()
+            if self.p.checkpoint_every and st.step % self.p.checkpoint_every == 0:
+                st.seconds += time.perf_counter() - tick
+                self._save()
+                tick = time.perf_counter()
+        st.seconds += time.perf_counter() - tick
+        st.epoch, st.batch = epoch + 1, 0
+        if self.kind == "nws" and self.job.rank == 0:
+            self.tracker.log_metrics({f"{key}/{name}": value for name, r in layer_report(self.model).items()
+                                      for key, value in r.items()}, step=st.step)
+        self._save()
+
+    def _micro_step(self, x: torch.Tensor, y: torch.Tensor, window: Window) -> bool:
+        """Forward, guard, backward, and at an accumulation boundary the optimizer and pool updates. Returns
+        whether an optimizer step was applied."""
+        st, p = self.state, self.p
+        saved = guard.snapshot(self.bn)
+        logits = self.engine(x)
+        ce = F.cross_entropy(logits.float(), y)
+        ce = self._inject(ce)
+        bad = self.guard.bad_terms({"ce": ce, **{name: layer.diff for name, layer in self.layers.items()}})
+        st.micro += 1
+        if bad:
+            guard.restore(self.bn, saved)
+            if self.distiller is not None:
+                guard.drop_pending_pool_statistics(self.distiller)
+            message = self.guard.skip(bad, st.step)
+            st.skipped = self.guard.skipped
+            if self.job.rank == 0:
+                print(f"[pretrain {self.kind}] {message}", flush=True)
+                self.tracker.log_metrics({"skipped_steps": st.skipped}, step=st.step)
+            return False
+        self.guard.ok()
+        search = nws.search_loss(self.model) if self.kind == "nws" else torch.zeros((), device=ce.device)
+        loss = ce + p.beta * search
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.backward(loss)
+        self.engine.step()
+        window.add(loss, ce, search, logits, y)
+        if not boundary:
+            return False
+        if self.distiller is not None:
+            pool_update(self.distiller)
+        st.step += 1
+        st.images += self.plan.global_batch
+        return True
+
+    def _inject(self, ce: torch.Tensor) -> torch.Tensor:
+        """The guard's test hook (pretrain.debug): one term made inf at the configured micro-batches."""
+        debug = self.p.debug
+        if self.state.micro not in debug.nonfinite_steps:
+            return ce
+        if debug.nonfinite_term == "ce":
+            return ce + float("inf")
+        layer = self.layers[debug.nonfinite_term]
+        layer.diff = layer.diff + float("inf")
+        return ce
+
+    def _log(self, metrics: dict[str, float], lr: float, epoch: int) -> None:
+        metrics.update(lr=lr, epoch=epoch, skipped_steps=self.state.skipped)
+        if self.distiller is not None:
+            metrics["restarts"] = sum(self.distiller.restarts.values())
+            metrics["utilisation_mean"] = sum(kernel_utilisation(v.indices, v.pool_size)
+                                              for v in self.layers.values()) / len(self.layers)
+        self.tracker.log_metrics(metrics, step=self.state.step)
+
+
+def train(kind: str, job: Job, tracker) -> tuple[nn.Module, checkpoint.TrainState, dict]:
+    """Train one kind to the end (resuming when checkpoints exist), logging to `tracker` (pipeline.tracking);
+    returns the trained module, the final state and the per-layer pool report (empty for `plain`)."""
+    trainer = Trainer(kind, job, tracker)
+    state = trainer.fit()
+    return trainer.model, state, layer_report(trainer.model) if kind == "nws" else {}

@@ -1,0 +1,95 @@
+"""The pretrain stage end to end: join the process group, train each kind (resuming), write the outputs, measure the
+networks rebuilt from them, mark the stage complete. Re-running a complete stage with the same config does nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from nws.io import atomic_write_json, read_json
+from pipeline.config import config_hash, resolved
+from pipeline.tracking import DEFAULT_RUNS_DIR, start_run
+from pretrain import data, outputs
+from pretrain.evaluate import accuracy, rebuild_nws, rebuild_plain
+from pretrain.launch import init_distributed
+from pretrain.loop import Job, checkpoint_dir, train
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()
+
+
+def run(cfg, data_dir: str | Path, out_dir: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict:
+    """Pretrain as `cfg.pretrain.kind` says; returns the summary that `pretrain.json` holds."""
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    num_classes = data.num_classes(data_dir)  # a missing or incomplete data folder fails before any group forms
+    # the stage's identity: its resolved config and the data it reads (a changed unit is a new run)
+    digest = config_hash({"config": resolved(cfg), "data": data.data_hash(data_dir)})
+    rank, world_size = init_distributed()
+    if cfg.pretrain.threads:
+        torch.set_num_threads(cfg.pretrain.threads)
+    if outputs.is_complete(out_dir, digest):
+        if rank == 0:
+            print(f"[pretrain] {out_dir} is complete for this config and data; nothing to do", flush=True)
+        return read_json(out_dir / outputs.SUMMARY)
+    job = Job(cfg=cfg, data_dir=data_dir, out_dir=out_dir, num_classes=num_classes,
+              config_hash=digest, resolved=resolved(cfg), rank=rank, world_size=world_size, runs_dir=Path(runs_dir))
+    if rank == 0:
+        atomic_write_json(out_dir / "config.json", job.resolved)
+    for kind in cfg.pretrain.kinds():
+        if outputs.finished(out_dir, kind, digest):
+            continue
+        _train_kind(kind, job)
+    if rank == 0:
+        summary = outputs.write_summary(out_dir, cfg.pretrain.kinds(), digest, {"world_size": world_size})
+    _barrier(world_size)
+    return summary if rank == 0 else read_json(out_dir / outputs.SUMMARY)
+
+
+def _train_kind(kind: str, job: Job) -> None:
+    cfg, rank = job.cfg, job.rank
+    run_file = checkpoint_dir(job, kind) / "mlflow_run.json"
+    resume_id = read_json(run_file).get("run_id") if run_file.is_file() else None
+    tracker = start_run(cfg.name, f"pretrain-{kind}", runs_dir=job.runs_dir, enabled=rank == 0,
+                        resume_run_id=resume_id, tags={"stage": "pretrain", "kind": kind})
+    with tracker:
+        if rank == 0:
+            atomic_write_json(run_file, {"run_id": tracker.run_id})
+            if resume_id is None:
+                tracker.log_params(job.resolved)
+                tracker.log_dict(job.resolved, "config.json")
+        model, state, report = train(kind, job, tracker)
+        meta = outputs.model_metadata(cfg.model, job.config_hash, job.num_classes)
+        if rank == 0:
+            (outputs.write_nws if kind == "nws" else outputs.write_plain)(job.out_dir, model, meta)
+        _barrier(job.world_size)
+        start = time.perf_counter()
+        rebuild = rebuild_nws if kind == "nws" else rebuild_plain
+        net = rebuild(job.out_dir, cfg.model, job.num_classes)
+        acc = accuracy(net, data.eval_loader(job.data_dir, cfg.data, cfg.pretrain, rank, job.world_size))
+        summary = {
+            "config_hash": job.config_hash, "kind": kind, "test_accuracy": acc,
+            "eval_split": data.eval_split(job.data_dir),
+            "steps": state.step, "skipped_steps": state.skipped, "epochs": state.epoch, "images": state.images,
+            "train_seconds": round(state.seconds, 3), "images_per_s": state.images / max(state.seconds, 1e-9),
+            "eval_seconds": round(time.perf_counter() - start, 3), "world_size": job.world_size,
+            "global_batch": cfg.pretrain.batch_size, "precision": cfg.pretrain.precision,
+            "mlflow_run_id": tracker.run_id, "layers": report,
+        }
+        if kind == "nws":
+            utils = [r["utilisation"] for r in report.values()]
+            summary["utilisation_min"], summary["utilisation_mean"] = min(utils), sum(utils) / len(utils)
+        if rank == 0:
+            path = outputs.kind_summary_path(job.out_dir, kind)
+            atomic_write_json(path, summary)
+            tracker.log_metrics({"test_accuracy": acc, "images_per_s_overall": summary["images_per_s"]},
+                                step=state.step)
+            tracker.log_artifact(path)
+            print(f"[pretrain {kind}] test accuracy of the network rebuilt from {job.out_dir}: {acc:.4f} "
+                  f"({state.step} steps, {state.skipped} skipped)", flush=True)
+        _barrier(job.world_size)

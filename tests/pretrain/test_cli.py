@@ -1,0 +1,180 @@
+"""The stage as users run it: `python -m pretrain` in subprocesses, one rank or two CPU ranks under torchrun (gloo),
+bf16 autocast, ZeRO-1. One uninterrupted reference run is compared with a run killed by SIGKILL mid-epoch and
+resumed, and with the same global batch on 2 ranks; its outputs and MLflow run are read back."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import nws
+from nws.artifact import load_task
+from nws.io import load_tensors, read_json
+from tests.pretrain.conftest import ROOT, cli_env, experiment, pretrain_command, run_pretrain
+
+# two short epochs, checkpoints every 2 steps, no augmentation (so 1 and 2 ranks see the very same images)
+RUN = ["pretrain.epochs=2", "pretrain.max_steps_per_epoch=10", "pretrain.checkpoint_every=2",
+       "pretrain.augment=false", "pretrain.distill.restart_every=3", "pretrain.distill.dead_usage=1.0"]
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def reference(digits, tmp_path_factory):
+    """The uninterrupted run, kind both: the pools and the plain backbone."""
+    tmp = tmp_path_factory.mktemp("reference")
+    _ok(run_pretrain(tmp, digits, tmp / "out", *RUN, "pretrain.kind=both"))
+    return tmp
+
+
+def _history(tmp, out, kind: str, key: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    run_id = read_json(out / f"summary_{kind}.json")["mlflow_run_id"]
+    client = MlflowClient(cli_env(tmp)["MLFLOW_TRACKING_URI"])
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def test_outputs_of_a_complete_run(reference, digits):
+    out = reference / "out"
+    summary = read_json(out / "pretrain.json")
+    assert json.loads((out / "complete").read_text())["config_hash"] == summary["config_hash"]
+    cfg = experiment(*RUN, "pretrain.kind=both")
+    for kind in ("nws", "plain"):
+        s = summary[kind]
+        assert (s["steps"], s["epochs"], s["skipped_steps"], s["world_size"]) == (20, 2, 0, 1)
+        assert 0.0 <= s["test_accuracy"] <= 1.0 and s["images_per_s"] > 0
+    # pools.safetensors: one pool per NWS layer, metadata naming what they belong to
+    pools = load_tensors(out / "pools.safetensors")
+    with safe_open(str(out / "pools.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert (meta["arch"], meta["pool_size"], meta["config_hash"]) == ("resnet18", "16", summary["config_hash"])
+    net = nws.convert(cfg.model.build(10), pool_size=16)
+    assert set(pools) == {name for name, _ in nws.nws_layers(net)} == set(summary["nws"]["layers"])
+    assert pools["layer1.0.conv1"].shape == (16, 9)
+    # the base task model rebuilds from pools + base_model/ and gives the accuracy the summary reports
+    nws.load_pools(net, pools)
+    load_task(out / "base_model", net)
+    from pretrain.data import eval_loader
+    from pretrain.evaluate import accuracy
+
+    rebuilt = nws.materialize(nws.set_mode(net, "frozen"))
+    assert accuracy(rebuilt, eval_loader(digits, cfg.data, cfg.pretrain, 0, 1)) == summary["nws"]["test_accuracy"]
+    # pools of this architecture do not load into a wider network: the error names the layer
+    wider = nws.convert(experiment("model.width=0.25").model.build(10), pool_size=32)
+    with pytest.raises(ValueError, match="layer 'conv1'"):
+        nws.load_pools(wider, pools)
+    plain = cfg.model.build(10)
+    plain.load_state_dict(load_tensors(out / "plain_backbone.safetensors"))
+
+
+def test_mlflow_run_has_losses_pool_statistics_and_config(reference):
+    from mlflow.tracking import MlflowClient
+
+    out = reference / "out"
+    run_id = read_json(out / "summary_nws.json")["mlflow_run_id"]
+    client = MlflowClient(cli_env(reference)["MLFLOW_TRACKING_URI"])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["kind"] == "nws"
+    assert run.data.params["pretrain.beta"] == "0.5" and run.data.params["model.pool_size"] == "16"
+    for key in ("loss", "ce", "search", "lr", "images_per_s", "restarts", "utilisation_mean", "train_acc"):
+        assert [s for s, _ in _history(reference, out, "nws", key)] == list(range(1, 21)), key
+    loss, ce, search = (dict(_history(reference, out, "nws", k)) for k in ("loss", "ce", "search"))
+    assert all(search[s] > 0 and loss[s] == pytest.approx(ce[s] + 0.5 * search[s]) for s in loss)
+    assert _history(reference, out, "nws", "restarts")[-1][1] > 0
+    layer_keys = {k for k in run.data.metrics if "/" in k}
+    assert {"utilisation/layer1.0.conv1", "quantisation_error/layer4.1.conv2", "utilisation/fc"} <= layer_keys
+    assert [s for s, _ in _history(reference, out, "nws", "utilisation/layer1.0.conv1")] == [10, 20]
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"config.json", "summary_nws.json"}
+    assert "ce" in {k for k in client.get_run(read_json(out / "summary_plain.json")["mlflow_run_id"]).data.metrics}
+
+
+def test_rerun_of_a_complete_stage_does_nothing(reference, digits):
+    out = reference / "out"
+    before = (out / "pools.safetensors").stat().st_mtime_ns
+    proc = _ok(run_pretrain(reference, digits, out, *RUN, "pretrain.kind=both"))
+    assert "nothing to do" in proc.stdout
+    assert (out / "pools.safetensors").stat().st_mtime_ns == before
+
+
+def test_changed_config_refuses_the_old_checkpoints(reference, digits, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference / "out" / "checkpoints", out / "checkpoints")
+    proc = run_pretrain(reference, digits, out, *RUN, "pretrain.kind=both", "pretrain.lr=0.02")
+    assert proc.returncode == 2 and "checkpoints of another config" in proc.stderr
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_pools(reference, digits, tmp_path):
+    out = tmp_path / "out"
+    cmd = pretrain_command(digits, out, *RUN, "pretrain.kind=both")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    latest = out / "checkpoints" / "nws" / "latest.json"
+    deadline = time.time() + 300
+    while not (latest.is_file() and read_json(latest)["tag"] >= "e0000-b000004"):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoints"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    tag = read_json(latest)["tag"]
+    assert tag.startswith("e0000-") and not (out / "complete").exists(), tag  # killed inside the first epoch
+    _ok(run_pretrain(tmp_path, digits, out, *RUN, "pretrain.kind=both"))
+    ref = reference / "out"
+    for name in ("pools.safetensors", "plain_backbone.safetensors"):
+        a, b = load_tensors(ref / name), load_tensors(out / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    assert (out / "base_model" / "indices.bin").read_bytes() == (ref / "base_model" / "indices.bin").read_bytes()
+    # the resumed run continued the killed run's MLflow run: one loss per step, no step twice
+    assert [s for s, _ in _history(tmp_path, out, "nws", "loss")] == list(range(1, 21))
+
+
+def test_two_ranks_give_the_loss_curve_of_one_rank(reference, digits, tmp_path):
+    """Same global batch (32 = 2 × 16): the same images per step. BatchNorm's batch statistics are per rank (16
+    images instead of 32), and the search's argmin turns small differences into discrete ones, so the curves drift
+    apart slowly; the first steps and the average agree closely. The pools do not depend on the world size: the
+    Eq. 2 term, which depends on weights and pools only, is the same over the first steps."""
+    out = tmp_path / "out"
+    _ok(run_pretrain(tmp_path, digits, out, *RUN, "pretrain.kind=nws", ranks=2))
+    summary = read_json(out / "pretrain.json")
+    assert summary["world_size"] == 2 and summary["nws"]["steps"] == 20
+    rel = {}
+    for key in ("loss", "search"):
+        one = dict(_history(reference, reference / "out", "nws", key))
+        two = dict(_history(tmp_path, out, "nws", key))
+        assert one.keys() == two.keys() == set(range(1, 21))
+        rel[key] = [abs(one[s] - two[s]) / one[s] for s in sorted(one)]
+    assert max(rel["search"][:4]) < 0.01, rel["search"]
+    assert max(rel["loss"][:5]) < 0.02, rel["loss"]
+    assert sum(rel["loss"]) / len(rel["loss"]) < 0.04 and max(rel["loss"]) < 0.15, rel["loss"]
+
+
+def test_nonfinite_steps_in_a_row_stop_the_run_naming_the_layer(digits, tmp_path):
+    proc = run_pretrain(tmp_path, digits, tmp_path / "out", "pretrain.debug.nonfinite_steps=[1, 2, 3]",
+                        "pretrain.debug.nonfinite_term=layer3.0.conv2", "pretrain.max_consecutive_skips=3")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "3 consecutive non-finite steps" in proc.stderr and "layer3.0.conv2" in proc.stderr
+    assert proc.stdout.count("non-finite loss at step 1: layer3.0.conv2 (step skipped)") == 2
+    assert not (tmp_path / "out" / "complete").exists()
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    from pipeline.cli import main as nws_main
+
+    assert nws_main(["pretrain", "-c", str(ROOT / "configs" / "demo.yaml"), "--data", str(tmp_path / "nowhere"),
+                     "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere/manifest.json" in err and "nws data prepare" in err
+    assert nws_main(["pretrain", "-c", str(ROOT / "configs" / "demo.yaml"), "pretrain.kind=fancy"]) == 2
+    assert "pretrain.kind" in capsys.readouterr().err

@@ -1,0 +1,86 @@
+"""The training loop in this process (a 1-rank gloo group, DeepSpeed ZeRO-1, bf16 autocast): the beta term really
+reaches the temporary kernels, a non-finite step leaves no trace, warm-started pools come from the given network."""
+
+import pytest
+import torch
+
+import nws
+from nws.search import nearest
+from pipeline.tracking import NullRun
+from pretrain.loop import Trainer, build_model
+from tests.pretrain.conftest import experiment, make_job
+
+ATOL = 3e-7  # a few fp32 ulps of temporary kernels below 1 in magnitude
+
+
+def _one_step(digits, tmp_path, *overrides):
+    cfg = experiment("pretrain.max_steps_per_epoch=1", *overrides)
+    job = make_job(cfg, digits, tmp_path)
+    trainer = Trainer("nws", job, NullRun())
+    trainer.fit()
+    return job, trainer
+
+
+def test_beta_term_reaches_the_temporary_kernels(one_rank, digits, tmp_path):
+    """The official pool pretraining lost the Eq. 2 term (notes §1.3). Here one step with beta and one without,
+    from the same network and batch, differ in every layer's temporary kernels by exactly the beta term's
+    gradient step: -lr (1 + momentum) beta 2 (W - K) / N (Nesterov's first step), K the searched kernels."""
+    beta, lr, momentum = 5.0, 0.05, 0.9  # a large beta lifts the deepest layers' term well above fp32 rounding
+    job, with_beta = _one_step(digits, tmp_path / "a", f"pretrain.beta={beta}")
+    _, without = _one_step(digits, tmp_path / "b", "pretrain.beta=0")
+    start = dict(nws.nws_layers(build_model("nws", job)))
+    a, b = dict(nws.nws_layers(with_beta.model)), dict(nws.nws_layers(without.model))
+    for name, layer in start.items():
+        w0 = layer.flat_weight().detach()
+        k0 = layer.pool[nearest(w0, layer.pool)]
+        expected = -lr * (1 + momentum) * beta * 2 * (w0 - k0) / w0.numel()
+        got = (a[name].flat_weight() - b[name].flat_weight()).detach()
+        assert expected.abs().max() > 10 * ATOL, name  # the term is far above fp32 rounding of W (|W| < 1)
+        torch.testing.assert_close(got, expected, rtol=0.01, atol=ATOL, msg=name)
+
+
+def test_a_skipped_step_leaves_no_trace(one_rank, digits, tmp_path):
+    """The only step of the run is made non-finite in one layer's Eq. 2 term: weights, pools and BatchNorm
+    statistics stay exactly as built, and the skip is counted."""
+    job, trainer = _one_step(digits, tmp_path, "pretrain.debug.nonfinite_steps=[0]",
+                             "pretrain.debug.nonfinite_term=layer2.0.conv1")
+    assert (trainer.state.step, trainer.state.skipped, trainer.state.micro) == (0, 1, 1)
+    fresh = build_model("nws", job).state_dict()
+    for key, value in trainer.model.state_dict().items():
+        if not key.endswith("indices"):
+            assert torch.equal(value, fresh[key]), key
+    assert sum(trainer.distiller.restarts.values()) == 0
+
+
+def test_a_finite_step_changes_weights_pools_and_statistics(one_rank, digits, tmp_path):
+    """The counterpart of the test above, so that it cannot pass by a loop that never steps."""
+    job, trainer = _one_step(digits, tmp_path)
+    fresh = build_model("nws", job).state_dict()
+    now = trainer.model.state_dict()
+    assert trainer.state.step == 1 and trainer.state.skipped == 0
+    for key in ("layer1.0.conv1.weight", "layer1.0.conv1.pool", "layer1.0.bn1.running_mean"):
+        assert not torch.equal(now[key], fresh[key]), key
+
+
+def test_unknown_injection_term_is_named(one_rank, digits, tmp_path):
+    with pytest.raises(ValueError, match="nonfinite_term='layer9'.*layer1.0.conv1"):
+        _one_step(digits, tmp_path, "pretrain.debug.nonfinite_steps=[0]", "pretrain.debug.nonfinite_term=layer9")
+
+
+def test_warm_start_pools_come_from_the_given_network(digits, tmp_path):
+    """pool_init kmeans over a plain backbone: temporary kernels are that network's, and its kernels are quantised
+    far better than by random pools."""
+    from nws.io import save_tensors
+
+    base = make_job(experiment(), digits, tmp_path)
+    plain = build_model("plain", base)
+    torch.nn.init.normal_(plain.layer1[0].conv1.weight, std=0.05)
+    save_tensors(tmp_path / "plain.safetensors", plain.state_dict())
+    warm = build_model("nws", make_job(experiment("pretrain.pool_init=kmeans",
+                                                  f"pretrain.warm_start={tmp_path / 'plain.safetensors'}"),
+                                       digits, tmp_path))
+    cold = build_model("nws", base)
+    layer, ref = warm.layer1[0].conv1, plain.layer1[0].conv1
+    assert torch.equal(layer.weight, ref.weight)
+    err = lambda m: nws.pools.quantisation_error(ref.weight.reshape(-1, 9), m.layer1[0].conv1.pool)  # noqa: E731
+    assert err(warm) < 0.5 * err(cold)
