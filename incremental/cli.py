@@ -1,0 +1,85 @@
+"""`nws incremental -c CONFIG [--method NAME ...] [--data DIR] [--pretrain DIR] [--out DIR] [key.sub=value ...]`
+and `python -m incremental ...`.
+
+Runs one process as it is, or several under `accelerate launch` (one process per GPU; the global batch is split
+over them). Running the same command again resumes: finished tasks are kept, an interrupted task continues from its
+last epoch checkpoint. Defaults: runs/<name>/data, runs/<name>/pretrain, runs/<name>/incremental.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  nws incremental -c configs/demo.yaml                       # every method of incremental.methods
+  nws incremental -c configs/fmnist.yaml --method nws --method finetune incremental.epochs=5
+  accelerate launch --multi_gpu --num_processes 4 -m incremental -c configs/split_cifar100_resnet18.yaml --method nws"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, type=Path, help="experiment YAML (sections name, seeds, data, "
+                                                                     "model, pretrain, incremental)")
+    p.add_argument("--method", action="append", default=None, metavar="NAME",
+                   help="method to run (repeatable); default: incremental.methods of the config")
+    p.add_argument("--data", type=Path, default=None, help="prepared data folder (default runs/<name>/data)")
+    p.add_argument("--pretrain", type=Path, default=None, help="pretrain outputs (default runs/<name>/pretrain)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>/incremental)")
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="where the default MLflow store lives (runs/mlflow.db); MLFLOW_TRACKING_URI wins")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.set_defaults(func=run_cli)
+
+
+def register(subparsers) -> None:
+    """Adds `incremental` to the `nws` command line (pipeline/cli.py)."""
+    p = subparsers.add_parser("incremental", help="learn the tasks one by one, store each, evaluate the stored models",
+                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+
+
+def run_cli(args) -> int:
+    from accelerate import PartialState
+
+    from incremental.loop import run
+    from incremental.train import NonFiniteLoss
+    from nws.artifact import ArtifactError
+    from pipeline.config import ConfigError, experiment_schema, load_config
+    from pipeline.tracking import DEFAULT_RUNS_DIR
+
+    try:
+        cfg = load_config(experiment_schema(), args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    runs = Path(DEFAULT_RUNS_DIR)
+    data = args.data or runs / cfg.name / "data"
+    pretrain = args.pretrain or runs / cfg.name / "pretrain"
+    out = args.out or runs / cfg.name / "incremental"
+    try:
+        results = run(cfg, data, pretrain, out, methods=args.method, runs_dir=args.runs_dir or runs)
+        PartialState().destroy_process_group()  # a launched run leaves its process group cleanly
+    except ArtifactError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, result in results.items():
+        if result:
+            print(f"{name}: final average accuracy {result['final_avg_acc']:.4f}, "
+                  f"memory {result['memory_bytes']['total']} bytes ({result['memory_mib']['total']:.3f} MiB), "
+                  f"training {result['train_seconds']:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m incremental", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,163 @@
+"""The plug-in interface of the task loop: what a continual-learning method must say, and nothing more.
+
+The loop (incremental.loop) owns data, optimisation, checkpoints, evaluation and metrics. A method owns its network:
+how task t's model starts (`setup_task`), which tensors train (`param_groups`), its extra loss and step hooks,
+how the task is stored (`write_artifact`), how the task model comes back from those files alone (`rebuild`), and
+which stored files are its memory (`artifact_files`, `shared_files`). Every reported accuracy is measured on
+`rebuild`'s output (DESIGN §5), so a method cannot be evaluated on anything it did not store.
+
+A method is the module `incremental/methods/<name>.py` exposing `METHOD`, a Method subclass: adding a baseline
+is adding one file. Method-specific options come from `incremental.options.<name>` and are validated by the
+method's `Options` schema (unknown keys are errors).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from data_prep.tasks import Task
+from pipeline.config import ConfigError, Section, validate
+
+
+class NoOptions(Section):
+    """A method without options of its own."""
+
+
+@dataclass
+class Context:
+    """What a method may read: the experiment config, the data and pretrain outputs, its own folder, the tasks."""
+
+    cfg: Any  # the Experiment (sections name, seeds, data, model, pretrain, incremental)
+    data_dir: Path
+    pretrain_dir: Path
+    method_dir: Path
+    tasks: list[Task]
+    options: Section
+
+    def task_dir(self, t: int) -> Path:
+        """`<out>/<method>/task{t:02d}_<name>/`: the folder of task t's artifact."""
+        return self.method_dir / f"task{t:02d}_{self.tasks[t].name}"
+
+
+class Method(ABC):
+    """Base of every method. Hooks have no-op defaults; the four abstract methods are the minimum."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Section]] = NoOptions
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.opts = ctx.options
+        self.inc = ctx.cfg.incremental
+
+    def prepare(self) -> None:
+        """Once per run, on the main process: check the pretrain outputs and put the shared files (stored once
+        for all tasks, e.g. NWS pools) into the method folder. Must be idempotent (runs again on resume)."""
+        return None
+
+    def shared_files(self) -> dict[str, list[Path]]:
+        """{memory component: files stored once for all tasks} (read by `rebuild`, counted once)."""
+        return {}
+
+    @abstractmethod
+    def setup_task(self, t: int) -> nn.Module:
+        """Task t's network, ready to train (on the CPU; the loop moves and wraps it). Deterministic given the
+        files already stored and the torch seed the loop sets, so a resumed task rebuilds the same structure."""
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Optimizer parameter groups; a group may carry its own "lr" (scaled by the schedule like the rest)."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        """The paper's common optimizer (§5.4: SGD, momentum, weight decay from the config); a method whose
+        original recipe differs (SupSup, DST: Adam) may return its own. The loop scales every group's initial lr
+        by the epoch schedule."""
+        from incremental.train import sgd
+
+        return sgd(groups, self.inc)
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """Added to the cross-entropy after each forward (NWS: beta × Σ Eq. 2 terms)."""
+        return None
+
+    def before_step(self, model: nn.Module) -> None:
+        """After backward, before the optimizer step (e.g. zero the gradients of weights other tasks own)."""
+        return None
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """After each optimizer step (e.g. re-apply masks, prune/regrow every k steps)."""
+        return None
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> None:
+        """After each epoch, before its checkpoint (e.g. prune at a given epoch, then retrain)."""
+        return None
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """Extra method state (tensors) the epoch checkpoint must hold beyond the model and the optimizer."""
+        return {}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what `checkpoint_state` returned (a resumed task)."""
+        return None
+
+    @abstractmethod
+    def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
+        """Store task t (the trained, unwrapped model) in `folder`; update shared files if the method has any."""
+
+    @abstractmethod
+    def rebuild(self, t: int, folder: Path) -> nn.Module:
+        """Task t's inference network from the stored files alone (its folder + the shared files), on the CPU."""
+
+    @abstractmethod
+    def artifact_files(self, folder: Path) -> dict[str, list[Path]]:
+        """{memory component: files of this task's artifact} (the loop adds its own checksum file as metadata)."""
+
+    def task_report(self, t: int, folder: Path) -> dict:
+        """Per-task analysis read from the stored files (NWS: KUR, layer sparsity); JSON-serialisable."""
+        return {}
+
+    def run_report(self, reports: list[dict]) -> dict:
+        """Extra keys of metrics.json, from the task reports in task order."""
+        return {}
+
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def available() -> list[str]:
+    """Names of the method modules in this package."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def get_method(name: str) -> type[Method]:
+    """The Method class of `incremental/methods/<name>.py` (its `METHOD`)."""
+    if not _NAME.fullmatch(name) or name not in available():
+        raise ConfigError(f"unknown method {name!r}; available methods: {', '.join(available())}")
+    module = importlib.import_module(f"{__name__}.{name}")
+    cls = getattr(module, "METHOD", None)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{module.__file__}: METHOD must be a subclass of incremental.methods.Method")
+    return cls
+
+
+def make_method(name: str, cfg, data_dir: Path, pretrain_dir: Path, method_dir: Path, tasks: list[Task]) -> Method:
+    """Instantiate method `name` with its options validated (errors name `incremental.options.<name>`)."""
+    cls = get_method(name)
+    options = validate(cls.Options, cfg.incremental.options.get(name, {}), source=f"incremental.options.{name}")
+    return cls(Context(cfg=cfg, data_dir=Path(data_dir), pretrain_dir=Path(pretrain_dir),
+                       method_dir=Path(method_dir), tasks=tasks, options=options))
+
+
+def trainable(groups: Iterable[dict]) -> int:
+    """Number of trainable scalars in parameter groups (logged per task)."""
+    return sum(p.numel() for g in groups for p in g["params"])

@@ -1,0 +1,58 @@
+"""Finetune (seed 004_ §5.3): the plain pretrained backbone fine-tuned separately for every task, all weights
+trained; the task artifact is the whole float network. The paper's upper bound on accuracy and on memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from incremental import nws_net
+from incremental.methods import Method
+from nws.artifact import ArtifactError
+from nws.io import load_tensors, save_tensors
+from nws.models import replace_head
+
+PLAIN = "plain_backbone.safetensors"
+NETWORK = "network.safetensors"
+
+
+class Finetune(Method):
+    name = "finetune"
+
+    @property
+    def backbone(self) -> Path:
+        return self.ctx.pretrain_dir / PLAIN
+
+    def prepare(self) -> None:
+        if not self.backbone.is_file():
+            raise FileNotFoundError(f"{self.backbone}: file not found; run `nws pretrain` with pretrain.kind plain "
+                                    "or both first")
+        nws_net.check_pretrain_meta(self.backbone, self.ctx.cfg.model)
+
+    def setup_task(self, t: int) -> nn.Module:
+        net = self.ctx.cfg.model.build(nws_net.plain_num_classes(self.backbone))
+        try:
+            net.load_state_dict(load_tensors(self.backbone))
+        except RuntimeError as e:
+            raise ValueError(f"{self.backbone}: not a backbone of the configured model: {e}") from None
+        replace_head(net, self.ctx.tasks[t].num_classes)
+        return net
+
+    def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
+        save_tensors(folder / NETWORK, model.state_dict(), metadata={"task": self.ctx.tasks[t].name,
+                                                                     "num_classes": str(self.ctx.tasks[t].num_classes)})
+
+    def rebuild(self, t: int, folder: Path) -> nn.Module:
+        net = self.ctx.cfg.model.build(self.ctx.tasks[t].num_classes)
+        try:
+            net.load_state_dict(load_tensors(folder / NETWORK))
+        except RuntimeError as e:
+            raise ArtifactError(f"{folder / NETWORK}: does not match the configured network: {e}") from None
+        return net
+
+    def artifact_files(self, folder: Path) -> dict[str, list[Path]]:
+        return {"network": [folder / NETWORK]}
+
+
+METHOD = Finetune

@@ -1,0 +1,160 @@
+"""Neural Weight Search as a method of the task loop (seed 004_ Algorithm 1; notes/algorithms.md §1.4-1.5).
+
+- Shared, stored once: the pretrained pools (`pools.safetensors`, copied from the pretrain stage), frozen.
+- Task t starts from W_t = D(C_{t-1}; M) (Algorithm 1 line 3): the temporary kernels, BatchNorm and head of the
+  previous task rebuilt from its stored artifact (task 0 from the pretrained base model); then a head for the
+  task's classes (NWS layer over the head pool, or float, by `incremental.head`).
+- Training: the temporary kernels, BatchNorm and head train in `search` mode; loss CE + beta Σ_l Eq. 2 term.
+- Stored: the task artifact of nws.artifact (indices coded by `incremental.codec`, default the smallest mode
+  that round-trips; delta is coded against the previous task, so decoding follows the chain) + BN/head state.
+- Rebuilt: pools + the artifact (+ the earlier tasks' indices for a delta chain), materialised to plain layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import nws
+from incremental import nws_net
+from incremental.methods import Method
+from nws.artifact import INDICES, MANIFEST, STATE, load_task, read_manifest, save_task
+from nws.io import atomic_write_bytes, load_tensors, save_tensors, sha256_file
+
+POOLS = "pools.safetensors"
+BASE_MODEL = "base_model"
+REPORTS = "reports"
+
+
+def same_layout(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Same layers, in the same order, with the same number of kernels (what delta coding needs)."""
+    return list(a) == list(b) and all(a[k].numel() == b[k].numel() for k in a)
+
+
+class NWS(Method):
+    name = "nws"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self._indices: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+        self._pools: tuple[str, dict[str, torch.Tensor]] | None = None
+
+    @property
+    def pools_path(self) -> Path:
+        return self.ctx.method_dir / POOLS
+
+    @property
+    def base_dir(self) -> Path:
+        return self.ctx.pretrain_dir / BASE_MODEL
+
+    def prepare(self) -> None:
+        src = self.ctx.pretrain_dir / POOLS
+        if not src.is_file():
+            raise FileNotFoundError(f"{src}: file not found; run `nws pretrain` (kind nws or both) first")
+        nws_net.check_pretrain_meta(src, self.ctx.cfg.model)
+        read_manifest(self.base_dir)  # present and intact
+        if self.pools_path.is_file() and sha256_file(self.pools_path) == sha256_file(src):
+            return
+        stored = [t for t in range(len(self.ctx.tasks)) if (self.ctx.task_dir(t) / MANIFEST).is_file()]
+        if stored:
+            raise ValueError(f"{src} differs from {self.pools_path}, the pools tasks {stored} were stored with; "
+                             "use another output folder for new pools")
+        atomic_write_bytes(self.pools_path, src.read_bytes())
+
+    def shared_files(self) -> dict[str, list[Path]]:
+        return {"pools": [self.pools_path]}
+
+    def pools(self) -> dict[str, torch.Tensor]:
+        digest = sha256_file(self.pools_path)
+        if self._pools is None or self._pools[0] != digest:
+            self._pools = (digest, load_tensors(self.pools_path))
+        return self._pools[1]
+
+    def indices(self, t: int) -> dict[str, torch.Tensor]:
+        """C_t decoded from task t's stored artifact (checksums verified; a delta blob decodes its chain)."""
+        folder = self.ctx.task_dir(t)
+        manifest = read_manifest(folder)
+        key = (t, manifest["files"][INDICES]["sha256"])
+        if key not in self._indices:
+            prev = self.indices(t - 1) if manifest["codec"] == "delta" else None
+            self._indices[key] = nws.codec.decode((folder / INDICES).read_bytes(), prev=prev)
+        return self._indices[key]
+
+    def load(self, t: int) -> nn.Module:
+        """Task t's NWS network from its artifact: pools, K_t = D(C_t; M), and its BN/head state."""
+        folder = self.ctx.task_dir(t)
+        manifest = read_manifest(folder)
+        float_head = manifest["meta"]["head"] == "float"
+        net = nws_net.build(self.ctx.cfg.model, self.ctx.tasks[t].num_classes, self.pools(), float_head)
+        prev = self.indices(t - 1) if manifest["codec"] == "delta" else None
+        load_task(folder, net, prev=prev)
+        return net
+
+    def setup_task(self, t: int) -> nn.Module:
+        if t == 0:
+            manifest = read_manifest(self.base_dir)
+            num = nws_net.base_num_classes(manifest, self.base_dir)
+            net = nws_net.build(self.ctx.cfg.model, num, self.pools(), float_head=False)
+            load_task(self.base_dir, net)
+        else:
+            net = self.load(t - 1)
+        nws_net.swap_head(net, self.ctx.tasks[t].num_classes, self.inc.head, self.pools().get("fc"))
+        return nws.set_mode(net, "search")
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return self.inc.beta * nws.search_loss(model) if self.inc.beta > 0 else None
+
+    def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
+        idx = nws.export_indices(model)
+        mode = self.inc.codec
+        prev = self.indices(t - 1) if t > 0 and mode in ("smallest", "delta") else None
+        if prev is not None and not same_layout(prev, idx):
+            prev = None
+        if mode == "delta" and prev is None:  # task 0, or a head of another size: nothing to code against
+            mode = "entropy"
+        head = "nws" if isinstance(model.fc, nws.NWSLayer) else "float"
+        save_task(folder, model, codec_mode=mode, prev=prev, indices=idx,
+                  meta={"task": self.ctx.tasks[t].name, "num_classes": self.ctx.tasks[t].num_classes, "head": head})
+
+    def rebuild(self, t: int, folder: Path) -> nn.Module:
+        if folder != self.ctx.task_dir(t):
+            raise ValueError(f"task {t} is stored in {self.ctx.task_dir(t)}, not {folder}")
+        return nws.materialize(nws.set_mode(self.load(t), "frozen"))
+
+    def artifact_files(self, folder: Path) -> dict[str, list[Path]]:
+        return {"indices": [folder / INDICES], "state": [folder / STATE], "metadata": [folder / MANIFEST]}
+
+    def task_report(self, t: int, folder: Path) -> dict:
+        """Fig. 4 data (KUR, layer sparsity per layer) and the appendix §6 index histograms, from the stored
+        indices; the histograms (selection counts per pool kernel) go to reports/task{t}_index_histograms."""
+        manifest = read_manifest(folder)
+        idx, sizes = self.indices(t), manifest["pool_sizes"]
+        hist = {name: torch.bincount(v, minlength=sizes[name]) for name, v in idx.items()}
+        path = self.ctx.method_dir / REPORTS / f"{folder.name}_index_histograms.safetensors"
+        save_tensors(path, hist, metadata={"task": self.ctx.tasks[t].name, "content": "selection counts"})
+        index_bytes = manifest["files"][INDICES]["bytes"]
+        return {"kernels": manifest["kernels"], "codec": manifest["codec"], "index_bytes": index_bytes,
+                "state_bytes": manifest["files"][STATE]["bytes"], "bits_per_kernel": 8 * index_bytes /
+                manifest["kernels"], "index_histograms": str(path.relative_to(self.ctx.method_dir)),
+                "layers": nws.stats.task_stats(idx, sizes)}
+
+    def run_report(self, reports: list[dict]) -> dict:
+        layers = list(reports[0]["layers"]) if reports else []
+        kernels = [r["kernels"] for r in reports]
+        index_bytes = sum(r["index_bytes"] for r in reports)
+        return {
+            "kernels_per_task": kernels,
+            "bits_per_kernel": 8 * index_bytes / max(sum(kernels), 1),
+            "bits_per_kernel_per_task": [r["bits_per_kernel"] for r in reports],
+            "codec_per_task": [r["codec"] for r in reports],
+            "layers": layers,
+            "kur": {name: [r["layers"].get(name, {}).get("kur") for r in reports] for name in layers},
+            "layer_sparsity": {name: [r["layers"].get(name, {}).get("layer_sparsity") for r in reports]
+                               for name in layers},
+            "index_histograms": [r["index_histograms"] for r in reports],
+        }
+
+
+METHOD = NWS

@@ -1,0 +1,132 @@
+"""Training of one task (Algorithm 1 lines 2-12 of seed 004_, for any method): SGD with momentum and weight decay,
+the learning rate divided at the milestones (§5.4), cross-entropy plus the method's extra loss, the method's step
+hooks, an accelerate checkpoint after every epoch, and resumption from the latest one.
+
+The learning rate is set from the epoch at the start of each epoch (no scheduler object), so a resumed task and a
+multi-process run follow the same schedule. A non-finite loss skips the step with a logged reason; too many in a
+row stop the task (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_prep.loaders import derive_seed, make_loader
+from incremental import checkpoint
+from incremental.checkpoint import Progress
+from incremental.methods import trainable
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many consecutive non-finite losses: the task stops instead of training on garbage."""
+
+
+def sgd(groups: list[dict], inc) -> torch.optim.Optimizer:
+    """The paper's SGD (§5.4): lr, momentum, Nesterov and weight decay from the incremental config."""
+    return torch.optim.SGD(groups, lr=inc.lr, momentum=inc.momentum, nesterov=inc.nesterov and inc.momentum > 0,
+                           weight_decay=inc.weight_decay)
+
+
+def train_loader(ctx, t: int, accelerator):
+    """This process's share of task t's training split (global batch split over processes); `set_epoch` picks the
+    epoch's shuffle and augmentation."""
+    cfg, inc = ctx.cfg, ctx.cfg.incremental
+    unit = ctx.data_dir / ctx.tasks[t].name
+    batch = max(1, inc.batch_size // accelerator.num_processes)
+    loader = make_loader(unit, "train", fmt=cfg.data.loader, batch_size=batch, train=True, augment=inc.augment,
+                         image_size=cfg.data.image_size, seed=derive_seed(cfg.seeds[0], t),
+                         rank=accelerator.process_index, world_size=accelerator.num_processes,
+                         num_workers=inc.num_workers, drop_last=True)
+    if len(loader) == 0:  # fewer samples than one batch: keep the partial batch rather than train on nothing
+        loader.drop_last = False
+    return loader
+
+
+@torch.no_grad()
+def sync_batchnorm(model: nn.Module, accelerator) -> None:
+    """Average the BatchNorm running statistics over processes (each saw only its share of every batch)."""
+    if accelerator.num_processes == 1:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.running_mean.copy_(accelerator.reduce(m.running_mean, reduction="mean"))
+            m.running_var.copy_(accelerator.reduce(m.running_var, reduction="mean"))
+
+
+def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
+               on_epoch_end: Callable[[int, int], None] | None = None) -> tuple[nn.Module, Progress]:
+    """Train task t (resuming from its latest checkpoint); returns the unwrapped trained model and its progress."""
+    ctx, inc = method.ctx, method.inc
+    torch.manual_seed(derive_seed(ctx.cfg.seeds[0], t, 7))  # setup_task sees the same RNG on a resumed run
+    raw = method.setup_task(t)
+    groups = method.param_groups(raw)
+    optimizer = method.make_optimizer(groups)
+    for g in optimizer.param_groups:  # every group keeps its own initial lr; the schedule scales it
+        g["initial_lr"] = g["lr"]
+    model, optimizer = accelerator.prepare(raw, optimizer)
+    root = checkpoint.task_checkpoints(ctx.method_dir, t)
+    progress, state = checkpoint.restore(accelerator, root)
+    if state:
+        method.load_checkpoint_state(state)
+    log(f"task {t} ({ctx.tasks[t].name}, {ctx.tasks[t].num_classes} classes): {trainable(groups)} trainable "
+        f"parameters" + (f", resuming after epoch {progress.epoch} from {root}" if progress.epoch else ""))
+    device, loader = accelerator.device, train_loader(ctx, t, accelerator)
+    for epoch in range(progress.epoch, inc.epochs):
+        start, losses, consecutive = time.perf_counter(), [], 0
+        for g in optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * inc.lr_factor(epoch)
+        model.train()
+        loader.set_epoch(epoch)
+        for i, (x, y) in enumerate(loader):
+            if inc.max_steps_per_epoch is not None and i >= inc.max_steps_per_epoch:
+                break
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            extra = method.extra_loss(model)
+            total = loss if extra is None else loss + extra
+            bad = accelerator.reduce(torch.tensor(float(not torch.isfinite(total)), device=device), "sum")
+            if bad.item() > 0:
+                progress.skipped += 1
+                consecutive += 1
+                optimizer.zero_grad(set_to_none=True)
+                log(f"task {t} epoch {epoch} step {i}: non-finite loss (ce {loss.item()}), step skipped")
+                if consecutive >= inc.max_consecutive_skips:
+                    raise NonFiniteLoss(f"task {t}: {consecutive} non-finite losses in a row at epoch {epoch}")
+                continue
+            consecutive = 0
+            accelerator.backward(total)
+            method.before_step(model)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            method.after_step(model, progress.step)
+            losses.append(total.item())
+            if progress.step % inc.log_every == 0:
+                tracker.log_metrics({f"task{t:02d}/train_loss_step": losses[-1]}, step=progress.step)
+        method.after_epoch(model, epoch)
+        progress.epoch, progress.seconds = epoch + 1, progress.seconds + time.perf_counter() - start
+        progress.last_loss = sum(losses) / len(losses) if losses else None
+        checkpoint.save(accelerator, root, progress, method.checkpoint_state())
+        tracker.log_metrics({f"task{t:02d}/train_loss": progress.last_loss or float("nan"),
+                             f"task{t:02d}/lr": optimizer.param_groups[0]["lr"]}, step=epoch)
+        log(f"task {t} epoch {epoch + 1}/{inc.epochs}: loss {progress.last_loss}, {len(losses)} steps, "
+            f"{progress.seconds:.1f} s")
+        if on_epoch_end is not None:
+            on_epoch_end(t, epoch)
+    sync_batchnorm(raw, accelerator)
+    del model, optimizer  # the DDP wrapper and its reducer go now, not at interpreter exit after the group is gone
+    accelerator.free_memory()
+    return unwrap(raw).cpu(), progress
+
+
+def unwrap(raw: nn.Module) -> nn.Module:
+    """The module given to `prepare`, without the autocast forward accelerate patched onto it (the wrappers hold it,
+    not the other way round; unwrap_model would import every distributed backend to find that out)."""
+    raw.__dict__.pop("forward", None)
+    raw.__dict__.pop("_original_forward", None)
+    return raw
