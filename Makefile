@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup test lint bench clean help data pretrain
+.PHONY: setup test lint bench clean help data pretrain incremental
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -30,6 +30,9 @@ CONFIG ?= configs/demo.yaml
 ARGS ?=
 pretrain: $(STAMP)  ## pool pretraining (+ plain backbone) of CONFIG; its data must be prepared (make data)
 	$(PY) -m pretrain -c $(CONFIG) $(ARGS)
+
+incremental: $(STAMP)  ## the task-incremental stage of CONFIG (every configured method; ARGS="--method nws ...")
+	$(PY) -m incremental -c $(CONFIG) $(ARGS)
 
 SOURCE ?= fashion_mnist
 DATA_ARGS ?=
