@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 setup: $(STAMP)  ## create .venv (torch first, then the project); idempotent
 
+# one BLAS/OpenMP thread per process: the tests start several processes (2 ranks) on a 2-core machine, where
+# oversubscribed threads make a step 10x slower
 test: $(STAMP)  ## run the whole test suite
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check .
