@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.common import cpu_name, write_section
 
 SECTION = "## Loaders (bench/loaders.py)"
 
@@ -70,15 +71,9 @@ def measure(unit: Path, configs: list[tuple[str, int]], batch_size: int, epochs:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = re.findall(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        cpu = names[0].strip() if names else cpu
-    except OSError:
-        pass
     from importlib.metadata import version
 
-    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
+    return (f"{cpu_name()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), ffcv {version('ffcv')}, webdataset {version('webdataset')}, "
             f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the end of the run "
             "(other jobs share these cores)")
@@ -121,21 +116,6 @@ def run(images: int, batch_size: int, epochs: int, workers: list[int]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str, command: str) -> None:
-    """Replace (or append) the Loaders section of BENCHMARKS.md; other sections stay as they are."""
-    from nws.io import atomic_write_bytes
-
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    section = f"{SECTION}\n\nCommand: `{command}`\n\n{body}\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1:] if end >= 0 else "")
-    atomic_write_bytes(path, text.encode())
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.loaders", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=10_000)
@@ -154,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         command = (f"python -m bench.loaders --images {args.images} --batch-size {args.batch_size} "
                    f"--epochs {args.epochs} --workers {args.workers} --threads {args.threads} --write")
-        write_section(Path(__file__).resolve().parent.parent / "BENCHMARKS.md", body, command)
+        write_section(SECTION, command, body)
     return 0
 
 

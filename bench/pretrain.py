@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -26,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from nws.io import atomic_write_bytes, read_json
+from bench.common import cpu_name, write_section
+from nws.io import read_json
 
 SECTION = "## Pretrain (bench/pretrain.py)"
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,15 +42,7 @@ spin-wait on a busy core), so absolute numbers move with the load; the interleav
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = re.findall(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        cpu = names[0].strip() if names else cpu
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        cpu += f"; GPU {torch.cuda.get_device_name(0)}"
-    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}"
+    return f"{cpu_name()}, torch {torch.__version__}"
 
 
 def prepare_digits(folder: Path) -> Path:
@@ -110,19 +101,6 @@ def table(results: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str, command: str) -> None:
-    """Replace (or append) this benchmark's section of BENCHMARKS.md; other sections stay as they are."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    section = f"{SECTION}\n\nCommand: `{command}`\n\n{body}\n\n{NOTES}\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    atomic_write_bytes(path, text.encode())
-
-
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(prog="python -m bench.pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: width 1/8, 16-kernel pools, batch 32, 1 repeat")
@@ -142,7 +120,7 @@ def main(argv: list[str] | None = None) -> str:
     print(body)
     if args.write:
         command = "python -m bench.pretrain" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-        write_section(ROOT / "BENCHMARKS.md", body, command)
+        write_section(SECTION, command, body + "\n\n" + NOTES)
     return body
 
 

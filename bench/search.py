@@ -22,17 +22,14 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
-import re
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import nws
-from nws.io import atomic_write_bytes
+from bench.common import cpu_name, write_section
 from nws.search import SearchCache, nearest
 
 SECTION = "## Search (bench/search.py)"
@@ -51,13 +48,7 @@ class OfficialSearch:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = re.findall(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        cpu = names[0].strip() if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return f"{cpu_name()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def load() -> str:
@@ -210,19 +201,6 @@ margin since they were last compared; its result is checked against the full sea
 This machine is shared with other jobs: absolute times move with its load, the interleaved ratios much less."""
 
 
-def write_section(path: Path, body: str, command: str) -> None:
-    """Replace (or append) this benchmark's section of BENCHMARKS.md; other sections stay as they are."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    section = f"{SECTION}\n\nCommand: `{command}`\n\n{body}\n\n{NOTES}\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    atomic_write_bytes(path, text.encode())
-
-
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: width 1/8, batch 4, 2 repeats")
@@ -246,7 +224,7 @@ def main(argv: list[str] | None = None) -> str:
         command = "python -m bench.search" + (" --quick" if args.quick else f" --repeats {args.repeats}")
         command += f" --threads {args.threads}" if args.threads else ""
         command += " --clock cpu" if args.clock == "cpu" else ""
-        write_section(Path(__file__).resolve().parent.parent / "BENCHMARKS.md", body, command + " --write")
+        write_section(SECTION, command + " --write", body + "\n\n" + NOTES)
     return body
 
 
