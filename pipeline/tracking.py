@@ -90,11 +90,19 @@ class Run(NullRun):
         self.client.set_terminated(self.run_id, status)
 
 
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go next to its file (MLflow would put them in ./mlruns of whatever folder the
+    process runs in); a server decides for itself (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
 def _experiment_id(client, name: str, runs_dir: Path) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (runs_dir.resolve() / "mlartifacts").as_uri()
+    location = artifact_location(tracking_uri(runs_dir))
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another process created it in between

@@ -70,3 +70,20 @@ def test_disabled_rank_logs_nothing(store):
         run.log_metrics({"loss": 1.0}, step=0)
         run.log_params({"a": 1})
     assert not (store / "mlflow.db").exists()
+
+
+def test_artifacts_of_a_named_sqlite_store_stay_next_to_it(tmp_path, monkeypatch):
+    """With MLFLOW_TRACKING_URI naming a SQLite file, artifacts go beside that file, not to ./mlruns of the cwd."""
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    store = tmp_path / "shared"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    store.mkdir()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    run = start_run("exp", "stage", runs_dir=tmp_path / "unused")
+    (tmp_path / "a.json").write_text("{}")
+    run.log_artifact(tmp_path / "a.json")
+    run.end()
+    assert list((store / "mlartifacts").rglob("a.json"))
+    assert not (cwd / "mlruns").exists()
