@@ -24,6 +24,15 @@ def nws_layers(model: nn.Module) -> Iterator[tuple[str, NWSLayer]]:
             yield name, module
 
 
+def _layers_matching(model: nn.Module, given: dict, what: str) -> dict[str, NWSLayer]:
+    """The model's NWS layers, when `given` has an entry for exactly those layers (else an error naming them)."""
+    layers = _layers(model)
+    if set(given) != set(layers):
+        missing, extra = sorted(set(layers) - set(given)), sorted(set(given) - set(layers))
+        raise ValueError(f"{what} do not match the model's NWS layers: missing {missing}, unexpected {extra}")
+    return layers
+
+
 def _layers(model: nn.Module) -> dict[str, NWSLayer]:
     layers = dict(nws_layers(model))
     if not layers:
@@ -113,10 +122,7 @@ def export_indices(model: nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def load_indices(model: nn.Module, indices: dict[str, torch.Tensor]) -> nn.Module:
     """Set the searched kernels from `indices` and the temporary kernels to them (Algorithm 1, line 3)."""
-    layers = _layers(model)
-    if set(indices) != set(layers):
-        missing, extra = sorted(set(layers) - set(indices)), sorted(set(indices) - set(layers))
-        raise ValueError(f"indices do not match the model's NWS layers: missing {missing}, unexpected {extra}")
+    layers = _layers_matching(model, indices, "indices")
     for name, layer in layers.items():
         idx = torch.as_tensor(indices[name]).to(device=layer.indices.device, dtype=torch.long).reshape(-1)
         if idx.numel() != layer.num_groups:
@@ -152,10 +158,7 @@ def export_pools(model: nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def load_pools(model: nn.Module, pools: dict[str, torch.Tensor]) -> nn.Module:
     """Copy stored pools into the model; a pool that does not match its layer is an error naming the layer."""
-    layers = _layers(model)
-    if set(pools) != set(layers):
-        missing, extra = sorted(set(layers) - set(pools)), sorted(set(pools) - set(layers))
-        raise ValueError(f"pools do not match the model's NWS layers: missing {missing}, unexpected {extra}")
+    layers = _layers_matching(model, pools, "pools")
     for name, layer in layers.items():
         if tuple(pools[name].shape) != tuple(layer.pool.shape):
             raise ValueError(
