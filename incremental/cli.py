@@ -45,19 +45,13 @@ def run_cli(args) -> int:
     from incremental.loop import run
     from incremental.train import NonFiniteLoss
     from nws.artifact import ArtifactError
-    from pipeline.config import ConfigError, experiment_schema, load_config
-    from pipeline.tracking import DEFAULT_RUNS_DIR
+    from pipeline.config import ConfigError, stage_config, stage_dir
 
     try:
-        cfg = load_config(experiment_schema(), args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    runs = Path(DEFAULT_RUNS_DIR)
-    data = args.data or runs / cfg.name / "data"
-    pretrain = args.pretrain or runs / cfg.name / "pretrain"
-    out = args.out or runs / cfg.name / "incremental"
-    try:
+        cfg, runs = stage_config(args)
+        data = stage_dir(args.data, runs, cfg.name, "data")
+        pretrain = stage_dir(args.pretrain, runs, cfg.name, "pretrain")
+        out = stage_dir(args.out, runs, cfg.name, "incremental")
         results = run(cfg, data, pretrain, out, methods=args.method, runs_dir=args.runs_dir or runs)
         PartialState().destroy_process_group()  # a launched run leaves its process group cleanly
     except ArtifactError as e:

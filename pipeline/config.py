@@ -136,3 +136,16 @@ def experiment_schema():
         incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)
 
     return Experiment
+
+
+def stage_config(args) -> tuple[BaseModel, Path]:
+    """The experiment config of a stage command (`-c CONFIG key.sub=value ...`) and its runs folder.
+    Raises ConfigError (a ValueError) for a bad file or key."""
+    from pipeline.tracking import DEFAULT_RUNS_DIR
+
+    return load_config(experiment_schema(), args.config, args.overrides), Path(DEFAULT_RUNS_DIR)
+
+
+def stage_dir(given: Path | None, runs: Path, name: str, stage: str) -> Path:
+    """The folder a stage reads or writes: the one given on the command line, else runs/<experiment>/<stage>."""
+    return given or runs / name / stage

@@ -39,20 +39,14 @@ def register(subparsers) -> None:
 
 
 def run_cli(args) -> int:
-    from pipeline.config import ConfigError, experiment_schema, load_config
-    from pipeline.tracking import DEFAULT_RUNS_DIR
+    from pipeline.config import stage_config, stage_dir
     from pretrain.guard import NonFiniteLoss
     from pretrain.run import run
 
-    try:
-        cfg = load_config(experiment_schema(), args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    runs = Path(DEFAULT_RUNS_DIR)
-    data = args.data or runs / cfg.name / "data"
-    out = args.out or runs / cfg.name / "pretrain"
-    try:
+    try:  # a ConfigError is a ValueError: exit 2 like every other bad input
+        cfg, runs = stage_config(args)
+        data = stage_dir(args.data, runs, cfg.name, "data")
+        out = stage_dir(args.out, runs, cfg.name, "pretrain")
         run(cfg, data, out, runs_dir=args.runs_dir or runs)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
