@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nws import codec
-from nws.convert import load_indices, nws_layers, pool_sizes
+from nws.convert import export_indices, load_indices, nws_layers, pool_sizes
 from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 
 FORMAT = "nws-task/1"
@@ -42,8 +42,6 @@ def save_task(folder: str | Path, model: nn.Module, codec_mode: str = "smallest"
     codec_mode: "packed", "entropy", "delta" (needs `prev`, the previous task's indices) or "smallest" (every mode
     that applies, keeping the smallest blob that round-trips). `indices` defaults to a fresh export from the model.
     """
-    from nws.convert import export_indices
-
     folder = Path(folder)
     idx = indices if indices is not None else export_indices(model)
     sizes = pool_sizes(model)
