@@ -9,8 +9,9 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 # FFCV's build needs the first three; dataset-fashion-mnist puts the real Fashion-MNIST IDX files in
-# /usr/share/datasets/fashion-mnist (real data for the tests and the fmnist config)
-SYSTEM_PKGS=(libopencv-dev libturbojpeg0-dev pkg-config dataset-fashion-mnist)
+# /usr/share/datasets/fashion-mnist (real data for the tests and the fmnist config); chromium opens the MLflow UI
+# in the browser test; slurm-wlm and munge are the one-node Slurm cluster the tests of cluster/ start
+SYSTEM_PKGS=(libopencv-dev libturbojpeg0-dev pkg-config dataset-fashion-mnist chromium slurm-wlm munge)
 
 missing=()
 for p in "${SYSTEM_PKGS[@]}"; do
