@@ -103,28 +103,40 @@ def _parse_options(items: list[str]) -> dict:
 
 
 def task_options(args, source) -> tuple[str, dict]:
-    """(kind, split_tasks options) from the arguments; `auto` decided from the opened source."""
-    kind = args.tasks
-    sized = args.classes_per_task is not None or args.num_tasks is not None
+    """(kind, split_tasks options) from the command-line arguments (`--explicit 'A,B;C,D'`)."""
+    explicit = None
+    if args.tasks == "explicit":
+        if not args.explicit:
+            raise ValueError("--tasks explicit needs --explicit 'A,B;C,D'")
+        explicit = [[c for c in part.split(",") if c] for part in args.explicit.split(";") if part]
+    return split_options(source, args.tasks, args.classes_per_task, args.num_tasks, args.seed, args.order, explicit)
+
+
+def split_options(source, kind: str, classes_per_task: int | None = None, num_tasks: int | None = None,
+                  seed: int = 0, order: str | None = None, explicit: list | None = None) -> tuple[str, dict]:
+    """(kind, split_tasks options) with `auto` decided from the opened source: group when it has groups, else
+    blocks of 2 classes for at most 20 classes (or when a size is given), else all. Explicit class ids given as
+    digit strings become ints unless a class has that name."""
+    sized = classes_per_task is not None or num_tasks is not None
     if kind == "auto":
         n = len(source.classes)
         kind = "group" if source.groups else "blocks" if sized or (n <= 20 and n % 2 == 0) else "all"
     opts: dict = {}
     if kind in ("blocks", "random"):
-        opts = {"classes_per_task": args.classes_per_task, "num_tasks": args.num_tasks}
+        opts = {"classes_per_task": classes_per_task, "num_tasks": num_tasks}
         if not sized:
             opts["classes_per_task"] = 2
         opts = {k: v for k, v in opts.items() if v is not None}
         if kind == "random":
-            opts["seed"] = args.seed
-    elif kind == "group" and args.order:
-        opts["order"] = args.order
+            opts["seed"] = seed
+    elif kind == "group" and order:
+        opts["order"] = order
     elif kind == "explicit":
-        if not args.explicit:
-            raise ValueError("--tasks explicit needs --explicit 'A,B;C,D'")
+        if not explicit:
+            raise ValueError("a task split of kind explicit needs the class lists (tasks.explicit)")
         names = set(source.classes)
-        opts["explicit"] = [[c if c in names or not c.isdigit() else int(c) for c in part.split(",") if c]
-                            for part in args.explicit.split(";") if part]
+        opts["explicit"] = [[c if not isinstance(c, str) or c in names or not c.isdigit() else int(c) for c in part]
+                            for part in explicit]
     return kind, opts
 
 

@@ -9,12 +9,14 @@ stage code logs unconditionally.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 PARENT_ENV = "NWS_MLFLOW_PARENT_RUN_ID"
+TAGS_ENV = "NWS_MLFLOW_TAGS"  # JSON object of tags every run of this process gets (the pipeline sets {"seed": ...})
 DEFAULT_RUNS_DIR = "runs"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 BATCH = 100  # params per log_batch call (MLflow's limit); metrics are sent in chunks of the same size
@@ -112,10 +114,38 @@ def _experiment_id(client, name: str, runs_dir: Path) -> str:
         return exp.experiment_id
 
 
+class AttachedRun(Run):
+    """A run another process owns (the pipeline's parent run, seen from a Slurm job): logged to, never ended."""
+
+    def end(self, status: str = "FINISHED") -> None:
+        return None
+
+
+def attach_run(run_id: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Run:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(runs_dir))
+    client.get_run(run_id)  # fails clearly when the store does not have it
+    return AttachedRun(client, run_id)
+
+
+def env_tags() -> dict[str, str]:
+    """The tags of $NWS_MLFLOW_TAGS (a JSON object), e.g. the seed of a pipeline run."""
+    text = os.environ.get(TAGS_ENV)
+    if not text:
+        return {}
+    try:
+        tags = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"{TAGS_ENV}={text!r} is not a JSON object") from None
+    return {str(k): str(v) for k, v in tags.items()}
+
+
 def start_run(experiment: str, run_name: str, *, runs_dir: str | Path = DEFAULT_RUNS_DIR, enabled: bool = True,
-              resume_run_id: str | None = None, tags: dict[str, str] | None = None) -> NullRun:
-    """A run in `experiment` (created if needed), child of $NWS_MLFLOW_PARENT_RUN_ID when set; `resume_run_id`
-    continues an earlier run of the same stage (a resumed job keeps one metric history). NullRun when disabled."""
+              resume_run_id: str | None = None, tags: dict[str, str] | None = None, parent: bool = True) -> NullRun:
+    """A run in `experiment` (created if needed), child of $NWS_MLFLOW_PARENT_RUN_ID when set and `parent`;
+    `resume_run_id` continues an earlier run of the same stage (a resumed job keeps one metric history); tags of
+    $NWS_MLFLOW_TAGS are added (a `seed` tag also names the run). NullRun when disabled."""
     if not enabled:
         return NullRun()
     from mlflow.exceptions import MlflowException
@@ -132,8 +162,10 @@ def start_run(experiment: str, run_name: str, *, runs_dir: str | Path = DEFAULT_
             return Run(client, resume_run_id)
         except MlflowException:
             pass  # the store was reset: start a new run
-    tags = {k: str(v) for k, v in (tags or {}).items()}
-    if os.environ.get(PARENT_ENV):
+    tags = {**env_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
+    if "seed" in tags:
+        run_name = f"{run_name} seed{tags['seed']}"
+    if parent and os.environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
     run = client.create_run(_experiment_id(client, experiment, runs_dir), run_name=run_name, tags=tags)
     return Run(client, run.info.run_id)

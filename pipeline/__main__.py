@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.run_cli import main
+
+sys.exit(main())

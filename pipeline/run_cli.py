@@ -1,0 +1,75 @@
+"""`nws pipeline run -c CONFIG [--seed S ...] [--only STAGE | --from STAGE] [--force] [key.sub=value ...]`
+(also `python -m pipeline run ...` and `make pipeline CONFIG=...`).
+
+Runs data -> pretrain -> incremental -> report for every seed of the config, skipping each stage whose resolved
+config and input files are unchanged since it last finished (stage.json in its folder). Outputs go to
+runs/<name>/: data/, seed<S>/{config.yaml, pretrain/, incremental/<method>/}, report/; MLflow to runs/mlflow.db
+(or $MLFLOW_TRACKING_URI), one parent run per pipeline folder with a child run per stage, seed and method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  nws pipeline run -c configs/demo.yaml                         # everything; a second call skips every stage
+  nws pipeline run -c configs/demo.yaml incremental.epochs=3    # reruns incremental and report only
+  nws pipeline run -c configs/fmnist.yaml --only pretrain --force
+  nws pipeline run -c configs/split_cifar100_resnet18.yaml --seed 1 --from incremental
+  srun --ntasks 8 nws pipeline run -c configs/imagenet_pools_resnet18.yaml --only pretrain   (ranks from Slurm)"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline.stages import STAGES
+
+    p.add_argument("-c", "--config", required=True, type=Path, help="experiment YAML")
+    p.add_argument("--seed", type=int, action="append", default=None, metavar="S",
+                   help="run only this seed of the config's seeds (repeatable)")
+    p.add_argument("--only", choices=STAGES, default=None, help="run this stage only")
+    p.add_argument("--from", dest="start", choices=STAGES, default=None, help="run this stage and those after it")
+    p.add_argument("--force", action="store_true", help="rerun the selected stages even when up to date")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="outputs and the MLflow store (default runs)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.set_defaults(func=run_cli)
+
+
+def register(subparsers) -> None:
+    """Adds `pipeline run` to the `nws` command line (pipeline/cli.py)."""
+    p = subparsers.add_parser("pipeline", help="run every stage of an experiment, with caching",
+                              description="The staged pipeline of an experiment.")
+    sub = p.add_subparsers(dest="pipeline_command", metavar="COMMAND", required=True)
+    run = sub.add_parser("run", help="data -> pretrain -> incremental -> report (skips unchanged stages)",
+                         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(run)
+
+
+def run_cli(args) -> int:
+    from nws.artifact import ArtifactError
+    from pipeline.config import ConfigError
+    from pipeline.runner import run_pipeline
+    from pipeline.stages import StageFailed
+
+    try:
+        summary = run_pipeline(args.config, args.overrides, seeds=args.seed, only=args.only, start=args.start,
+                               force=args.force, runs_dir=args.runs_dir)
+    except StageFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, ArtifactError, FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ran = [k for k, v in summary.items() if v["status"] == "ran"]
+    print(f"[pipeline] {len(ran)} stage(s) ran, {len(summary) - len(ran)} up to date")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="The staged pipeline of an experiment.")
+    sub = parser.add_subparsers(dest="pipeline_command", metavar="COMMAND", required=True)
+    run = sub.add_parser("run", help="data -> pretrain -> incremental -> report", description=__doc__, epilog=EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(run)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,156 @@
+"""`nws pipeline run`: the stages in order, each skipped when nothing it depends on changed (DESIGN §2).
+
+A stage records `stage.json` in its output folder after it finished: the hash of its key (resolved config
+sections + upstream output digests) and the digest of its outputs. It is skipped when both still match, so a second
+run of an unchanged config does nothing, and changing one setting reruns the stages that read it and those after
+them. Each seed of `seeds` is a run of its own (`seed<S>/`, its config with `seeds: [S]`); the report aggregates
+them. One MLflow parent run per pipeline folder (its id in `pipeline.json`, reused by later invocations and by
+Slurm jobs through NWS_MLFLOW_PARENT_RUN_ID); every stage's runs are its children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from nws.io import atomic_write_bytes, atomic_write_json, read_json
+from pipeline import stages as S
+from pipeline.config import ConfigError, config_hash, experiment_schema, load_config, resolved
+from pipeline.tracking import DEFAULT_RUNS_DIR, PARENT_ENV, TAGS_ENV, attach_run, start_run
+
+STAGES = S.STAGES
+RECORD = "stage.json"
+PIPELINE = "pipeline.json"
+
+
+def is_main_rank() -> bool:
+    """Rank 0 of a launcher or of srun (every rank runs `--only pretrain` under srun; only rank 0 records)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def selected(only: str | None, start: str | None) -> list[str]:
+    if only and start:
+        raise ConfigError("give --only or --from, not both")
+    for given in (only, start):
+        if given is not None and given not in STAGES:
+            raise ConfigError(f"unknown stage {given!r}; stages: {', '.join(STAGES)}")
+    if only:
+        return [only]
+    return list(STAGES[STAGES.index(start):]) if start else list(STAGES)
+
+
+def up_to_date(stage: S.Stage) -> bool:
+    """stage.json says this key produced these outputs, and the outputs are still those bytes."""
+    path = stage.folder / RECORD
+    if not path.is_file():
+        return False
+    record = read_json(path)
+    return record.get("key") == config_hash(stage.key) and record.get("outputs") == S.digest(stage.outputs())
+
+
+def seed_config(cfg, seed: int, layout: S.Layout):
+    """The config of one seed's run (`seeds: [seed]`), written to seed<S>/config.yaml for the stage processes."""
+    data = resolved(cfg)
+    data["seeds"] = [seed]
+    seeded = experiment_schema().model_validate(data)
+    if is_main_rank():
+        atomic_write_bytes(layout.config(seed), yaml.safe_dump(data, sort_keys=False).encode())
+    return seeded
+
+
+def parent_run(cfg, layout: S.Layout, runs_dir: Path):
+    """The pipeline folder's MLflow parent run: the one $NWS_MLFLOW_PARENT_RUN_ID names (a Slurm job of a submitted
+    pipeline: attached, not ended), else the one pipeline.json names (reopened), else a new one."""
+    if os.environ.get(PARENT_ENV):
+        return attach_run(os.environ[PARENT_ENV], runs_dir) if is_main_rank() else start_run("", "", enabled=False)
+    path = layout.root / PIPELINE
+    known = read_json(path).get("parent_run_id") if path.is_file() else None
+    tracker = start_run(cfg.name, "pipeline", runs_dir=runs_dir, enabled=is_main_rank(), resume_run_id=known,
+                        tags={"stage": "pipeline"}, parent=False)
+    if tracker.run_id and tracker.run_id != known:
+        atomic_write_json(path, {"parent_run_id": tracker.run_id, "experiment": cfg.name})
+        tracker.log_params(resolved(cfg))
+        tracker.log_dict(resolved(cfg), "config.json")
+    return tracker
+
+
+def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: list[int] | None = None,
+                 only: str | None = None, start: str | None = None, force: bool = False,
+                 runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict:
+    """Run (or skip) the selected stages of `config`; returns {stage label: "ran" | "skipped" | seconds...}."""
+    cfg = load_config(experiment_schema(), config, overrides)
+    runs_dir = Path(runs_dir)
+    chosen = selected(only, start)
+    if seeds:
+        unknown = sorted(set(seeds) - set(cfg.seeds))
+        if unknown:
+            raise ConfigError(f"--seed {unknown}: not among the config's seeds {cfg.seeds}")
+    run_seeds = list(seeds or cfg.seeds)
+    layout = S.Layout(runs_dir, cfg.name)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, dict] = {}
+    with parent_run(cfg, layout, runs_dir) as parent:
+        env = {PARENT_ENV: os.environ.get(PARENT_ENV) or parent.run_id or ""}
+        for stage in plan(cfg, layout, run_seeds, env, force, parent):
+            if stage.name not in chosen:
+                continue
+            summary[stage.label] = run_stage(stage, force, parent)
+    return summary
+
+
+def stage_run(cfg, name: str, runs_dir: Path, parent_id: str | None):
+    """The MLflow child run of a stage that runs in this process (data): a child of the parent run."""
+    before = os.environ.get(PARENT_ENV)
+    if parent_id:
+        os.environ[PARENT_ENV] = parent_id
+    try:
+        return start_run(cfg.name, name, runs_dir=runs_dir, enabled=is_main_rank(), tags={"stage": name})
+    finally:
+        if before is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = before
+
+
+def plan(cfg, layout: S.Layout, seeds: list[int], env: dict[str, str], force: bool, parent):
+    """The stages in order; keys are computed lazily, after the stages before them ran (their output digests)."""
+    data = S.data_stage(cfg, layout, force, lambda: stage_run(cfg, "data", layout.runs_dir, env[PARENT_ENV]))
+    yield data
+    data_digest = S.digest(data.outputs())
+    incremental_digests = []
+    for seed in seeds:
+        scfg = seed_config(cfg, seed, layout)
+        seed_env = {**env, TAGS_ENV: json.dumps({"seed": str(seed)})}
+        pre = S.pretrain_stage(scfg, seed, layout, data_digest, seed_env)
+        yield pre
+        inc = S.incremental_stage(scfg, seed, layout, [data_digest, S.digest(pre.outputs())], seed_env)
+        yield inc
+        incremental_digests.append(S.digest(inc.outputs()))
+    yield S.report_stage(layout, seeds, incremental_digests, parent)
+
+
+def run_stage(stage: S.Stage, force: bool, parent) -> dict:
+    if not force and up_to_date(stage):
+        print(f"[pipeline] {stage.label}: up to date, skipped ({stage.folder})", flush=True)
+        return {"status": "skipped"}
+    print(f"[pipeline] {stage.label}: running -> {stage.folder}", flush=True)
+    if force and is_main_rank():
+        stage.clear()
+    began = time.perf_counter()
+    stage.execute()
+    seconds = time.perf_counter() - began
+    if is_main_rank():
+        outputs = S.digest(stage.outputs())
+        if outputs is None:
+            missing = [str(p) for p in stage.outputs() if not p.is_file()]
+            raise S.StageFailed(f"{stage.label} finished without its outputs: {', '.join(missing)}")
+        atomic_write_json(stage.folder / RECORD, {"stage": stage.name, "seed": stage.seed,
+                                                  "key": config_hash(stage.key), "outputs": outputs,
+                                                  "seconds": round(seconds, 3), "finished": time.time()})
+        parent.log_metrics({f"seconds.{stage.name}" + ("" if stage.seed is None else f".seed{stage.seed}"): seconds})
+    print(f"[pipeline] {stage.label}: done in {seconds:.1f} s", flush=True)
+    return {"status": "ran", "seconds": seconds}

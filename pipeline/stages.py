@@ -1,0 +1,175 @@
+"""The four stages of a pipeline run as data: what each reads, what its outputs depend on, how it runs.
+
+DESIGN §2: data_prep -> pretrain -> incremental -> report, exchanging files only. A stage's *key* is everything its
+outputs depend on (its resolved config sections and the digests of the upstream outputs it reads); its *outputs
+digest* identifies the files it produced. pipeline.runner skips a stage whose stored key and outputs digest both
+still hold. Pretrain and incremental run as child processes (`python -m pretrain|incremental`), exactly the
+commands a user or a Slurm job runs, so a stage behaves the same in the pipeline, alone, or under srun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import resolved
+
+STAGES = ("data", "pretrain", "incremental", "report")
+PER_SEED = ("pretrain", "incremental")
+
+
+class StageFailed(RuntimeError):
+    """A stage's process exited with an error (its own message was printed above)."""
+
+
+@dataclass
+class Layout:
+    """Where a pipeline run's files go (DESIGN §2): runs/<name>/{data, seed<S>/{pretrain, incremental}, report}."""
+
+    runs_dir: Path
+    name: str
+
+    @property
+    def root(self) -> Path:
+        return self.runs_dir / self.name
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def seed(self, seed: int) -> Path:
+        return self.root / f"seed{seed}"
+
+    def pretrain(self, seed: int) -> Path:
+        return self.seed(seed) / "pretrain"
+
+    def incremental(self, seed: int) -> Path:
+        return self.seed(seed) / "incremental"
+
+    def config(self, seed: int) -> Path:
+        return self.seed(seed) / "config.yaml"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+@dataclass
+class Stage:
+    """One stage of one run: `folder` holds its outputs and its stage.json record."""
+
+    name: str
+    seed: int | None
+    folder: Path
+    key: dict
+    outputs: Callable[[], list[Path]]  # the files whose bytes identify what the stage produced
+    execute: Callable[[], None]
+    clear: Callable[[], None] = field(default=lambda: None)  # what --force removes before running
+
+    @property
+    def label(self) -> str:
+        return self.name if self.seed is None else f"{self.name} (seed {self.seed})"
+
+
+def digest(paths: list[Path]) -> str | None:
+    """sha256 over the named files (names and bytes); None when one is missing (the outputs are not there)."""
+    h = hashlib.sha256()
+    for path in paths:
+        if not path.is_file():
+            return None
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_module(module: str, args: list[str], env: dict[str, str]) -> None:
+    """`python -m module args` with the pipeline's environment; a non-zero exit is a StageFailed."""
+    cmd = [sys.executable, "-m", module, *args]
+    code = subprocess.run(cmd, env={**os.environ, **env}).returncode
+    if code != 0:
+        raise StageFailed(f"`{' '.join(cmd)}` exited with code {code}")
+
+
+def data_stage(cfg, layout: Layout, force: bool, track: Callable) -> Stage:
+    """The data stage, in this process (no ranks, no autocast): data_prep.prepare with the `data` section; its
+    MLflow run (from `track`) gets the per-unit counts and sizes."""
+
+    def execute() -> None:
+        from data_prep.cli import format_summary, split_options
+        from data_prep.prepare import prepare
+        from data_prep.sources import open_source
+
+        d = cfg.data
+        source = open_source(d.source, d.root, **d.options)
+        t = d.tasks
+        kind, opts = split_options(source, t.kind, t.classes_per_task, t.num_tasks, t.seed, t.order, t.explicit)
+        summary = prepare(d.source, d.root, layout.data, d.formats, kind, opts, source_options=d.options,
+                          pretrain_set=d.pretrain_set, max_per_shard=d.max_per_shard, strict=d.strict,
+                          force=force, source=source)
+        print(format_summary(summary), flush=True)
+        with track() as run:
+            run.log_params({"data": resolved(cfg)["data"]})
+            run.log_metrics({"bytes_total": summary["bytes_total"], "bad_images": summary["bad_images"],
+                             "units": len(summary["units"]), "seconds": summary["seconds"],
+                             **{f"images.{unit}.{split}": n for unit, u in summary["units"].items()
+                                for split, n in u["splits"].items()}})
+            run.log_artifact(layout.data / "tasks.json")
+
+    return Stage("data", None, layout.data, {"data": resolved(cfg)["data"]},
+                 lambda: [layout.data / "manifest.json", layout.data / "tasks.json"], execute)
+
+
+def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: dict[str, str]) -> Stage:
+    out = layout.pretrain(seed)
+    data = resolved(cfg)
+    key = {"seeds": data["seeds"], "data": data["data"], "model": data["model"], "pretrain": data["pretrain"],
+           "upstream": upstream}
+    args = ["-c", str(layout.config(seed)), "--data", str(layout.data), "--out", str(out),
+            "--runs-dir", str(layout.runs_dir)]
+    return Stage("pretrain", seed, out, key, lambda: [out / "complete", out / "pretrain.json"],
+                 lambda: run_module("pretrain", args, env), lambda: shutil.rmtree(out, ignore_errors=True))
+
+
+def incremental_stage(cfg, seed: int, layout: Layout, upstream: list[str | None], env: dict[str, str]) -> Stage:
+    out = layout.incremental(seed)
+    key = {**resolved(cfg), "upstream": upstream}
+    args = ["-c", str(layout.config(seed)), "--data", str(layout.data), "--pretrain", str(layout.pretrain(seed)),
+            "--out", str(out), "--runs-dir", str(layout.runs_dir)]
+
+    def execute() -> None:
+        drop_changed_methods(cfg, out)
+        run_module("incremental", args, env)
+
+    return Stage("incremental", seed, out, key,
+                 lambda: [out / m / "metrics.json" for m in cfg.incremental.methods], execute,
+                 lambda: shutil.rmtree(out, ignore_errors=True))
+
+
+def drop_changed_methods(cfg, out: Path) -> None:
+    """A method folder holding tasks of another configuration is removed, so the stage reruns that method only
+    (the loop itself refuses to mix configurations in one folder; in a pipeline run the config is the truth)."""
+    from incremental.loop import PROGRESS, run_hash
+    from nws.io import read_json
+
+    for method in cfg.incremental.methods:
+        progress = out / method / PROGRESS
+        if progress.is_file() and read_json(progress).get("config_hash") != run_hash(cfg, method):
+            print(f"[pipeline] {method}: the incremental config changed; its earlier tasks are removed", flush=True)
+            shutil.rmtree(out / method)
+
+
+def report_stage(layout: Layout, seeds: list[int], upstream: list[str | None], tracker) -> Stage:
+    def execute() -> None:
+        from pipeline.report import make_report
+
+        make_report(layout.root, layout.report, tracker=tracker)
+
+    return Stage("report", None, layout.report, {"seeds": seeds, "upstream": upstream},
+                 lambda: [layout.report / "results.json", layout.report / "results.md"], execute,
+                 lambda: shutil.rmtree(layout.report, ignore_errors=True))

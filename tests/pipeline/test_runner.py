@@ -1,0 +1,146 @@
+"""The staged pipeline on real digits: every stage runs once per seed, a second call skips them all, a changed
+setting reruns exactly the stages that read it, outputs altered on disk are redone, and MLflow gets one parent
+run with a child per stage, seed and method."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from nws.io import read_json
+from pipeline.config import ConfigError
+from pipeline.run_cli import main as cli_main
+from pipeline.runner import run_pipeline
+
+CONFIG = {
+    "name": "tiny",
+    "seeds": [0, 1],
+    "data": {"source": "digits", "tasks": {"kind": "blocks", "classes_per_task": 2},
+             "formats": ["wds"], "loader": "memory"},
+    "model": {"arch": "resnet18", "stem": "cifar", "width": 0.125, "pool_size": 16},
+    "pretrain": {"kind": "both", "epochs": 1, "batch_size": 64, "lr": 0.05, "milestones": [], "precision": "bf16",
+                 "checkpoint_every": 100, "log_every": 10, "max_steps_per_epoch": 4},
+    "incremental": {"methods": ["nws", "finetune"], "num_tasks": 2, "epochs": 1, "batch_size": 32, "lr": 0.05,
+                    "milestones": [], "max_steps_per_epoch": 3, "augment": False},
+}
+
+
+def statuses(summary: dict) -> dict[str, str]:
+    return {label: v["status"] for label, v in summary.items()}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """One full run of the tiny experiment (2 seeds), into its own runs folder and MLflow store."""
+    root = tmp_path_factory.mktemp("pipeline")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    runs = root / "runs"
+    before = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        summary = run_pipeline(config, runs_dir=runs)
+    finally:
+        if before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+    return config, runs, summary
+
+
+def test_every_stage_runs_once_per_seed_into_the_layout(pipeline_run):
+    config, runs, summary = pipeline_run
+    assert statuses(summary) == {"data": "ran", "pretrain (seed 0)": "ran", "incremental (seed 0)": "ran",
+                                 "pretrain (seed 1)": "ran", "incremental (seed 1)": "ran", "report": "ran"}
+    exp = runs / "tiny"
+    assert (exp / "data" / "tasks.json").is_file()
+    for seed in (0, 1):
+        cfg = yaml.safe_load((exp / f"seed{seed}" / "config.yaml").read_text())
+        assert cfg["seeds"] == [seed]
+        assert (exp / f"seed{seed}" / "pretrain" / "pools.safetensors").is_file()
+        for method in ("nws", "finetune"):
+            metrics = read_json(exp / f"seed{seed}" / "incremental" / method / "metrics.json")
+            assert metrics["num_tasks"] == 2 and 0.0 <= metrics["final_avg_acc"] <= 1.0
+    results = read_json(exp / "report" / "results.json")
+    assert results["seeds"] == [0, 1]
+    assert set(results["methods"]) == {"nws", "finetune"}
+    # nothing outside runs/<name>/ but the MLflow store and its artifacts
+    assert sorted(p.name for p in runs.iterdir()) == sorted(["tiny", "mlflow.db", "mlartifacts"])
+
+
+def test_the_two_seeds_are_different_runs(pipeline_run):
+    _, runs, _ = pipeline_run
+    pools = [(runs / "tiny" / f"seed{s}" / "pretrain" / "pools.safetensors").read_bytes() for s in (0, 1)]
+    assert pools[0] != pools[1]
+
+
+def test_mlflow_has_one_parent_with_a_child_per_stage_seed_and_method(pipeline_run):
+    from mlflow.tracking import MlflowClient
+
+    _, runs, _ = pipeline_run
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    found = client.search_runs([exp.experiment_id])
+    parent_id = read_json(runs / "tiny" / "pipeline.json")["parent_run_id"]
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_id for r in parents] == [parent_id]
+    children = sorted(r.info.run_name for r in found if r.data.tags.get("mlflow.parentRunId") == parent_id)
+    expected = ["data"] + [f"{stage}-{kind} seed{s}" for s in (0, 1) for stage, kinds in
+                           (("pretrain", ("nws", "plain")), ("incremental", ("nws", "finetune"))) for kind in kinds]
+    assert children == sorted(expected)
+    parent = client.get_run(parent_id)
+    assert parent.data.params["incremental.epochs"] == "1"
+    assert "seconds.incremental.seed1" in parent.data.metrics
+    inc = next(r for r in found if r.info.run_name == "incremental-nws seed1")
+    assert inc.data.tags["seed"] == "1" and "final_avg_acc" in inc.data.metrics
+    assert {a.path for a in client.list_artifacts(parent_id)} == {"config.json", "report"}
+    assert {"report/results.json", "report/results.md"} <= {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert "report.nws.final_avg_acc_std" in parent.data.metrics
+
+
+def test_a_second_run_skips_every_stage(pipeline_run, capsys):
+    config, runs, _ = pipeline_run
+    assert cli_main(["run", "-c", str(config), "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "0 stage(s) ran, 6 up to date" in out
+
+
+def test_outputs_changed_on_disk_are_redone(pipeline_run):
+    config, runs, _ = pipeline_run
+    report = runs / "tiny" / "report" / "results.md"
+    report.write_text("edited by hand")
+    summary = run_pipeline(config, runs_dir=runs, only="report")
+    assert statuses(summary) == {"report": "ran"}
+    assert report.read_text().startswith("# ")
+
+
+def test_bad_requests_name_what_is_wrong(pipeline_run, tmp_path, capsys):
+    config, runs, _ = pipeline_run
+    with pytest.raises(ConfigError, match="unknown stage 'train'"):
+        run_pipeline(config, runs_dir=runs, only="train")
+    with pytest.raises(ConfigError, match=r"--seed \[7\]"):
+        run_pipeline(config, runs_dir=runs, seeds=[7])
+    with pytest.raises(ConfigError, match="--only or --from"):
+        run_pipeline(config, runs_dir=runs, only="data", start="pretrain")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**CONFIG, "incremental": {**CONFIG["incremental"], "epochz": 3}}))
+    assert cli_main(["run", "-c", str(bad), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'incremental.epochz'" in err and "epochs" in err
+    assert cli_main(["run", "-c", str(config), "--runs-dir", str(runs), "incremental.lr=-1"]) == 2
+    assert "incremental.lr" in capsys.readouterr().err
+
+
+def test_one_changed_setting_reruns_only_what_reads_it(pipeline_run):
+    """Last in this module: it changes the run. An incremental setting reruns incremental and the report for the
+    chosen seed; data and pretrain are kept as they are."""
+    config, runs, _ = pipeline_run
+    pools = runs / "tiny" / "seed0" / "pretrain" / "pools.safetensors"
+    manifest = runs / "tiny" / "data" / "manifest.json"
+    nws_metrics = runs / "tiny" / "seed0" / "incremental" / "nws" / "metrics.json"
+    kept = pools.stat().st_mtime_ns, manifest.stat().st_mtime_ns
+    replaced = read_json(nws_metrics)["config_hash"]
+    summary = run_pipeline(config, ["incremental.beta=0.25"], seeds=[0], runs_dir=runs)
+    assert statuses(summary) == {"data": "skipped", "pretrain (seed 0)": "skipped", "incremental (seed 0)": "ran",
+                                 "report": "ran"}
+    assert read_json(nws_metrics)["config_hash"] != replaced
+    assert (pools.stat().st_mtime_ns, manifest.stat().st_mtime_ns) == kept
