@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup test lint bench clean help data pretrain incremental
+.PHONY: setup test lint bench clean help data pretrain incremental demo pipeline report ui submit
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -30,6 +30,23 @@ bench: $(STAMP)  ## run the benchmarks and print their tables (see BENCHMARKS.md
 
 CONFIG ?= configs/demo.yaml
 ARGS ?=
+RUNS ?= runs
+demo: $(STAMP)  ## the whole pipeline on the embedded digits (configs/demo.yaml): about 10 min on 2 CPU cores
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pipeline run -c configs/demo.yaml --runs-dir $(RUNS) $(ARGS)
+
+pipeline: $(STAMP)  ## every stage of CONFIG, skipping unchanged ones (ARGS="--seed 1 --from incremental key=value")
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pipeline run -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
+
+report: $(STAMP)  ## results.json, results.md and plots/ of CONFIG's runs (runs/<name>/report)
+	$(PY) -m pipeline.report_cli -c $(CONFIG) $(ARGS)
+
+PORT ?= 5000
+ui: $(STAMP)  ## the MLflow UI of runs/mlflow.db on http://127.0.0.1:$(PORT) (Ctrl-C stops it)
+	$(PY) -m pipeline.ui --runs-dir $(RUNS) --port $(PORT)
+
+submit: $(STAMP)  ## submit CONFIG to Slurm, a job per stage, seeds as arrays (ARGS="--seeds 3 --dry-run")
+	$(VENV)/bin/nws cluster submit -c $(CONFIG) $(ARGS)
+
 pretrain: $(STAMP)  ## pool pretraining (+ plain backbone) of CONFIG; its data must be prepared (make data)
 	$(PY) -m pretrain -c $(CONFIG) $(ARGS)
 

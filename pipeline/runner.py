@@ -127,10 +127,13 @@ def plan(cfg, layout: S.Layout, seeds: list[int], env: dict[str, str], force: bo
         seed_env = {**env, TAGS_ENV: json.dumps({"seed": str(seed)})}
         pre = S.pretrain_stage(scfg, seed, layout, data_digest, seed_env)
         yield pre
+        if not cfg.incremental.methods:  # a pool-pretraining experiment (imagenet_pools_resnet18)
+            continue
         inc = S.incremental_stage(scfg, seed, layout, [data_digest, S.digest(pre.outputs())], seed_env)
         yield inc
         incremental_digests.append(S.digest(inc.outputs()))
-    yield S.report_stage(layout, seeds, incremental_digests, parent)
+    if cfg.incremental.methods:
+        yield S.report_stage(layout, seeds, incremental_digests, parent)
 
 
 def run_stage(stage: S.Stage, force: bool, parent) -> dict:

@@ -125,8 +125,15 @@ def data_stage(cfg, layout: Layout, force: bool, track: Callable) -> Stage:
                  lambda: [layout.data / "manifest.json", layout.data / "tasks.json"], execute)
 
 
+def pretrain_dir(cfg, seed: int, layout: Layout) -> Path:
+    """Where this seed's pretrain outputs are: its own folder, or the folder `pretrain.reuse` names."""
+    return Path(cfg.pretrain.reuse) if cfg.pretrain.reuse else layout.pretrain(seed)
+
+
 def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: dict[str, str]) -> Stage:
-    out = layout.pretrain(seed)
+    out = pretrain_dir(cfg, seed, layout)
+    if cfg.pretrain.reuse:
+        return reused_pretrain_stage(cfg, seed, layout, out)
     data = resolved(cfg)
     key = {"seeds": data["seeds"], "data": data["data"], "model": data["model"], "pretrain": data["pretrain"],
            "upstream": upstream}
@@ -136,10 +143,23 @@ def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: di
                  lambda: run_module("pretrain", args, env), lambda: shutil.rmtree(out, ignore_errors=True))
 
 
+def reused_pretrain_stage(cfg, seed: int, layout: Layout, out: Path) -> Stage:
+    """`pretrain.reuse`: another experiment's finished pretrain outputs, checked, not trained (nor removed)."""
+
+    def execute() -> None:
+        if not (out / "complete").is_file():
+            raise FileNotFoundError(f"pretrain.reuse={str(out)!r}: no finished pretrain outputs there (no "
+                                    "`complete` file); run that experiment's pretrain stage first")
+
+    return Stage("pretrain", seed, layout.pretrain(seed), {"reuse": str(out.resolve())},
+                 lambda: [out / "complete", out / "pretrain.json"], execute)
+
+
 def incremental_stage(cfg, seed: int, layout: Layout, upstream: list[str | None], env: dict[str, str]) -> Stage:
     out = layout.incremental(seed)
     key = {**resolved(cfg), "upstream": upstream}
-    args = ["-c", str(layout.config(seed)), "--data", str(layout.data), "--pretrain", str(layout.pretrain(seed)),
+    args = ["-c", str(layout.config(seed)), "--data", str(layout.data),
+            "--pretrain", str(pretrain_dir(cfg, seed, layout)),
             "--out", str(out), "--runs-dir", str(layout.runs_dir)]
 
     def execute() -> None:

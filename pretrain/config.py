@@ -32,6 +32,10 @@ class DebugConfig(Section):
 
 class PretrainConfig(Section):
     kind: Literal["nws", "plain", "both"] = "nws"  # plain = the float backbone the baselines start from
+    # the pretrain outputs of another experiment to start from (e.g. runs/imagenet_pools_resnet18/seed1993/pretrain):
+    # the pipeline's pretrain stage then checks that folder instead of training (the paper's benchmarks share the
+    # ImageNet pools); the `nws pretrain` command ignores it
+    reuse: str | None = None
     epochs: int = Field(160, ge=1)
     batch_size: int = Field(2048, ge=1)  # global: micro × accumulation × world size, whatever the world size
     micro_batch: int | None = Field(None, ge=1)  # per rank and step; None = batch_size / world size
