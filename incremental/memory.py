@@ -69,9 +69,15 @@ def _itemsize(dtype: str) -> int:
     return _ITEMSIZE[dtype]
 
 
+def cumulative(method, num_tasks: int) -> list[int]:
+    """Entry t: bytes of the files tasks 0..t are rebuilt from (shared files included from the first task), measured
+    from the files: memory against the number of learned tasks, the curve the report plots for every method."""
+    return [measure(components(method, t + 1)).total for t in range(num_tasks)]
+
+
 def report(method, num_tasks: int) -> dict:
     """memory_bytes (total + one entry per component), the same in MiB, the per-task/assist split of the paper,
-    and the bn/head/weights breakdown of the stored tensors."""
+    the bn/head/weights breakdown of the stored tensors, and the cumulative bytes after each task."""
     parts = components(method, num_tasks)
     mem: MemoryReport = measure(parts)
     shared = set(method.shared_files())
@@ -81,4 +87,5 @@ def report(method, num_tasks: int) -> dict:
         "memory_paper": per_task(mem, num_tasks, shared=shared),
         "memory_breakdown": {name: tensor_breakdown(paths) for name, paths in parts.items()
                              if any(p.suffix == ".safetensors" for p in paths)},
+        "memory_bytes_cumulative": cumulative(method, num_tasks),
     }

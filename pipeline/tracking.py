@@ -92,6 +92,29 @@ class Run(NullRun):
         self.client.set_terminated(self.run_id, status)
 
 
+def open_client(runs_dir: str | Path = DEFAULT_RUNS_DIR):
+    """An MlflowClient of the store. A SQLite store is opened under an exclusive file lock beside it: the first
+    opening creates and migrates the schema, and processes doing that at once (stages, seeds, Slurm jobs starting
+    together) otherwise fail with "duplicate column" errors."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(runs_dir)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            c = MlflowClient(uri)
+            c.search_experiments(max_results=1)  # opens the store: creates/migrates the schema now, under the lock
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return c
+
+
 def artifact_location(uri: str) -> str | None:
     """Artifacts of a SQLite store go next to its file (MLflow would put them in ./mlruns of whatever folder the
     process runs in); a server decides for itself (None)."""
@@ -122,11 +145,9 @@ class AttachedRun(Run):
 
 
 def attach_run(run_id: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Run:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri(runs_dir))
-    client.get_run(run_id)  # fails clearly when the store does not have it
-    return AttachedRun(client, run_id)
+    c = open_client(runs_dir)
+    c.get_run(run_id)  # fails clearly when the store does not have it
+    return AttachedRun(c, run_id)
 
 
 def env_tags() -> dict[str, str]:
@@ -149,12 +170,9 @@ def start_run(experiment: str, run_name: str, *, runs_dir: str | Path = DEFAULT_
     if not enabled:
         return NullRun()
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     runs_dir = Path(runs_dir)
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        runs_dir.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri(runs_dir))
+    client = open_client(runs_dir)
     if resume_run_id:
         try:
             client.get_run(resume_run_id)

@@ -1,0 +1,139 @@
+"""The report's figures, one function per figure, drawn with matplotlib's object API on the Agg canvas (no pyplot, so
+no global backend or figure state) and written atomically as PNG.
+
+Figures follow seed 004_: task-wise accuracy per method (Fig. 3), layer-wise kernel utilisation ratio and layer
+sparsity as layers x tasks heatmaps (Fig. 4), and the per-layer distributions of selected kernel indices, the
+selection rate SR_i = h_i / d of every pool index (appendix §6 of 001_). Added for the report: the accuracy
+matrix R of each method and its memory against the number of learned tasks.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from nws.io import atomic_write_bytes
+
+DPI = 120
+
+
+def save(fig: Figure, path: Path) -> Path:
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _grid(rows: list[list[float | None]]) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+
+
+def _annotate(ax, values: np.ndarray, text, dark: float) -> None:
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if not np.isnan(values[i, j]):
+                ax.text(j, i, text(i, j), ha="center", va="center", fontsize=7,
+                        color="white" if values[i, j] < dark else "black")
+
+
+def accuracy_matrix(path: Path, R: list[list[float | None]], R_std: list[list[float | None]] | None,
+                    tasks: list[str], title: str) -> Path:
+    """R[i][j] (%): accuracy on task j (columns) after learning task i (rows); mean ± std over seeds."""
+    values = 100 * _grid(R)
+    spread = 100 * _grid(R_std) if R_std is not None else np.full_like(values, np.nan)
+    size = max(3.0, 0.6 * len(tasks) + 1.5)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100)
+    if len(tasks) <= 12:
+        _annotate(ax, values, lambda i, j: f"{values[i, j]:.1f}" + (
+            "" if np.isnan(spread[i, j]) else f"\n±{spread[i, j]:.1f}"), dark=60)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+    ax.set_yticks(range(len(tasks)), [f"after {t}" for t in tasks])
+    ax.set_xlabel("evaluated task")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    return save(fig, path)
+
+
+def task_accuracy(path: Path, accuracy: dict[str, tuple[list[float], list[float | None]]], tasks: list[str]
+                  ) -> Path:
+    """Fig. 3: final accuracy on every task (after the last task), one bar per method, with the std over seeds."""
+    fig = Figure(figsize=(max(5.0, 0.5 * len(tasks) * max(len(accuracy), 1) + 2), 3.5))
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(accuracy), 1)
+    for k, (method, (mean, std)) in enumerate(accuracy.items()):
+        x = np.arange(len(tasks)) + (k - (len(accuracy) - 1) / 2) * width
+        err = None if all(s is None for s in std) else [100 * (s or 0.0) for s in std]
+        ax.bar(x, [100 * m for m in mean], width, yerr=err, capsize=2, label=method)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Task-wise accuracy after the last task")
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def memory_vs_tasks(path: Path, curves: dict[str, tuple[list[float], list[float | None]]]) -> Path:
+    """Memory (MiB, measured from the stored files) against the number of learned tasks, every method on one plot;
+    a log scale when the methods differ by more than 30x (Finetune against NWS)."""
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.add_subplot()
+    for method, (mean, std) in curves.items():
+        x = np.arange(1, len(mean) + 1)
+        err = None if all(s is None for s in std) else [s or 0.0 for s in std]
+        ax.errorbar(x, mean, yerr=err, marker="o", capsize=2, label=method)
+    highs = [max(m) for m, _ in curves.values() if m]
+    lows = [min(m) for m, _ in curves.values() if m]
+    if lows and min(lows) > 0 and max(highs) / min(lows) > 30:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("number of learned tasks")
+    ax.set_ylabel("memory (MiB)")
+    ax.set_title("Memory against the number of tasks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def layer_heatmap(path: Path, values: list[list[float | None]], layers: list[str], tasks: list[str], title: str,
+                  label: str) -> Path:
+    """Fig. 4: a per-layer quantity in [0, 1] (rows: layers, 1 = the first) for every task (columns)."""
+    grid = _grid(values)
+    fig = Figure(figsize=(max(3.5, 0.55 * len(tasks) + 2.5), max(3.0, 0.3 * len(layers) + 1)))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="magma", vmin=0, vmax=1, aspect="auto")
+    if len(tasks) <= 10:
+        _annotate(ax, grid, lambda i, j: f"{grid[i, j]:.2f}", dark=0.5)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+    ax.set_yticks(range(len(layers)), [f"{i + 1} {name}" for i, name in enumerate(layers)], fontsize=7)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=label)
+    return save(fig, path)
+
+
+def index_distributions(path: Path, counts: dict[str, np.ndarray], title: str) -> Path:
+    """Appendix §6: one panel per layer, x the pool index, y its selection rate SR_i = h_i / d (d = kernels in
+    the layer), so every panel sums to 1."""
+    cols = min(4, len(counts))
+    rows = math.ceil(len(counts) / cols)
+    height = 1.9 * rows + 0.6
+    fig = Figure(figsize=(3.2 * cols, height))
+    for k, (layer, h) in enumerate(counts.items()):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        h = np.asarray(h, dtype=float)
+        ax.stairs(h / max(h.sum(), 1.0), np.arange(len(h) + 1) - 0.5, fill=True, color="tab:blue")  # one artist
+        ax.set_title(f"{k + 1} {layer}", fontsize=8)
+        ax.set_xlim(-0.5, len(h) - 0.5)
+        ax.tick_params(labelsize=6)
+        if k % cols == 0:
+            ax.set_ylabel("SR", fontsize=7)
+    fig.suptitle(title)
+    fig.subplots_adjust(hspace=0.7, wspace=0.3, top=1 - 0.5 / height)  # fixed: tight_layout over ~20 panels is slow
+    return save(fig, path)

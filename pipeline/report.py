@@ -1,0 +1,253 @@
+"""The report of an experiment (issue 7): results.json, results.md and plots/, aggregated over its seeds.
+
+Reads what the incremental stage wrote for every seed run (runs/<name>/seed<S>/incremental/<method>/metrics.json,
+with that run's resolved config.yaml) and writes runs/<name>/report/:
+- results.json: benchmark, seeds, tasks, and under `methods` every method's metrics.json aggregated over seeds
+  (pipeline.aggregate: numbers -> mean and std, lists elementwise);
+- results.md: the layout of seed 004_ Tables 1 and 2 (method, task-wise accuracy, average accuracy, memory), with
+  forgetting, BWT and training time added, mean ± std over seeds; and the appendix tables' per-seed rows;
+- plots/: pipeline.plots' figures (accuracy matrices, task-wise accuracy, memory against the number of tasks, and
+  for NWS Fig. 4's heatmaps and the appendix §6 index distributions from the stored histogram files).
+A standalone `nws incremental` run (runs/<name>/incremental/<method>/metrics.json, no seed folders) is reported as
+one run, with the experiment config given by the caller. Methods that were not run do not appear.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json
+from nws.memory import MIB
+from pipeline import plots
+from pipeline.aggregate import STD_NOTE, aggregate, is_number, mean, seed_values, std
+
+REPORT, RESULTS_JSON, RESULTS_MD, PLOTS = "report", "results.json", "results.md", "plots"
+REQUIRED = ("tasks", "acc_matrix", "final_avg_acc", "forgetting", "bwt", "memory_bytes", "train_seconds")
+SEED_DIR = re.compile(r"seed(\d+)")
+
+
+@dataclass
+class MethodRun:
+    """One method's metrics.json of one seed run."""
+
+    seed: int | None
+    path: Path
+    doc: dict
+
+
+def load_config(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found; every seed run keeps its resolved config there "
+                                "(written by `nws pipeline run`)")
+    cfg = yaml.safe_load(path.read_text())
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected the resolved experiment config (a mapping), got {type(cfg).__name__}")
+    return cfg
+
+
+def run_folders(experiment_dir: Path, config: dict | None) -> list[tuple[int | None, Path, dict]]:
+    """(seed, folder holding incremental/, resolved config) of every run that reached the incremental stage."""
+    seeds = sorted((int(m.group(1)), p) for p in experiment_dir.iterdir()
+                   if p.is_dir() and (m := SEED_DIR.fullmatch(p.name)))
+    if seeds:
+        return [(s, p, load_config(p / "config.yaml")) for s, p in seeds if (p / "incremental").is_dir()]
+    if not (experiment_dir / "incremental").is_dir():
+        return []
+    own = experiment_dir / "config.yaml"
+    cfg = load_config(own) if own.is_file() or config is None else config
+    return [(cfg.get("seeds", [None])[0], experiment_dir, cfg)]
+
+
+def collect(experiment_dir: Path, config: dict | None = None) -> tuple[list[dict], dict[str, list[MethodRun]]]:
+    """The resolved configs of the runs and {method: its runs, in seed order}; clear errors when nothing is there."""
+    if not experiment_dir.is_dir():
+        raise FileNotFoundError(f"{experiment_dir}: no such experiment folder (runs/<experiment name>)")
+    runs = run_folders(experiment_dir, config)
+    found: dict[str, list[MethodRun]] = {}
+    for seed, folder, _ in runs:
+        for path in sorted((folder / "incremental").glob("*/metrics.json")):
+            doc = read_json(path)
+            missing = [k for k in REQUIRED if k not in doc] if isinstance(doc, dict) else list(REQUIRED)
+            if missing:
+                raise ValueError(f"{path}: not a metrics.json of the incremental stage (missing {', '.join(missing)})")
+            found.setdefault(doc.get("method", path.parent.name), []).append(MethodRun(seed, path, doc))
+    if not found:
+        raise FileNotFoundError(f"{experiment_dir}: nothing to report: no seed<S>/incremental/<method>/metrics.json "
+                                "(run the incremental stage first: nws pipeline run -c CONFIG)")
+    return [cfg for _, _, cfg in runs], found
+
+
+def method_order(configs: list[dict], found: dict) -> list[str]:
+    listed = configs[0].get("incremental", {}).get("methods", []) if configs else []
+    return [m for m in listed if m in found] + sorted(m for m in found if m not in listed)
+
+
+def common_tasks(found: dict[str, list[MethodRun]]) -> list[str]:
+    first = next(iter(found.values()))[0]
+    for runs in found.values():
+        for run in runs:
+            if run.doc["tasks"] != first.doc["tasks"]:
+                raise ValueError(f"{run.path}: tasks {run.doc['tasks']} differ from {first.path}: "
+                                 f"{first.doc['tasks']}; one table needs the same tasks for every method and seed")
+    return list(first.doc["tasks"])
+
+
+def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, tracker=None,
+                config: dict | None = None) -> dict:
+    """Write results.json, results.md and plots/ (default runs/<name>/report) and return results.json's content;
+    with a tracker (pipeline.tracking.Run) they are logged as artifacts and the headline numbers as metrics."""
+    experiment_dir = Path(experiment_dir)
+    configs, found = collect(experiment_dir, config)
+    out = Path(out_dir) if out_dir is not None else experiment_dir / REPORT
+    order = method_order(configs, found)
+    cfg = configs[0]
+    results = {
+        "experiment": cfg.get("name"),
+        "benchmark": cfg.get("data", {}).get("source"),
+        "data": cfg.get("data"),
+        "seeds": sorted({r.seed for runs in found.values() for r in runs if r.seed is not None}),
+        "tasks": common_tasks(found),
+        "std": STD_NOTE,
+        # one seed: its metrics.json as it is; several: every number as mean/std/n/values (pipeline.aggregate)
+        "methods": {m: aggregate([r.doc for r in found[m]]) if len(found[m]) > 1 else found[m][0].doc
+                    for m in order},
+        "method_seeds": {m: [r.seed for r in found[m]] for m in order},
+        "sources": {m: [str(r.path.relative_to(experiment_dir)) for r in found[m]] for m in order},
+    }
+    drawn = draw(results, found, out / PLOTS, cfg.get("model"))
+    results["plots"] = [str(p.relative_to(out)) for p in drawn]
+    for stale in set((out / PLOTS).glob("*.png")) - set(drawn):
+        stale.unlink()  # a figure of an earlier report whose method or task is gone
+    atomic_write_json(out / RESULTS_JSON, results)
+    atomic_write_bytes(out / RESULTS_MD, markdown(results).encode())
+    if tracker is not None:
+        log(tracker, results, out)
+    return results
+
+
+def _file_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def network_order(model: dict | None, layers: list[str]) -> list[str]:
+    """`layers` in the order of the network's modules (metrics.json keeps them sorted by name, which puts `fc`
+    second): the layer numbering of seed 004_ Fig. 4 and appendix §6 (1 = first conv, 21 = FC of a ResNet-18)."""
+    from pipeline.config import ModelConfig
+
+    if not model:
+        return list(layers)
+    rank = {name: i for i, (name, _) in enumerate(ModelConfig(**model).build(num_classes=2).named_modules())}
+    return sorted(layers, key=lambda name: rank.get(name, len(rank)))
+
+
+def draw(results: dict, found: dict[str, list[MethodRun]], folder: Path, model: dict | None = None) -> list[Path]:
+    tasks, methods = results["tasks"], results["methods"]
+    out = []
+    for name, doc in methods.items():
+        out.append(plots.accuracy_matrix(folder / f"acc_matrix_{_file_name(name)}.png", mean(doc["acc_matrix"]),
+                                         std(doc["acc_matrix"]), tasks, f"Accuracy matrix: {name}"))
+    final = {name: (mean(doc["acc_matrix"])[-1], std(doc["acc_matrix"])[-1]) for name, doc in methods.items()}
+    out.append(plots.task_accuracy(folder / "task_accuracy.png", final, tasks))
+    curves = {name: ([b / MIB for b in mean(doc["memory_bytes_cumulative"])],
+                     [None if s is None else s / MIB for s in std(doc["memory_bytes_cumulative"])])
+              for name, doc in methods.items() if doc.get("memory_bytes_cumulative")}
+    if curves:
+        out.append(plots.memory_vs_tasks(folder / "memory_vs_tasks.png", curves))
+    for name, doc in methods.items():
+        if doc.get("kur") and doc.get("layer_sparsity"):
+            layers = network_order(model, list(doc["kur"]))
+            out += fig4(folder, name, doc, tasks, layers)
+            out += index_figures(folder, name, found[name][0], tasks, layers)
+    return out
+
+
+def fig4(folder: Path, name: str, doc: dict, tasks: list[str], layers: list[str]) -> list[Path]:
+    prefix = _file_name(name)
+    return [plots.layer_heatmap(folder / f"{prefix}_{key}.png", [mean(doc[key][layer]) for layer in layers], layers,
+                                tasks, f"{name}: {title} (Fig. 4)", label)
+            for key, title, label in (("kur", "kernel utilisation ratio", "KUR"),
+                                      ("layer_sparsity", "layer sparsity", "LS"))]
+
+
+def index_figures(folder: Path, name: str, run: MethodRun, tasks: list[str], layers: list[str]) -> list[Path]:
+    """Appendix §6 from the stored selection counts of one run (the first seed's; index orders differ between
+    seeds, so counts are not averaged)."""
+    out = []
+    for t, rel in enumerate(run.doc.get("index_histograms") or []):
+        counts = {k: v.numpy() for k, v in load_tensors(run.path.parent / rel).items()}
+        order = [layer for layer in layers if layer in counts]
+        counts = {layer: counts[layer] for layer in order + sorted(set(counts) - set(order))}
+        seed = "" if run.seed is None else f", seed {run.seed}"
+        out.append(plots.index_distributions(folder / f"{_file_name(name)}_index_distribution_{t:02d}.png", counts,
+                                             f"{name}: selected kernel indices, {tasks[t]}{seed}"))
+    return out
+
+
+def _fmt(value, scale: float = 1.0, digits: int = 1) -> str:
+    m, s = mean(value), std(value)
+    if not is_number(m):
+        return "–"
+    text = f"{scale * m:.{digits}f}"
+    return text if s is None else f"{text} ± {scale * s:.{digits}f}"
+
+
+def _memory_digits(results: dict) -> int:
+    sizes = [mean(d["memory_bytes"]["total"]) / MIB for d in results["methods"].values()]
+    return 1 if min(sizes) >= 10 else 3
+
+
+def markdown(results: dict) -> str:
+    tasks, seeds = results["tasks"], results["seeds"]
+    digits = _memory_digits(results)
+    lines = [f"# Results: {results['experiment']} ({results['benchmark']}, {len(tasks)} tasks)", "",
+             f"Seeds: {', '.join(map(str, seeds)) or 'unknown'}; mean ± {STD_NOTE}. Accuracies in % "
+             "on each task's test split, measured on the models rebuilt from the stored files; memory in MiB "
+             "(2^20 bytes) of those files, shared pools included.", "",
+             "## Task-wise accuracy, average accuracy, forgetting, BWT and memory (seed 004_ Tables 1 and 2)", "",
+             "| Method | " + " | ".join(tasks) + " | Avg Acc (%) | Forgetting (%) | BWT (%) | Memory (MiB) | "
+             "Train time (s) |",
+             "|---|" + "---:|" * (len(tasks) + 5)]
+    for name, doc in results["methods"].items():
+        final = doc["acc_matrix"][-1]
+        cells = [_fmt(a, 100) for a in final] + [_fmt(doc["final_avg_acc"], 100), _fmt(doc["forgetting"], 100),
+                                                 _fmt(doc["bwt"], 100), _fmt(doc["memory_bytes"]["total"], 1 / MIB,
+                                                                             digits), _fmt(doc["train_seconds"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per seed (appendix tables)", "", "| Method | Seed | Avg Acc (%) | Memory (MiB) |",
+              "|---|---|---:|---:|"]
+    for name, doc in results["methods"].items():
+        accs, mems = seed_values(doc["final_avg_acc"]), seed_values(doc["memory_bytes"]["total"])
+        for seed, acc, mem in zip(results["method_seeds"][name], accs, mems, strict=True):
+            lines.append(f"| {name} | {seed} | {100 * acc:.1f} | {mem / MIB:.{digits}f} |")
+        if len(accs) > 1:
+            acc_s, mem_s = doc["final_avg_acc"]["std"], doc["memory_bytes"]["total"]["std"]
+            lines.append(f"| {name} | Mean | {100 * mean(doc['final_avg_acc']):.1f} | "
+                         f"{mean(doc['memory_bytes']['total']) / MIB:.{digits}f} |")
+            lines.append(f"| {name} | STD | {100 * acc_s:.2f} | {mem_s / MIB:.{digits}f} |")
+    lines += ["", "## Plots", ""] + [f"- [{Path(p).stem}]({p})" for p in results.get("plots", [])]
+    return "\n".join(lines) + "\n"
+
+
+def log(tracker, results: dict, out: Path) -> None:
+    """results.json, results.md and the plots as artifacts under report/; each method's headline numbers (mean,
+    and std with several seeds) as metrics report.<method>.<key>."""
+    for name in (RESULTS_JSON, RESULTS_MD):
+        tracker.log_artifact(out / name, artifact_path=REPORT)
+    for rel in results["plots"]:
+        tracker.log_artifact(out / rel, artifact_path=f"{REPORT}/{PLOTS}")
+    metrics = {}
+    for name, doc in results["methods"].items():
+        values = {key: doc.get(key) for key in ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt",
+                                                 "train_seconds")}
+        values["memory_mib"] = doc["memory_bytes"]["total"]
+        for key, value in values.items():
+            if is_number(mean(value)):
+                metrics[f"report.{name}.{key}"] = mean(value) / (MIB if key == "memory_mib" else 1)
+            if is_number(std(value)):
+                metrics[f"report.{name}.{key}_std"] = std(value) / (MIB if key == "memory_mib" else 1)
+    tracker.log_metrics(metrics)
+

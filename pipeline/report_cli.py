@@ -1,0 +1,100 @@
+"""`nws report (-c CONFIG | --dir runs/<name>) [--out DIR] [--runs-dir DIR] [--run-id ID | --no-track]
+[key.sub=value ...]`: the report of an experiment (pipeline.report), printed as a table and written to
+runs/<name>/report/ (results.json, results.md, plots/).
+
+The report is logged to an existing MLflow run: --run-id, else the pipeline's parent run ($NWS_MLFLOW_PARENT_RUN_ID,
+else parent_run_id of runs/<name>/pipeline.json); with none of them it is only written to disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  nws report -c configs/demo.yaml                  # runs/<name of demo.yaml>/report
+  nws report --dir runs/demo --out /tmp/report --no-track"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("-c", "--config", type=Path, help="experiment YAML: reports runs/<name>")
+    source.add_argument("--dir", type=Path, help="experiment folder (runs/<name>) holding seed<S>/ runs")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default <experiment>/report)")
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="runs folder: where runs/<name> and the default MLflow store (mlflow.db) are; "
+                        "MLFLOW_TRACKING_URI wins for the store")
+    track = p.add_mutually_exclusive_group()
+    track.add_argument("--run-id", default=None, help="MLflow run to log the report to")
+    track.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (with -c)")
+    p.set_defaults(func=run_cli)
+
+
+def register(subparsers) -> None:
+    """Adds `report` to the `nws` command line (pipeline/cli.py)."""
+    p = subparsers.add_parser("report", help="tables and plots of an experiment, aggregated over its seeds",
+                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+
+
+def parent_run_id(experiment: Path) -> str | None:
+    from nws.io import read_json
+    from pipeline.tracking import PARENT_ENV
+
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    path = experiment / "pipeline.json"
+    return read_json(path).get("parent_run_id") if path.is_file() else None
+
+
+def existing_run(run_id: str, runs_dir: Path):
+    """A tracker on a run that already exists; it is not ended here (the pipeline owns its parent run)."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import attach_run, tracking_uri
+
+    try:
+        return attach_run(run_id, runs_dir)
+    except MlflowException:
+        raise ValueError(f"MLflow run {run_id} not found in {tracking_uri(runs_dir)}") from None
+
+
+def run_cli(args) -> int:
+    from pipeline.config import ConfigError, resolved, stage_config
+    from pipeline.report import PLOTS, REPORT, RESULTS_MD, make_report
+
+    try:
+        if args.config is not None:
+            cfg, runs = stage_config(args)
+            runs, config = args.runs_dir or runs, resolved(cfg)
+            experiment = runs / cfg.name
+        else:
+            if args.overrides:
+                raise ConfigError(f"overrides {args.overrides} need -c CONFIG")
+            experiment, runs, config = args.dir, args.runs_dir or args.dir.parent, None
+        run_id = None if args.no_track else args.run_id or parent_run_id(experiment)
+        tracker = existing_run(run_id, runs) if run_id else None
+        results = make_report(experiment, args.out, tracker=tracker, config=config)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or experiment / REPORT
+    print((out / RESULTS_MD).read_text())
+    print(f"report: {out / RESULTS_MD}, {out / 'results.json'}, {len(results['plots'])} plots in {out / PLOTS}")
+    print(f"logged to MLflow run {run_id}" if tracker else "not logged to MLflow (no run id given or found)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.report_cli", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
