@@ -1,0 +1,155 @@
+"""The frozen plain backbone that the mask methods (Piggyback, KSM; notes/algorithms.md §4) learn over.
+
+Both keep the pretrained convolution weights W fixed and learn, per task, a mask that scales them: W_eff = f(m) ⊙ W.
+What is shared and what is per task:
+- shared, stored once for all tasks: `<method>/backbone.safetensors`, the weights (and biases, if any) of every
+  convolution except the head, copied from the pretrain stage's plain backbone;
+- per task: the mask (the method's file), and `state.safetensors` with everything else of the network (BatchNorm
+  parameters and running statistics, trained per task from the pretrained ones, and the task's own head).
+
+During training the mask is a `torch.nn.utils.parametrize` parametrization of each conv's `weight`, so the frozen
+tensor is never in an optimizer; the rebuilt model is a plain network whose conv weights are W_eff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from incremental import nws_net
+from nws.artifact import ArtifactError
+from nws.io import load_tensors, save_tensors
+from nws.models import replace_head
+
+PLAIN = "plain_backbone.safetensors"
+BACKBONE = "backbone.safetensors"
+STATE = "state.safetensors"
+HEAD = "fc"
+
+
+def masked_convs(net: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every convolution of `net` but the head, in module order: the layers a mask method masks."""
+    return [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d) and name != HEAD]
+
+
+def frozen_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
+    """{key: tensor} of the masked convolutions' weights and biases in a plain network."""
+    return {f"{name}.{key}": p.detach().clone() for name, conv in masked_convs(net)
+            for key, p in conv.named_parameters(recurse=False)}
+
+
+def plain_path(ctx) -> Path:
+    return ctx.pretrain_dir / PLAIN
+
+
+def backbone_path(ctx) -> Path:
+    return ctx.method_dir / BACKBONE
+
+
+def load_plain(ctx) -> nn.Module:
+    """The pretrain stage's plain network (its pretraining head included)."""
+    path = plain_path(ctx)
+    net = ctx.cfg.model.build(nws_net.plain_num_classes(path))
+    try:
+        net.load_state_dict(load_tensors(path))
+    except RuntimeError as e:
+        raise ValueError(f"{path}: not a backbone of the configured model: {e}") from None
+    return net
+
+
+def prepare_backbone(ctx, stored: Callable[[int], bool]) -> None:
+    """Put the frozen convolution weights into the method folder (idempotent); refuse a changed backbone once a
+    task (`stored(t)`) was trained over the old one."""
+    src, dst = plain_path(ctx), backbone_path(ctx)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: file not found; run `nws pretrain` with pretrain.kind plain or both first")
+    nws_net.check_pretrain_meta(src, ctx.cfg.model)
+    frozen = frozen_tensors(load_plain(ctx))
+    if dst.is_file():
+        old = load_tensors(dst)
+        if old.keys() == frozen.keys() and all(torch.equal(old[k], frozen[k]) for k in frozen):
+            return
+        done = [t for t in range(len(ctx.tasks)) if stored(t)]
+        if done:
+            raise ValueError(f"{src} differs from {dst}, the backbone tasks {done} were trained over; use another "
+                             "output folder for a new backbone")
+    save_tensors(dst, frozen, metadata={"content": "frozen convolution weights", "source": str(src)})
+
+
+def start_net(ctx, t: int) -> nn.Module:
+    """Task t's network before its mask: the pretrained plain network (BatchNorm included) with a fresh head for
+    task t's classes, its masked convolutions frozen."""
+    net = load_plain(ctx)
+    replace_head(net, ctx.tasks[t].num_classes)
+    for _, conv in masked_convs(net):
+        conv.requires_grad_(False)
+    return net
+
+
+def attach(net: nn.Module, make: Callable[[nn.Conv2d], nn.Module]) -> nn.Module:
+    """Parametrize every masked conv's weight as `make(conv)(W)` (the mask module holds the trainable mask)."""
+    for _, conv in masked_convs(net):
+        parametrize.register_parametrization(conv, "weight", make(conv))
+    return net
+
+
+def mask_modules(net: nn.Module) -> dict[str, nn.Module]:
+    """{conv name: its mask module} of a network `attach` parametrized."""
+    return {name: conv.parametrizations.weight[0] for name, conv in masked_convs(net)
+            if parametrize.is_parametrized(conv, "weight")}
+
+
+def original_weights(net: nn.Module) -> dict[str, torch.Tensor]:
+    """{conv name: the frozen W under its mask} of a parametrized network."""
+    return {name: conv.parametrizations.weight.original for name, conv in masked_convs(net)
+            if parametrize.is_parametrized(conv, "weight")}
+
+
+def param_groups(net: nn.Module, lr_mask: float, lr_bn: float, lr_head: float) -> list[dict]:
+    """Adam groups of the official mask code: the masks, the BatchNorm parameters, the head, each its own lr."""
+    masks = [p for m in mask_modules(net).values() for p in m.parameters()]
+    head = list(getattr(net, HEAD).parameters())
+    taken = {id(p) for p in masks + head}
+    rest = [p for p in net.parameters() if p.requires_grad and id(p) not in taken]
+    return [g for g in ({"params": masks, "lr": lr_mask}, {"params": rest, "lr": lr_bn},
+                        {"params": head, "lr": lr_head}) if g["params"]]
+
+
+def task_state(net: nn.Module, shared: set[str]) -> dict[str, torch.Tensor]:
+    """What task t stores besides its mask: every entry of the state dict that is neither a shared frozen tensor
+    nor a parametrization's internals (BatchNorm and head)."""
+    return {k: v for k, v in net.state_dict().items() if k not in shared and ".parametrizations." not in k}
+
+
+def save_state(ctx, net: nn.Module, folder: Path, meta: dict[str, str]) -> None:
+    """Write task t's `state.safetensors` (BatchNorm + head) into its folder."""
+    shared = set(load_tensors(backbone_path(ctx)))
+    save_tensors(folder / STATE, task_state(net, shared), metadata=meta)
+
+
+def rebuild_net(ctx, t: int, folder: Path, scales: dict[str, torch.Tensor], source: Path) -> nn.Module:
+    """Task t's plain network from the shared backbone, its `state.safetensors`, and each masked conv's mask as a
+    float multiplier `scales[name]` (broadcast over W; read from `source`): conv weights become mask ⊙ W."""
+    backbone, state = backbone_path(ctx), folder / STATE
+    net = ctx.cfg.model.build(ctx.tasks[t].num_classes)
+    try:
+        net.load_state_dict({**load_tensors(backbone), **load_tensors(state)})
+    except RuntimeError as e:
+        raise ArtifactError(f"{state} with {backbone}: does not match the configured network: {e}") from None
+    convs = masked_convs(net)
+    names = [name for name, _ in convs]
+    if sorted(scales) != sorted(names):
+        raise ArtifactError(f"{source}: masks for layers {sorted(scales)}, expected {sorted(names)}")
+    with torch.no_grad():
+        for name, conv in convs:
+            w, scale = conv.weight, scales[name]
+            if scale.dim() != w.dim() or scale.shape[:2] != w.shape[:2] or scale.shape[2:] not in (w.shape[2:],
+                                                                                               (1,) * (w.dim() - 2)):
+                raise ArtifactError(f"{source}: mask {name!r} of shape {tuple(scale.shape)} does not fit the weight "
+                                    f"of shape {tuple(w.shape)}")
+            w.copy_(w * scale)  # the product the parametrized training network computes
+    return net

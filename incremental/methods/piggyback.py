@@ -1,0 +1,132 @@
+"""Piggyback (Mallya et al., ECCV 2018; notes/algorithms.md §4; arunmallya/piggyback) as a method of the task loop.
+
+- Shared, stored once: the frozen plain backbone (incremental.frozen_backbone), never trained.
+- Per task: a real-valued mask m of the shape of every conv weight (the head excluded), all entries `mask_init`
+  (official `--mask_init 1s --mask_scale 1e-2`); the forward uses W ⊙ 1[m > threshold] (official
+  DEFAULT_THRESHOLD 5e-3, the binarizer) and the backward passes the gradient straight through to m.
+- BatchNorm: per task, trained from the pretrained statistics and stored in the artifact (the official
+  `--train_bn`; without it the BN of the backbone would be shared and frozen). The head is new per task.
+- Optimizer: Adam (official `--mask_adam`) with lr 1e-4 for the masks (and BN, which the official mask optimizer
+  holds too) and 1e-4 for the head, no weight decay; the loop's milestones scale both (official: ×0.1 every 15 of
+  30 epochs, i.e. `incremental.milestones: [15]`).
+- Stored per task: `masks.safetensors`, 1 bit per masked weight (incremental.masks), and `state.safetensors`
+  (BN + head). The rebuilt model is a plain network with conv weights W ⊙ mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from incremental import frozen_backbone as fb
+from incremental.masks import load_masks, save_masks
+from incremental.methods import Method
+from incremental.stored import is_sealed
+from pipeline.config import Section
+
+MASKS = "masks.safetensors"
+
+
+class PiggybackOptions(Section):
+    threshold: float = 5e-3  # m > threshold keeps the weight
+    mask_init: float = 1e-2  # every real-valued mask entry starts here
+    lr_mask: float = Field(1e-4, gt=0)
+    lr_bn: float | None = Field(None, gt=0)  # None: lr_mask
+    lr_head: float = Field(1e-4, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.mask_init > self.threshold:
+            raise ValueError(f"mask_init ({self.mask_init}) must exceed threshold ({self.threshold}), otherwise "
+                             "every weight starts masked out")
+        return self
+
+
+class Binarize(torch.autograd.Function):
+    """1[m > threshold] forward, the identity backward: the straight-through estimator of the official
+    Binarizer."""
+
+    @staticmethod
+    def forward(ctx, real: torch.Tensor, threshold: float) -> torch.Tensor:
+        return (real > threshold).to(real.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class ElementMask(nn.Module):
+    """The parametrization W -> W ⊙ 1[m > threshold] of one conv weight; m is the trainable real-valued mask."""
+
+    def __init__(self, shape: torch.Size, init: float, threshold: float):
+        super().__init__()
+        self.real = nn.Parameter(torch.full(shape, init))
+        self.threshold = threshold
+
+    def binary(self) -> torch.Tensor:
+        """The mask as stored: a bool tensor of the weight's shape."""
+        return self.real.detach() > self.threshold
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * Binarize.apply(self.real, self.threshold)
+
+
+class Piggyback(Method):
+    name = "piggyback"
+    Options = PiggybackOptions
+
+    def prepare(self) -> None:
+        fb.prepare_backbone(self.ctx, lambda t: is_sealed(self.ctx.task_dir(t)))
+
+    def shared_files(self) -> dict[str, list[Path]]:
+        return {"backbone": [fb.backbone_path(self.ctx)]}
+
+    def setup_task(self, t: int) -> nn.Module:
+        opts = self.opts
+        return fb.attach(fb.start_net(self.ctx, t),
+                         lambda conv: ElementMask(conv.weight.shape, opts.mask_init, opts.threshold))
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        opts = self.opts
+        return fb.param_groups(model, opts.lr_mask, opts.lr_bn or opts.lr_mask, opts.lr_head)
+
+    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(groups, lr=self.opts.lr_mask, weight_decay=0.0)
+
+    def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
+        meta = {"task": self.ctx.tasks[t].name, "num_classes": str(self.ctx.tasks[t].num_classes)}
+        masks = {name: m.binary() for name, m in fb.mask_modules(model).items()}
+        save_masks(folder / MASKS, masks, metadata={**meta, "threshold": str(self.opts.threshold)})
+        fb.save_state(self.ctx, model, folder, meta)
+
+    def rebuild(self, t: int, folder: Path) -> nn.Module:
+        path = folder / MASKS
+        masks = load_masks(path)
+        return fb.rebuild_net(self.ctx, t, folder, {name: m.float() for name, m in masks.items()}, path)
+
+    def artifact_files(self, folder: Path) -> dict[str, list[Path]]:
+        return {"masks": [folder / MASKS], "state": [folder / fb.STATE]}
+
+    def task_report(self, t: int, folder: Path) -> dict:
+        """Density of the stored masks (share of backbone weights kept), per layer and overall, and the bits per
+        masked weight measured from the mask file (its header included)."""
+        masks = load_masks(folder / MASKS)
+        weights = sum(m.numel() for m in masks.values())
+        kept = sum(int(m.sum()) for m in masks.values())
+        mask_bytes = (folder / MASKS).stat().st_size
+        return {"weights": weights, "density": kept / weights, "mask_bytes": mask_bytes,
+                "state_bytes": (folder / fb.STATE).stat().st_size, "bits_per_weight": 8 * mask_bytes / weights,
+                "layer_density": {name: float(m.float().mean()) for name, m in masks.items()}}
+
+    def run_report(self, reports: list[dict]) -> dict:
+        weights = sum(r["weights"] for r in reports)
+        return {"density_per_task": [r["density"] for r in reports],
+                "bits_per_weight": 8 * sum(r["mask_bytes"] for r in reports) / max(weights, 1),
+                "layer_density": {name: [r["layer_density"].get(name) for r in reports]
+                                  for name in (reports[0]["layer_density"] if reports else {})}}
+
+
+METHOD = Piggyback
