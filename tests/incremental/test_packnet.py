@@ -1,0 +1,155 @@
+"""PackNet as a plug-in: a task trains only the weights it owns and never changes another task's (bit for bit),
+pruning frees the smallest weights of the task, task i computes only with weights of tasks <= i, the owner map is
+stored at a few bits per weight, and a rebuilt task predicts exactly as the trained one."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from incremental.loop import run
+from incremental.masked_net import masked_params
+from incremental.methods.packnet import NETWORK, OWNERS, STATE, load_owners, save_owners
+from nws.io import load_tensors, save_tensors
+from pipeline.config import ConfigError
+from tests.incremental.fixtures import make_config
+from tests.incremental.test_dst import Interrupt, payload_bytes, same_content, train_steps
+from tests.incremental.test_methods import method_for, sample_batch
+
+
+def packnet(digits, pretrained, tmp_path, epochs=2, weight_decay=1e-5, **options):
+    return method_for("packnet", digits, pretrained, tmp_path, epochs=epochs, weight_decay=weight_decay,
+                      options={"packnet": options})
+
+
+def train_task(m, t, steps=4):
+    """Train, prune (after_epoch of the last training epoch), retrain, store: one PackNet task."""
+    model = train_steps(m, m.setup_task(t), t, steps)
+    m.after_epoch(model, m.train_epochs - 1)
+    model = train_steps(m, model.train(), t, steps)
+    m.write_artifact(model, t, m.ctx.task_dir(t))
+    return model
+
+
+def test_owner_map_round_trip_and_bits(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    owners = {"a.weight": torch.randint(0, 6, (16, 3, 3, 3), generator=gen, dtype=torch.uint8),
+              "b.weight": torch.randint(0, 6, (7, 5), generator=gen, dtype=torch.uint8)}
+    owners["b.weight"][0, 0] = 5
+    assert save_owners(tmp_path / "o.safetensors", owners) == 3  # owners 0..5: 3 bits per weight
+    back = load_owners(tmp_path / "o.safetensors")
+    assert all(torch.equal(back[n], owners[n]) for n in owners) and back["b.weight"].dtype == torch.uint8
+    assert payload_bytes(tmp_path / "o.safetensors") == 3 * sum(math.ceil(o.numel() / 8) for o in owners.values())
+    assert save_owners(tmp_path / "z.safetensors", {n: torch.zeros_like(o) for n, o in owners.items()}) == 1
+
+
+def test_pruning_frees_the_smallest_weights_of_the_task(digits, pretrained, tmp_path):
+    m = packnet(digits, pretrained, tmp_path, prune_perc=0.6)
+    model = train_steps(m, m.setup_task(0), 0, 3)
+    assert all(bool((o == 1).all()) for o in m.owners.values())  # task 0 takes every weight
+    before = {n: p.detach().clone() for n, p in masked_params(model).items()}
+    m.after_epoch(model, 0)  # train_epochs = round(2/3 · 2) = 1: prune after the first epoch
+    assert m.pruned
+    for n, p in masked_params(model).items():
+        kept, freed = m.owners[n] == 1, m.owners[n] == 0
+        assert int(freed.sum()) == round(0.6 * p.numel()) and bool((kept | freed).all())
+        assert not bool(p.detach()[freed].any())  # freed weights are 0
+        assert before[n][freed].abs().max() <= before[n][kept].abs().min()
+    m.after_epoch(model, 0)  # once only
+    assert sum(int((o == 0).sum()) for o in m.owners.values()) == sum(round(0.6 * o.numel())
+                                                                       for o in m.owners.values())
+
+
+def test_packnet_never_changes_another_tasks_weights(digits, pretrained, tmp_path):
+    m = packnet(digits, pretrained, tmp_path, weight_decay=0.5)  # weight decay pulls on every weight
+    train_task(m, 0)
+    stored0 = load_tensors(m.network_path)
+    owners0 = load_owners(m.owners_path)
+    model = m.setup_task(1)
+    for n, p in masked_params(model).items():  # task 1 starts with task 0's weights and zeros where free
+        assert torch.equal(p.detach(), torch.where(owners0[n] == 1, stored0[n], torch.zeros(())))
+    assert all(torch.equal(m.owners[n], torch.where(owners0[n] == 1, 1, 2).to(torch.uint8)) for n in owners0)
+
+    def check(model, step):
+        for n, p in masked_params(model).items():
+            mine = owners0[n] == 1
+            assert torch.equal(p.detach()[mine], stored0[n][mine])
+
+    changed = {n: p.detach().clone() for n, p in masked_params(train_steps(m, model, 1, 5, check)).items()}
+    assert any(not torch.equal(changed[n][owners0[n] == 0], stored0[n][owners0[n] == 0]) for n in changed)
+    m.after_epoch(model, 0)
+    train_steps(m, model.train(), 1, 3, check)
+    m.write_artifact(model, 1, m.ctx.task_dir(1))
+    stored1, owners1 = load_tensors(m.network_path), load_owners(m.owners_path)
+    for n in owners0:
+        mine = owners0[n] == 1
+        assert torch.equal(stored1[n][mine], stored0[n][mine]) and bool((owners1[n][mine] == 1).all())
+        assert set(owners1[n].unique().tolist()) <= {0, 1, 2}
+
+
+def test_round_trip_and_task_i_ignores_later_tasks(digits, pretrained, tmp_path):
+    m = packnet(digits, pretrained, tmp_path)
+    x0 = sample_batch(m, 0)
+    model0 = train_task(m, 0)
+    with torch.no_grad():
+        out0 = model0.eval()(x0)
+        assert torch.equal(m.rebuild(0, m.ctx.task_dir(0)).eval()(x0), out0)
+    model1 = train_task(m, 1)
+    x1 = sample_batch(m, 1)
+    with torch.no_grad():
+        assert torch.equal(m.rebuild(1, m.ctx.task_dir(1)).eval()(x1), model1.eval()(x1))
+        assert torch.equal(m.rebuild(0, m.ctx.task_dir(0)).eval()(x0), out0)  # task 1 changed nothing of task 0
+    values, owners = load_tensors(m.network_path), load_owners(m.owners_path)
+    noisy = {n: torch.where(owners[n] == 2, torch.randn(v.shape) * 10, v) for n, v in values.items()}
+    save_tensors(m.network_path, noisy)  # scramble every weight task 1 owns
+    with torch.no_grad():
+        assert torch.equal(m.rebuild(0, m.ctx.task_dir(0)).eval()(x0), out0)
+        assert not torch.equal(m.rebuild(1, m.ctx.task_dir(1)).eval()(x1), model1(x1))
+
+
+def test_stored_bytes(digits, pretrained, tmp_path):
+    m = packnet(digits, pretrained, tmp_path)
+    for t in range(2):
+        model = train_task(m, t)
+    numel = {n: p.numel() for n, p in masked_params(model).items()}
+    assert payload_bytes(m.network_path) == 4 * sum(numel.values())  # one float32 network for all tasks
+    assert payload_bytes(m.owners_path) == 2 * sum(math.ceil(v / 8) for v in numel.values())  # owners 0..2: 2 bits
+    state = load_tensors(m.ctx.task_dir(1) / STATE)
+    assert not set(state) & set(numel) and {"fc.weight", "bn1.running_mean"} <= set(state)
+    assert payload_bytes(m.ctx.task_dir(1) / STATE) == sum(v.numel() * v.element_size() for v in state.values())
+    report = m.task_report(1, m.ctx.task_dir(1))
+    assert report["owner_bits"] == 2 and report["owned_fraction"] == pytest.approx(0.75 * 0.25, abs=0.01)
+    assert report["free_fraction"] == pytest.approx(0.75 * 0.75, abs=0.01)
+
+
+def test_options_are_validated(digits, pretrained, tmp_path):
+    for i, bad in enumerate(({"prune_perc": 1.0}, {"prune_perc": -0.1}, {"train_epochs": 0}, {"ratio": 0.5},
+                             {"train_epochs": 3})):
+        with pytest.raises(ConfigError, match="incremental.options.packnet"):
+            packnet(digits, pretrained, tmp_path / str(i), **bad)
+
+
+def test_packnet_end_to_end_and_resume(digits, pretrained, tmp_path):
+    cfg = make_config(num_tasks=2, epochs=2, max_steps_per_epoch=9, options={"packnet": {"train_epochs": 1}})
+
+    def stop(t, epoch):
+        if (t, epoch) == (1, 0):  # right after task 1 was pruned
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(cfg, digits, pretrained, tmp_path / "a", methods=["packnet"], on_epoch_end=stop)
+    resumed = run(cfg, digits, pretrained, tmp_path / "a", methods=["packnet"])["packnet"]
+    doc = run(cfg, digits, pretrained, tmp_path / "b", methods=["packnet"])["packnet"]
+    for name in ("task01_task01/" + STATE, NETWORK, OWNERS):  # owners and the pruned flag came back
+        assert same_content(tmp_path / "a" / "packnet" / name, tmp_path / "b" / "packnet" / name)
+    assert resumed["acc_matrix"] == doc["acc_matrix"]
+    assert json.loads((tmp_path / "b" / "packnet" / "metrics.json").read_text()) == json.loads(json.dumps(doc))
+    R = doc["acc_matrix"]
+    assert R[1][0] == R[0][0] and doc["forgetting"] == 0.0 and doc["final_avg_acc"] > 0.6
+    assert doc["owned_fraction_per_task"] == pytest.approx([0.25, 0.1875], abs=0.01)
+    assert doc["owner_bits_per_weight"] == 2
+    mem = doc["memory_bytes"]
+    assert set(mem) == {"total", "network", "owners", "state", "metadata"}
+    assert mem["network"] == (tmp_path / "b" / "packnet" / NETWORK).stat().st_size  # counted once
+    assert mem["owners"] == (tmp_path / "b" / "packnet" / OWNERS).stat().st_size
