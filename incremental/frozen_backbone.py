@@ -20,12 +20,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from incremental import nws_net
+from incremental.backbone import check_plain, load_plain
 from nws.artifact import ArtifactError
 from nws.io import load_tensors, save_tensors
-from nws.models import replace_head
 
-PLAIN = "plain_backbone.safetensors"
 BACKBONE = "backbone.safetensors"
 STATE = "state.safetensors"
 HEAD = "fc"
@@ -42,32 +40,14 @@ def frozen_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
             for key, p in conv.named_parameters(recurse=False)}
 
 
-def plain_path(ctx) -> Path:
-    return ctx.pretrain_dir / PLAIN
-
-
 def backbone_path(ctx) -> Path:
     return ctx.method_dir / BACKBONE
-
-
-def load_plain(ctx) -> nn.Module:
-    """The pretrain stage's plain network (its pretraining head included)."""
-    path = plain_path(ctx)
-    net = ctx.cfg.model.build(nws_net.plain_num_classes(path))
-    try:
-        net.load_state_dict(load_tensors(path))
-    except RuntimeError as e:
-        raise ValueError(f"{path}: not a backbone of the configured model: {e}") from None
-    return net
 
 
 def prepare_backbone(ctx, stored: Callable[[int], bool]) -> None:
     """Put the frozen convolution weights into the method folder (idempotent); refuse a changed backbone once a
     task (`stored(t)`) was trained over the old one."""
-    src, dst = plain_path(ctx), backbone_path(ctx)
-    if not src.is_file():
-        raise FileNotFoundError(f"{src}: file not found; run `nws pretrain` with pretrain.kind plain or both first")
-    nws_net.check_pretrain_meta(src, ctx.cfg.model)
+    src, dst = check_plain(ctx), backbone_path(ctx)
     frozen = frozen_tensors(load_plain(ctx))
     if dst.is_file():
         old = load_tensors(dst)
@@ -83,8 +63,7 @@ def prepare_backbone(ctx, stored: Callable[[int], bool]) -> None:
 def start_net(ctx, t: int) -> nn.Module:
     """Task t's network before its mask: the pretrained plain network (BatchNorm included) with a fresh head for
     task t's classes, its masked convolutions frozen."""
-    net = load_plain(ctx)
-    replace_head(net, ctx.tasks[t].num_classes)
+    net = load_plain(ctx, ctx.tasks[t].num_classes)
     for _, conv in masked_convs(net):
         conv.requires_grad_(False)
     return net

@@ -24,7 +24,7 @@ from data_prep.tasks import Task, load_tasks
 from incremental import checkpoint, memory, metrics
 from incremental.config import RESUME_NEUTRAL
 from incremental.evaluate import evaluate_stored
-from incremental.methods import Method, make_method
+from incremental.methods import Method, get_method, make_method
 from incremental.stored import is_sealed, seal_shared, seal_task, verify_shared
 from incremental.train import train_task
 from nws.io import atomic_write_json, read_json
@@ -51,10 +51,12 @@ def make_accelerator(inc) -> Accelerator:
 
 def run_hash(cfg, method: str) -> str:
     """What finished tasks depend on: seeds, data, model, pretrain and the incremental settings that change what is
-    trained or stored (not the method list, the task count, logging or worker counts)."""
+    trained or stored (not the method list, the task count, logging or worker counts, nor the settings the method
+    does not read, `Method.ignores`), so a changed NWS-only setting keeps the baselines' stored tasks."""
     data = resolved(cfg)
-    inc = {k: v for k, v in data["incremental"].items() if k not in RESUME_NEUTRAL}
-    inc["options"] = inc["options"].get(method, {})
+    skip = set(RESUME_NEUTRAL) | set(get_method(method).ignores)
+    inc = {k: v for k, v in data["incremental"].items() if k not in skip}
+    inc["options"] = data["incremental"]["options"].get(method, {})
     return config_hash({"method": method, "seeds": data["seeds"], "data": data["data"], "model": data["model"],
                         "pretrain": data.get("pretrain"), "incremental": inc})
 

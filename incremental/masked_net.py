@@ -10,12 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from incremental import nws_net
 from nws.artifact import ArtifactError
-from nws.io import load_tensors
-from nws.models import replace_head
 
-PLAIN = "plain_backbone.safetensors"
 HEAD = "fc"
 
 
@@ -40,30 +36,6 @@ def task_state(net: nn.Module) -> dict[str, torch.Tensor]:
     """Everything of the state dict but the masked weights: BatchNorm parameters and statistics, the head."""
     skip = set(masked_names(net))
     return {k: v.detach().clone() for k, v in bare(net).state_dict().items() if k not in skip}
-
-
-def plain_path(ctx) -> Path:
-    return ctx.pretrain_dir / PLAIN
-
-
-def check_plain(ctx) -> None:
-    """The plain backbone exists and was made for the configured network."""
-    path = plain_path(ctx)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found; run `nws pretrain` with pretrain.kind plain or both first")
-    nws_net.check_pretrain_meta(path, ctx.cfg.model)
-
-
-def backbone_net(ctx, num_classes: int) -> nn.Module:
-    """The plain pretrained backbone with a freshly initialised head of `num_classes` outputs."""
-    path = plain_path(ctx)
-    net = ctx.cfg.model.build(nws_net.plain_num_classes(path))
-    try:
-        net.load_state_dict(load_tensors(path))
-    except RuntimeError as e:
-        raise ValueError(f"{path}: not a backbone of the configured model: {e}") from None
-    replace_head(net, num_classes)
-    return net
 
 
 def assemble(model_cfg, num_classes: int, weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor],

@@ -54,6 +54,8 @@ class Method(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[Section]] = NoOptions
+    # incremental settings this method does not read: changing them keeps its stored tasks (NWS reads them all)
+    ignores: ClassVar[tuple[str, ...]] = ("beta", "head", "codec")
 
     def __init__(self, ctx: Context):
         self.ctx = ctx

@@ -37,7 +37,8 @@ from torch import nn
 
 from data_prep.loaders import derive_seed
 from data_prep.manifest import read_unit
-from incremental.masked_net import assemble, backbone_net, check_plain, masked_params, task_state
+from incremental.backbone import check_plain, load_plain
+from incremental.masked_net import assemble, masked_params, task_state
 from incremental.masks import load_masks, packed_bytes, save_masks
 from incremental.methods import Method
 from incremental.sparse import death_rate, init_masks, prune_magnitude, regrow
@@ -129,7 +130,7 @@ class DST(Method):
     # ----- training -----
 
     def setup_task(self, t: int) -> nn.Module:
-        net = backbone_net(self.ctx, self.ctx.tasks[t].num_classes)
+        net = load_plain(self.ctx, self.ctx.tasks[t].num_classes)
         params = masked_params(net)
         shapes = {n: tuple(p.shape) for n, p in params.items()}
         if t > 0:

@@ -7,37 +7,22 @@ from pathlib import Path
 
 from torch import nn
 
-from incremental import nws_net
+from incremental.backbone import check_plain, load_plain
 from incremental.methods import Method
 from nws.artifact import ArtifactError
 from nws.io import load_tensors, save_tensors
-from nws.models import replace_head
 
-PLAIN = "plain_backbone.safetensors"
 NETWORK = "network.safetensors"
 
 
 class Finetune(Method):
     name = "finetune"
 
-    @property
-    def backbone(self) -> Path:
-        return self.ctx.pretrain_dir / PLAIN
-
     def prepare(self) -> None:
-        if not self.backbone.is_file():
-            raise FileNotFoundError(f"{self.backbone}: file not found; run `nws pretrain` with pretrain.kind plain "
-                                    "or both first")
-        nws_net.check_pretrain_meta(self.backbone, self.ctx.cfg.model)
+        check_plain(self.ctx)
 
     def setup_task(self, t: int) -> nn.Module:
-        net = self.ctx.cfg.model.build(nws_net.plain_num_classes(self.backbone))
-        try:
-            net.load_state_dict(load_tensors(self.backbone))
-        except RuntimeError as e:
-            raise ValueError(f"{self.backbone}: not a backbone of the configured model: {e}") from None
-        replace_head(net, self.ctx.tasks[t].num_classes)
-        return net
+        return load_plain(self.ctx, self.ctx.tasks[t].num_classes)
 
     def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
         save_tensors(folder / NETWORK, model.state_dict(), metadata={"task": self.ctx.tasks[t].name,

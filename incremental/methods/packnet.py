@@ -29,7 +29,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from incremental.masked_net import assemble, backbone_net, check_plain, masked_params, task_state
+from incremental.backbone import check_plain, load_plain
+from incremental.masked_net import assemble, masked_params, task_state
 from incremental.masks import load_masks, packed_bytes, save_masks
 from incremental.methods import Method
 from incremental.stored import is_sealed
@@ -106,7 +107,7 @@ class PackNet(Method):
         check_plain(self.ctx)
         if any(is_sealed(self.ctx.task_dir(t)) for t in range(len(self.ctx.tasks))):
             return
-        net = backbone_net(self.ctx, 1)
+        net = load_plain(self.ctx, 1)
         weights = {n: p.detach().clone() for n, p in masked_params(net).items()}
         save_tensors(self.network_path, weights, metadata={"content": "shared masked weights"})
         save_owners(self.owners_path, {n: torch.zeros(w.shape, dtype=torch.uint8) for n, w in weights.items()})
@@ -127,7 +128,7 @@ class PackNet(Method):
     def setup_task(self, t: int) -> nn.Module:
         if t + 1 > MAX_OWNER:
             raise ValueError(f"PackNet keeps at most {MAX_OWNER} tasks (uint8 owners)")
-        net = backbone_net(self.ctx, self.ctx.tasks[t].num_classes)
+        net = load_plain(self.ctx, self.ctx.tasks[t].num_classes)
         params = masked_params(net)
         values, owners = self.shared()
         if set(values) != set(params):

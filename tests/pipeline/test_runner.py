@@ -131,16 +131,17 @@ def test_bad_requests_name_what_is_wrong(pipeline_run, tmp_path, capsys):
 
 
 def test_one_changed_setting_reruns_only_what_reads_it(pipeline_run):
-    """Last in this module: it changes the run. An incremental setting reruns incremental and the report for the
-    chosen seed; data and pretrain are kept as they are."""
+    """Last in this module: it changes the run. An NWS setting (beta) reruns the incremental stage and the report
+    for the chosen seed, and in that stage only NWS: Finetune's stored tasks are kept, as are data and pretrain."""
     config, runs, _ = pipeline_run
     pools = runs / "tiny" / "seed0" / "pretrain" / "pools.safetensors"
     manifest = runs / "tiny" / "data" / "manifest.json"
+    finetune_task = runs / "tiny" / "seed0" / "incremental" / "finetune" / "task00_task00" / "network.safetensors"
     nws_metrics = runs / "tiny" / "seed0" / "incremental" / "nws" / "metrics.json"
-    kept = pools.stat().st_mtime_ns, manifest.stat().st_mtime_ns
+    kept = pools.stat().st_mtime_ns, manifest.stat().st_mtime_ns, finetune_task.stat().st_mtime_ns
     replaced = read_json(nws_metrics)["config_hash"]
     summary = run_pipeline(config, ["incremental.beta=0.25"], seeds=[0], runs_dir=runs)
     assert statuses(summary) == {"data": "skipped", "pretrain (seed 0)": "skipped", "incremental (seed 0)": "ran",
                                  "report": "ran"}
     assert read_json(nws_metrics)["config_hash"] != replaced
-    assert (pools.stat().st_mtime_ns, manifest.stat().st_mtime_ns) == kept
+    assert (pools.stat().st_mtime_ns, manifest.stat().st_mtime_ns, finetune_task.stat().st_mtime_ns) == kept
