@@ -1,5 +1,5 @@
-"""`nws incremental -c CONFIG [--method NAME ...] [--data DIR] [--pretrain DIR] [--out DIR] [key.sub=value ...]`
-and `python -m incremental ...`.
+"""`nws incremental -c CONFIG [--method NAME ...] [--data DIR] [--pretrain DIR] [--out DIR]
+[--task-inference] [key.sub=value ...]` and `python -m incremental ...`.
 
 Runs one process as it is, or several under `accelerate launch` (one process per GPU; the global batch is split
 over them). Running the same command again resumes: finished tasks are kept, an interrupted task continues from its
@@ -15,6 +15,7 @@ from pathlib import Path
 EPILOG = """examples:
   nws incremental -c configs/demo.yaml                       # every method of incremental.methods
   nws incremental -c configs/fmnist.yaml --method nws --method finetune incremental.epochs=5
+  nws incremental -c configs/fmnist.yaml --method supsup --task-inference   # then infer the task id of test batches
   accelerate launch --multi_gpu --num_processes 4 -m incremental -c configs/split_cifar100_resnet18.yaml --method nws"""
 
 
@@ -28,6 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>/incremental)")
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="where the default MLflow store lives (runs/mlflow.db); MLFLOW_TRACKING_URI wins")
+    p.add_argument("--task-inference", action="store_true",
+                   help="after the tasks are done (or on an already finished run), evaluate with the task id unknown: "
+                        "infer each test batch's task from the stored models (SupSup one-shot gradient over the "
+                        "superposed masks; lowest output entropy for any method) -> <out>/<method>/task_inference.json")
+    p.add_argument("--task-inference-batch-size", type=int, default=128, metavar="N",
+                   help="test batch whose task is inferred (default 128, the official SupSup test batch)")
+    p.add_argument("--task-inference-samples", type=int, default=None, metavar="N",
+                   help="entropy over the first N samples of a batch (SupSup GNu: 1); default the whole batch")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=run_cli)
 
@@ -53,6 +62,12 @@ def run_cli(args) -> int:
         pretrain = stage_dir(args.pretrain, runs, cfg.name, "pretrain")
         out = stage_dir(args.out, runs, cfg.name, "incremental")
         results = run(cfg, data, pretrain, out, methods=args.method, runs_dir=args.runs_dir or runs)
+        inferred = {}
+        if args.task_inference and PartialState().is_main_process:
+            from incremental.task_inference import evaluate_run
+
+            inferred = evaluate_run(cfg, data, pretrain, out, list(results), args.task_inference_batch_size,
+                                    args.task_inference_samples)
         PartialState().destroy_process_group()  # a launched run leaves its process group cleanly
     except ArtifactError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -68,6 +83,11 @@ def run_cli(args) -> int:
             print(f"{name}: final average accuracy {result['final_avg_acc']:.4f}, "
                   f"memory {result['memory_bytes']['total']} bytes ({result['memory_mib']['total']:.3f} MiB), "
                   f"training {result['train_seconds']:.1f} s")
+    for name, doc in inferred.items():
+        for rule, r in doc["rules"].items():
+            print(f"{name} task inference ({rule}, batch {doc['batch_size']}): inference accuracy "
+                  f"{r['inference_acc']:.4f}, accuracy with the inferred id {r['acc_inferred']:.4f} "
+                  f"(given id {r['acc_given']:.4f})")
     return 0
 
 

@@ -1,0 +1,106 @@
+"""Task inference with the task id unknown: SupSup's one-shot gradient rule over the superposed stored masks, and
+the lowest-entropy rule over rebuilt task models (any method), evaluated from stored tasks only."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from incremental.cli import main
+from incremental.loop import run
+from incremental.methods import make_method
+from incremental.task_inference import OUT, entropy, evaluate, min_entropy, one_shot_gradient
+from nws.artifact import ArtifactError
+from tests.incremental.fixtures import DATA, MODEL, make_config
+from tests.incremental.test_methods import method_for, sample_batch, train_a_little
+
+
+def test_entropy_of_uniform_and_confident_outputs():
+    h = entropy(torch.tensor([[0.0, 0.0, 0.0], [50.0, 0.0, 0.0]]))
+    assert h[0] == pytest.approx(math.log(3)) and h[1] < 1e-6
+
+
+def test_one_shot_picks_the_task_whose_weight_lowers_the_entropy():
+    """More of alpha_k makes the logits sharper, the other alphas do nothing: dH/dalpha_k < 0 = dH/dalpha_i."""
+    direction = torch.tensor([[1.0, -1.0]]).repeat(4, 1)
+    for k in range(3):
+        def superposed(alphas, x, k=k):
+            return (0.1 + 3 * alphas[k]) * direction
+        assert one_shot_gradient(superposed, 3, torch.zeros(4, 1), samples=None) == k
+    flat, sharp = torch.zeros(4, 2), direction * 5
+    assert min_entropy([flat, sharp, flat], samples=None) == 1
+    assert min_entropy([flat, sharp, flat], samples=1) == 1
+
+
+@pytest.mark.parametrize("weights,head", [("signed_constant", "mask"), ("backbone", "float")])
+def test_superposition_with_one_hot_alphas_is_the_stored_task_model(digits, pretrained, tmp_path, weights, head):
+    m = method_for("supsup", digits, pretrained, tmp_path, options={"supsup": {"weights": weights, "head": head}})
+    for t in range(2):
+        model = train_a_little(m, m.setup_task(t), t, steps=3)
+        m.write_artifact(model, t, m.ctx.task_dir(t))
+    superposed = m.superposition([0, 1])
+    x = sample_batch(m, 0)
+    for j in range(2):
+        alphas = torch.zeros(2)
+        alphas[j] = 1
+        with torch.no_grad():  # BatchNorm on batch statistics in both
+            assert torch.allclose(superposed(alphas, x), m.rebuild(j, m.ctx.task_dir(j)).train()(x), atol=1e-5)
+    half = superposed(torch.full((2,), 0.5), x)
+    assert half.shape == (x.shape[0], 2) and torch.isfinite(half).all()
+
+
+@pytest.mark.parametrize("name", ["supsup", "nws"])
+def test_evaluation_from_a_finished_run(digits, pretrained, tmp_path, name):
+    cfg = make_config(num_tasks=2, epochs=3, milestones=[], options={"supsup": {"er_scale": 16}})
+    doc = run(cfg, digits, pretrained, tmp_path / "out", methods=[name])[name]
+    method = make_method(name, cfg, digits, pretrained, tmp_path / "out" / name, _tasks(digits))
+    result = evaluate(method, batch_size=16)
+    assert json.loads((tmp_path / "out" / name / OUT).read_text()) == json.loads(json.dumps(result))
+    rules = ["one_shot_gradient", "min_entropy"] if name == "supsup" else ["min_entropy"]
+    assert list(result["rules"]) == rules and result["batch_size"] == 16
+    final_row = doc["acc_matrix"][-1]
+    for rule in rules:
+        r = result["rules"][rule]
+        for j, p in enumerate(r["per_task"]):
+            assert p["acc_given"] == pytest.approx(final_row[j])  # the same rebuilt model the loop measured
+            assert sum(p["inferred_counts"]) == p["batches"] >= 3
+            assert p["inference_acc"] == p["inferred_counts"][j] / p["batches"]
+            assert p["acc_inferred"] <= p["acc_given"] + 1e-12
+            if p["inference_acc"] == 1.0:
+                assert p["acc_inferred"] == pytest.approx(p["acc_given"])
+        assert 0 <= r["inference_acc"] <= 1
+    # well-trained 2-way digit models: the lowest-entropy model names the task of most batches
+    assert result["rules"]["min_entropy"]["inference_acc"] > 0.6
+
+
+def _tasks(digits):
+    from incremental.loop import task_list
+
+    return task_list(digits, 2)
+
+
+def test_an_unfinished_run_is_refused(digits, pretrained, tmp_path):
+    m = method_for("supsup", digits, pretrained, tmp_path)
+    m.write_artifact(m.setup_task(0), 0, m.ctx.task_dir(0))  # written but not sealed, task 1 missing
+    with pytest.raises(ArtifactError, match="not a stored task"):
+        evaluate(m)
+
+
+def test_cli_task_inference_on_a_run_and_again_on_the_finished_run(digits, pretrained, tmp_path, capsys):
+    inc = {"epochs": 1, "batch_size": 32, "lr": 0.05, "milestones": [], "track": False, "num_tasks": 2}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "ti", "data": DATA, "model": MODEL, "incremental": inc}))
+    args = ["-c", str(cfg), "--method", "finetune", "--data", str(digits), "--pretrain", str(pretrained), "--out",
+            str(tmp_path / "out"), "--task-inference", "--task-inference-batch-size", "32"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "finetune task inference (min_entropy, batch 32): inference accuracy" in out
+    path = tmp_path / "out" / "finetune" / OUT
+    first = json.loads(path.read_text())
+    path.unlink()
+    assert main(args + ["--task-inference-samples", "1"]) == 0  # nothing left to train: inference only
+    again = json.loads(path.read_text())
+    assert again["entropy_samples"] == 1 and first["entropy_samples"] == "batch"
+    assert again["acc_given"] == first["acc_given"]
