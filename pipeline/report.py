@@ -117,6 +117,7 @@ def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, t
                     for m in order},
         "method_seeds": {m: [r.seed for r in found[m]] for m in order},
         "sources": {m: [str(r.path.relative_to(experiment_dir)) for r in found[m]] for m in order},
+        "task_inference": task_inference(found, order),
     }
     drawn = draw(results, found, out / PLOTS, cfg.get("model"))
     results["plots"] = [str(p.relative_to(out)) for p in drawn]
@@ -195,6 +196,42 @@ def _fmt(value, scale: float = 1.0, digits: int = 1) -> str:
     return text if s is None else f"{text} ± {scale * s:.{digits}f}"
 
 
+INFERENCE = "task_inference.json"
+INFERENCE_KEYS = ("inference_acc", "acc_inferred", "acc_given")
+
+
+def task_inference(found: dict[str, list[MethodRun]], order: list[str]) -> dict:
+    """{method: {rule: {inference_acc, acc_inferred, acc_given}}} of the methods evaluated with the task id unknown
+    (`nws incremental --task-inference` writes task_inference.json beside metrics.json); several seeds aggregated."""
+    out = {}
+    for m in order:
+        docs = [read_json(r.path.parent / INFERENCE) for r in found[m] if (r.path.parent / INFERENCE).is_file()]
+        if not docs:
+            continue
+        per_seed = [{rule: {k: v[k] for k in INFERENCE_KEYS} for rule, v in d["rules"].items()} for d in docs]
+        out[m] = aggregate(per_seed) if len(per_seed) > 1 else per_seed[0]
+        out[m]["batch_size"] = docs[0]["batch_size"]
+    return out
+
+
+def inference_lines(results: dict) -> list[str]:
+    """The task-inference table (SupSup's GNu setting): how often the task of a test batch is found, and the
+    accuracy when the batch is classified by the inferred task's model."""
+    table = results.get("task_inference") or {}
+    if not table:
+        return []
+    lines = ["", "## Task id unknown (task inference from the stored models)", "",
+             "| Method | Rule | Batch | Task inferred (%) | Acc, inferred id (%) | Acc, given id (%) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name, rules in table.items():
+        for rule, v in rules.items():
+            if rule == "batch_size":
+                continue
+            cells = [_fmt(v[k], 100) for k in INFERENCE_KEYS]
+            lines.append(f"| {name} | {rule} | {rules['batch_size']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _memory_digits(results: dict) -> int:
     sizes = [mean(d["memory_bytes"]["total"]) / MIB for d in results["methods"].values()]
     return 1 if min(sizes) >= 10 else 3
@@ -228,6 +265,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | Mean | {100 * mean(doc['final_avg_acc']):.1f} | "
                          f"{mean(doc['memory_bytes']['total']) / MIB:.{digits}f} |")
             lines.append(f"| {name} | STD | {100 * acc_s:.2f} | {mem_s / MIB:.{digits}f} |")
+    lines += inference_lines(results)
     lines += ["", "## Plots", ""] + [f"- [{Path(p).stem}]({p})" for p in results.get("plots", [])]
     return "\n".join(lines) + "\n"
 

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from incremental.stored import task_files
@@ -233,3 +234,28 @@ def test_a_standalone_incremental_run_is_one_run_of_the_given_config(experiment,
     results = make_report(tmp_path / "x", config=config)
     assert results["seeds"] == [1] and list(results["methods"]) == ["finetune"]
     assert results["sources"] == {"finetune": ["incremental/finetune/metrics.json"]}
+
+
+def test_task_inference_results_are_reported(experiment, tmp_path):
+    """Task inference run on the stored NWS tasks of each seed (task_inference.json beside metrics.json) shows up
+    in results.json, aggregated over the seeds, and as its own table."""
+    from incremental.task_inference import evaluate_run
+    from pipeline.config import experiment_schema, validate
+
+    root = experiment.parent.parent
+    found = []
+    for s in SEEDS:
+        folder = experiment / f"seed{s}"
+        cfg = validate(experiment_schema(), yaml.safe_load((folder / "config.yaml").read_text()))
+        found.append(evaluate_run(cfg, root / "data", root / "pretrain", folder / "incremental", ["nws"],
+                                  batch_size=16)["nws"]["rules"]["min_entropy"])
+    results = make_report(experiment, tmp_path / "report")
+    got = results["task_inference"]["nws"]["min_entropy"]
+    expect([f["inference_acc"] for f in found], got["inference_acc"])
+    expect([f["acc_inferred"] for f in found], got["acc_inferred"])
+    assert "finetune" not in results["task_inference"]
+    text = (tmp_path / "report" / "results.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| nws | min_entropy | 16 |"))
+    assert cell([f["inference_acc"] for f in found], 100) in row
+    for s in SEEDS:  # leave the shared folders as the other tests saw them
+        (experiment / f"seed{s}" / "incremental" / "nws" / "task_inference.json").unlink()
