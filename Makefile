@@ -31,7 +31,7 @@ bench: $(STAMP)  ## run the benchmarks and print their tables (see BENCHMARKS.md
 CONFIG ?= configs/demo.yaml
 ARGS ?=
 RUNS ?= runs
-demo: $(STAMP)  ## the whole pipeline on the embedded digits (configs/demo.yaml): about 10 min on 2 CPU cores
+demo: $(STAMP)  ## the whole pipeline on the embedded digits (configs/demo.yaml): about 5 min on 2 CPU cores
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pipeline run -c configs/demo.yaml --runs-dir $(RUNS) $(ARGS)
 
 pipeline: $(STAMP)  ## every stage of CONFIG, skipping unchanged ones (ARGS="--seed 1 --from incremental key=value")
@@ -41,7 +41,7 @@ report: $(STAMP)  ## results.json, results.md and plots/ of CONFIG's runs (runs/
 	$(PY) -m pipeline.report_cli -c $(CONFIG) $(ARGS)
 
 PORT ?= 5000
-ui: $(STAMP)  ## the MLflow UI of runs/mlflow.db on http://127.0.0.1:$(PORT) (Ctrl-C stops it)
+ui: $(STAMP)  ## the MLflow UI of runs/mlflow.db on http://127.0.0.1:5000 (PORT=...; Ctrl-C stops it)
 	$(PY) -m pipeline.ui --runs-dir $(RUNS) --port $(PORT)
 
 submit: $(STAMP)  ## submit CONFIG to Slurm, a job per stage, seeds as arrays (ARGS="--seeds 3 --dry-run")
