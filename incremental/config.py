@@ -32,7 +32,7 @@ class IncrementalConfig(Section):
     gamma: float = Field(0.1, gt=0)
     beta: float = Field(0.5, ge=0)  # NWS: weight of the summed Eq. 2 similarity terms
     head: Literal["nws", "float"] = "nws"  # NWS: the head is an NWS layer over the head pool, or a float layer
-    codec: Literal["smallest", "packed", "entropy", "delta"] = "smallest"  # NWS: how task indices are stored
+    codec: Literal["smallest", "packed", "entropy", "delta", "near"] = "smallest"  # NWS: how task indices are stored
     precision: Literal["bf16", "fp32"] = "fp32"  # bf16 = accelerate's autocast (the search stays fp32)
     cpu: bool = False  # force the CPU even where a GPU is visible
     augment: bool = True  # the loader's training augmentation

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nws import codec
-from nws.convert import export_indices, load_indices, nws_layers, pool_sizes
+from nws.convert import export_indices, export_pools, load_indices, nws_layers, pool_sizes
 from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 
 FORMAT = "nws-task/1"
@@ -39,16 +39,18 @@ def save_task(folder: str | Path, model: nn.Module, codec_mode: str = "smallest"
               indices: dict[str, torch.Tensor] | None = None) -> dict:
     """Write the task artifact of `model` (an NWS network) to `folder`; returns its manifest.
 
-    codec_mode: "packed", "entropy", "delta" (needs `prev`, the previous task's indices) or "smallest" (every mode
-    that applies, keeping the smallest blob that round-trips). `indices` defaults to a fresh export from the model.
+    codec_mode: "packed", "entropy", "delta" or "near" (both need `prev`, the previous task's indices; near also
+    codes against the model's pools) or "smallest" (every mode that applies, keeping the smallest blob that
+    round-trips). `indices` defaults to a fresh export from the model.
     """
     folder = Path(folder)
     idx = indices if indices is not None else export_indices(model)
     sizes = pool_sizes(model)
+    pools = export_pools(model) if prev is not None else None
     if codec_mode == "smallest":
-        codec_mode, blob = codec.smallest(idx, sizes, prev=prev)
+        codec_mode, blob = codec.smallest(idx, sizes, prev=prev, pools=pools)
     else:
-        blob = codec.encode(idx, sizes, mode=codec_mode, prev=prev)
+        blob = codec.encode(idx, sizes, mode=codec_mode, prev=prev, pools=pools)
     atomic_write_bytes(folder / INDICES, blob)
     save_tensors(folder / STATE, task_state(model))
     manifest = {
@@ -81,11 +83,12 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
-def read_indices(folder: str | Path, prev: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The task's indices C_t, decoded after the checksums were verified."""
+def read_indices(folder: str | Path, prev: dict[str, torch.Tensor] | None = None,
+                 pools: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The task's indices C_t, decoded after the checksums were verified (a near blob needs the pools too)."""
     folder = Path(folder)
     read_manifest(folder)
-    return codec.decode((folder / INDICES).read_bytes(), prev=prev)
+    return codec.decode((folder / INDICES).read_bytes(), prev=prev, pools=pools)
 
 
 def load_task(folder: str | Path, model: nn.Module, prev: dict[str, torch.Tensor] | None = None) -> dict:
@@ -96,7 +99,8 @@ def load_task(folder: str | Path, model: nn.Module, prev: dict[str, torch.Tensor
     if manifest["pool_sizes"] != pool_sizes(model):
         raise ArtifactError(f"{folder}: stored for layers/pools {manifest['pool_sizes']}, the model has "
                             f"{pool_sizes(model)}")
-    load_indices(model, codec.decode((folder / INDICES).read_bytes(), prev=prev))
+    pools = export_pools(model) if manifest["codec"] == "near" else None
+    load_indices(model, codec.decode((folder / INDICES).read_bytes(), prev=prev, pools=pools))
     state = load_tensors(folder / STATE)
     expected = task_state(model)
     if set(state) != set(expected):

@@ -1,10 +1,12 @@
 """Storage of a task's kernel indices (seed 004_ §3: a task is kept as indices into the frozen pools, Eq. 1).
 
-Three modes, all in one self-describing, checksummed format:
+Four modes, all in one self-describing, checksummed format:
 - `packed`: ceil(log2 n) bits per index, the paper's count (9 bits at 512-kernel pools) without int16 + lzma.
 - `entropy`: each layer coded by ANS (constriction) with its own empirical histogram, order 0; trained tasks
   use the pool unevenly (appendix §6 of 001_: >30% of the first layers' kernels are one pool kernel).
 - `delta`: a task coded against the previous task: a "changed?" bit per kernel, then the new values.
+- `near`: as `delta`, but a changed kernel is coded as the rank of its new pool kernel among the neighbours of its
+  previous one (nws.near: temporary kernels move by small steps); needs the pools to code and to decode.
 
 Layout (integers little-endian, varint = unsigned LEB128):
   b"NWSI" | version u8 | mode u8 | body length u32 | body | sha256(all before)[:8]
@@ -12,10 +14,15 @@ Layout (integers little-endian, varint = unsigned LEB128):
   packed  : body += the indices of all layers, MSB first, one zero-padded bit stream
   entropy : body += varint len(model) | model | ANS words (u32)
   delta   : body += prev hash (8) | per layer varint #changed | varint len(model) | model | ANS words
+  near    : body += prev hash (8) | pools hash (8) | per layer varint #changed | varint len(model) | model | ANS
+            words (the model and the symbols are neighbour ranks 0..n-2 in place of the values)
   model   = bit stream; per coded layer 5 bits k, then each symbol's count (0..n-1) as exp-Golomb of order k
   ANS     = one stack; decoded layer by layer: (delta: changed bits, Bernoulli(#changed/length)), then the
-            indices (delta: the new values) with a Categorical over the layer's used symbols at their counts.
-The model uses constriction's `perfect=False` quantisation; `VERSION` pins it (a golden test guards it)."""
+            indices (delta: the new values; near: their ranks) with a Categorical over the layer's used symbols
+            at their counts.
+The model uses constriction's `perfect=False` quantisation; `VERSION` pins it (a golden test guards it). The
+`near` mode (id 3) came later inside version 1: older blobs read as before, and older readers refuse a `near`
+blob as an unknown mode id."""
 
 from __future__ import annotations
 
@@ -29,10 +36,14 @@ import numpy as np
 import torch
 
 from nws.entropy import as_index_array, check_same_layers, conditional_entropy_bits, empirical_entropy_bits
+from nws.near import MAX_POOL, neighbour_order, pool_array, pools_hash, rank_table
 
 MAGIC = b"NWSI"
 VERSION = 1
-MODES = ("packed", "entropy", "delta")
+MODES = ("packed", "entropy", "delta")  # the modes that need no pools
+POOL_MODES = ("near",)  # the modes that code against the pool kernels too
+ALL_MODES = MODES + POOL_MODES  # in mode-id order
+NEEDS_PREV = ("delta", "near")  # blobs that decode only with the previous task's indices
 _PREFIX = struct.Struct("<4sBBI")
 _CHECK = 8
 _HASH = 8
@@ -66,35 +77,45 @@ def packed_bits(n: int) -> int:
 
 
 def encode(idx: Mapping[str, torch.Tensor], pool_sizes: Mapping[str, int], mode: str = "packed",
-           prev: Mapping[str, torch.Tensor] | None = None) -> bytes:
-    """Bytes storing `idx` ({layer: 1-D int tensor}, order kept); `prev` is used by mode "delta" only."""
+           prev: Mapping[str, torch.Tensor] | None = None,
+           pools: Mapping[str, torch.Tensor] | None = None) -> bytes:
+    """Bytes storing `idx` ({layer: 1-D int tensor}, order kept); `prev` is used by the modes "delta" and "near"
+    only, `pools` ({layer: n × d pool kernels}) by "near" only."""
     layers, arrays = _validate(idx, pool_sizes)
     if mode == "packed":
         tail = _encode_packed(layers, arrays)
     elif mode == "entropy":
         tail = _encode_entropy(layers, arrays)
-    elif mode == "delta":
+    elif mode in NEEDS_PREV:
         if prev is None:
-            raise ValueError("mode='delta' needs prev= (the previous task's indices)")
-        tail = _encode_delta(layers, arrays, prev)
+            raise ValueError(f"mode={mode!r} needs prev= (the previous task's indices)")
+        near = _near_pools(layers, pools) if mode == "near" else None
+        tail = _encode_delta(layers, arrays, prev, near)
     else:
-        raise ValueError(f"unknown codec mode {mode!r}; valid modes: {', '.join(MODES)}")
+        raise ValueError(f"unknown codec mode {mode!r}; valid modes: {', '.join(ALL_MODES)}")
     body = _layer_table(layers) + tail
     if len(body) >= 2**32:
         raise ValueError(f"index blob body of {len(body)} bytes exceeds the format's 4 GiB limit")
-    head = _PREFIX.pack(MAGIC, VERSION, MODES.index(mode), len(body)) + body
+    head = _PREFIX.pack(MAGIC, VERSION, ALL_MODES.index(mode), len(body)) + body
     return head + hashlib.sha256(head).digest()[:_CHECK]
 
 
-def decode(blob: bytes, prev: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """{layer: int64 tensor} stored in `blob`; delta blobs need `prev`, the previous task's indices."""
+def decode(blob: bytes, prev: Mapping[str, torch.Tensor] | None = None,
+           pools: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """{layer: int64 tensor} stored in `blob`; delta and near blobs need `prev`, the previous task's indices, and
+    near blobs the pools they were coded with."""
     mode, layers, extra, reader = _open(blob)
     if mode == "packed":
         arrays = _decode_packed(layers, reader)
     elif mode == "entropy":
         arrays = _decode_entropy(layers, reader)
     else:
-        arrays = _decode_delta(layers, extra, reader, prev)
+        near = None
+        if mode == "near":
+            if pools is None:
+                raise ValueError("this is a near blob: decode(blob, prev=..., pools=...) needs the pools")
+            near = _near_pools(layers, pools)
+        arrays = _decode_delta(layers, extra, reader, prev, near)
     return {layer.name: torch.from_numpy(x) for layer, x in zip(layers, arrays, strict=True)}
 
 
@@ -105,14 +126,21 @@ def info(blob: bytes) -> BlobInfo:
 
 
 def smallest(idx: Mapping[str, torch.Tensor], pool_sizes: Mapping[str, int],
-             prev: Mapping[str, torch.Tensor] | None = None) -> tuple[str, bytes]:
-    """(mode, blob) of the smallest mode that round-trips exactly; delta is tried when `prev` is given."""
+             prev: Mapping[str, torch.Tensor] | None = None,
+             pools: Mapping[str, torch.Tensor] | None = None) -> tuple[str, bytes]:
+    """(mode, blob) of the smallest mode that round-trips exactly; delta is tried when `prev` is given, near when
+    `prev` and `pools` are given (and every pool is at most nws.near.MAX_POOL kernels)."""
+    modes = ["packed", "entropy"]
+    if prev is not None:
+        modes.append("delta")
+        if pools is not None and all(int(n) <= MAX_POOL for n in pool_sizes.values()):
+            modes.append("near")
     best: tuple[str, bytes] | None = None
-    for mode in (MODES if prev is not None else MODES[:2]):
-        blob = encode(idx, pool_sizes, mode, prev=prev)
+    for mode in modes:
+        blob = encode(idx, pool_sizes, mode, prev=prev, pools=pools)
         if best is not None and len(blob) >= len(best[1]):
             continue
-        back = decode(blob, prev=prev)
+        back = decode(blob, prev=prev, pools=pools)
         if list(back) == list(idx) and all(
                 np.array_equal(back[k].numpy(), as_index_array(k, v)) for k, v in idx.items()):
             best = (mode, blob)
@@ -171,7 +199,7 @@ def _open(blob) -> tuple[str, list[Layer], tuple, _Reader]:
         raise CorruptBlob(f"{len(data) - end - _CHECK} trailing bytes after the checksum")
     if hashlib.sha256(data[:end]).digest()[:_CHECK] != data[end:]:
         raise CorruptBlob("checksum mismatch: the index blob is corrupted")
-    if mode_id >= len(MODES):
+    if mode_id >= len(ALL_MODES):
         raise CorruptBlob(f"unknown mode id {mode_id}")
     reader = _Reader(data, _PREFIX.size, end)
     layers, seen = [], set()
@@ -186,9 +214,12 @@ def _open(blob) -> tuple[str, list[Layer], tuple, _Reader]:
         seen.add(name)
         layers.append(Layer(name, n, length))
     extra: tuple = ()
-    if MODES[mode_id] == "delta":
-        extra = (reader.take(_HASH), [reader.varint() for _ in layers])
-    return MODES[mode_id], layers, extra, reader
+    mode = ALL_MODES[mode_id]
+    if mode in NEEDS_PREV:
+        prev_hash = reader.take(_HASH)
+        pool_hash = reader.take(_HASH) if mode == "near" else b""
+        extra = (prev_hash, [reader.varint() for _ in layers], pool_hash)
+    return mode, layers, extra, reader
 
 
 class _Reader:
@@ -292,30 +323,48 @@ def _decode_entropy(layers: list[Layer], reader: _Reader) -> list[np.ndarray]:
     return arrays
 
 
-def _encode_delta(layers: list[Layer], arrays: list[np.ndarray], prev: Mapping[str, torch.Tensor]) -> bytes:
+def _encode_delta(layers: list[Layer], arrays: list[np.ndarray], prev: Mapping[str, torch.Tensor],
+                  near: dict[str, np.ndarray] | None = None) -> bytes:
+    """delta (near is None): the changed kernels' new values; near: their neighbour ranks in the pool."""
     check_same_layers({layer.name: layer.length for layer in layers}, prev)
     before = [as_index_array(layer.name, prev[layer.name]) for layer in layers]
     changed = [x != b for x, b in zip(arrays, before, strict=True)]
-    counts = [np.bincount(x[m], minlength=lay.n) for lay, x, m in zip(layers, arrays, changed, strict=True)]
+    symbols, sizes = [], []
+    for layer, x, b, m in zip(layers, arrays, before, changed, strict=True):
+        if near is None:
+            symbols.append(x[m])
+            sizes.append(layer.n)
+        else:
+            rank = rank_table(neighbour_order(near[layer.name])) if m.any() else None
+            symbols.append(rank[b[m], x[m]].astype(np.int64) if m.any() else np.zeros(0, np.int64))
+            sizes.append(layer.n - 1)
+    counts = [np.bincount(v, minlength=n) for v, n in zip(symbols, sizes, strict=True)]
     coder = constriction.stream.stack.AnsCoder()
-    for x, m, c in zip(reversed(arrays), reversed(changed), reversed(counts), strict=True):
-        _push_symbols(coder, x[m], c)
+    for v, m, c in zip(reversed(symbols), reversed(changed), reversed(counts), strict=True):
+        _push_symbols(coder, v, c)
         if 0 < c.sum() < m.size:
             coder.encode_reverse(m.astype(np.int32), _bernoulli(int(c.sum()), m.size))
     head = _prev_hash([layer.name for layer in layers], before)
+    if near is not None:
+        head += pools_hash([layer.name for layer in layers], near)
     head += b"".join(_varint(int(c.sum())) for c in counts)
     return head + _model_bytes(counts) + _ans_bytes(coder)
 
 
-def _decode_delta(layers: list[Layer], extra: tuple, reader: _Reader, prev) -> list[np.ndarray]:
-    prev_hash, num_changed = extra
+def _decode_delta(layers: list[Layer], extra: tuple, reader: _Reader, prev,
+                  near: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    prev_hash, num_changed, pool_hash = extra
+    kind = "near" if near is not None else "delta"
     if prev is None:
-        raise ValueError("this is a delta blob: decode(blob, prev=...) needs the previous task's indices")
+        raise ValueError(f"this is a {kind} blob: decode(blob, prev=...) needs the previous task's indices")
     check_same_layers({layer.name: layer.length for layer in layers}, prev)
     before = [as_index_array(layer.name, prev[layer.name]) for layer in layers]
     if _prev_hash([layer.name for layer in layers], before) != prev_hash:
-        raise ValueError("delta blob was coded against a different previous task (prev hash mismatch)")
-    counts = _read_model(reader, [layer.n for layer in layers], num_changed)
+        raise ValueError(f"{kind} blob was coded against a different previous task (prev hash mismatch)")
+    if near is not None and pools_hash([layer.name for layer in layers], near) != pool_hash:
+        raise ValueError("near blob was coded with other pools (pools hash mismatch)")
+    sizes = [layer.n - 1 if near is not None else layer.n for layer in layers]
+    counts = _read_model(reader, sizes, num_changed)
     coder = _ans_reader(reader)
     arrays = []
     for layer, b, c, k in zip(layers, before, counts, num_changed, strict=True):
@@ -327,10 +376,31 @@ def _decode_delta(layers: list[Layer], extra: tuple, reader: _Reader, prev) -> l
             if int(mask.sum()) != k:
                 raise CorruptBlob(f"layer {layer.name!r}: changed bits do not match the changed count")
         x = b.copy()
-        x[mask] = _pop_symbols(coder, c, k)
+        values = _pop_symbols(coder, c, k)
+        if near is not None and k:
+            values = neighbour_order(near[layer.name])[b[mask], values].astype(np.int64)
+        x[mask] = values
         arrays.append(x)
     _check_empty(coder)
     return arrays
+
+
+def _near_pools(layers: list[Layer], pools) -> dict[str, np.ndarray]:
+    """The pools of the coded layers as float32 arrays, each with its layer's pool size (else a clear error)."""
+    if pools is None:
+        raise ValueError("mode='near' needs pools= (the pool kernels of every layer)")
+    out = {}
+    for layer in layers:
+        if layer.name not in pools:
+            raise ValueError(f"layer {layer.name!r}: no pool given in pools (mode 'near' ranks pool neighbours)")
+        p = pool_array(layer.name, pools[layer.name])
+        if p.shape[0] != layer.n:
+            raise ValueError(f"layer {layer.name!r}: pool of {p.shape[0]} kernels, the indices need {layer.n}")
+        if p.shape[0] > MAX_POOL:
+            raise ValueError(f"layer {layer.name!r}: pool of {p.shape[0]} kernels; mode 'near' supports at most "
+                             f"{MAX_POOL}")
+        out[layer.name] = p
+    return out
 
 
 def _prev_hash(names: list[str], arrays: list[np.ndarray]) -> bytes:
@@ -455,5 +525,5 @@ def _read_exp_golomb(text: str, pos: int, k: int) -> tuple[int, int]:
     return ((u - 1) << k) | _read_bits(text, one + zeros + 1, k), one + zeros + 1 + k
 
 
-__all__ = ["MAGIC", "MODES", "VERSION", "BlobInfo", "CorruptBlob", "Layer", "conditional_entropy_bits",
-           "decode", "empirical_entropy_bits", "encode", "info", "packed_bits", "smallest"]
+__all__ = ["ALL_MODES", "MAGIC", "MODES", "NEEDS_PREV", "POOL_MODES", "VERSION", "BlobInfo", "CorruptBlob", "Layer",
+           "conditional_entropy_bits", "decode", "empirical_entropy_bits", "encode", "info", "packed_bits", "smallest"]

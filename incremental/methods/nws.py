@@ -6,7 +6,11 @@
   task's classes (NWS layer over the head pool, or float, by `incremental.head`).
 - Training: the temporary kernels, BatchNorm and head train in `search` mode; loss CE + beta Σ_l Eq. 2 term.
 - Stored: the task artifact of nws.artifact (indices coded by `incremental.codec`, default the smallest mode
-  that round-trips; delta is coded against the previous task, so decoding follows the chain) + BN/head state.
+  that round-trips; delta and near are coded against the previous task, so decoding follows the chain; near also
+  against the pools) + BN/head state. The storage lever `incremental.options.nws.keep_margin` (nws.levers, issue 9)
+  may change the stored indices first: a kernel keeps its previous index unless the nearest pool kernel is nearer
+  by more than that factor. (The §5.7 sparsification, nws.levers.sparsify, was measured as a lever too and lost:
+  BENCHMARKS.md, Storage; it is not an option.)
 - Rebuilt: pools + the artifact (+ the earlier tasks' indices for a delta chain), materialised to plain layers.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import Field
 from torch import nn
 
 import nws
@@ -22,6 +27,8 @@ from incremental import nws_net
 from incremental.methods import Method
 from nws.artifact import INDICES, MANIFEST, STATE, load_task, read_manifest, save_task
 from nws.io import atomic_write_bytes, load_tensors, save_tensors, sha256_file
+from nws.levers import keep_previous
+from pipeline.config import Section
 
 POOLS = "pools.safetensors"
 BASE_MODEL = "base_model"
@@ -33,8 +40,16 @@ def same_layout(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return list(a) == list(b) and all(a[k].numel() == b[k].numel() for k in a)
 
 
+class Options(Section):
+    """`incremental.options.nws`: storage levers (issue 9; measured in BENCHMARKS.md, Storage)."""
+
+    keep_margin: float = Field(0.0, ge=0)  # 0 = off; keep the previous index within (1 + margin) × the nearest
+
+
 class NWS(Method):
     name = "nws"
+    ignores = ()  # beta, head and codec are NWS settings
+    Options = Options
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -78,8 +93,9 @@ class NWS(Method):
         manifest = read_manifest(folder)
         key = (t, manifest["files"][INDICES]["sha256"])
         if key not in self._indices:
-            prev = self.indices(t - 1) if manifest["codec"] == "delta" else None
-            self._indices[key] = nws.codec.decode((folder / INDICES).read_bytes(), prev=prev)
+            prev = self.indices(t - 1) if manifest["codec"] in nws.codec.NEEDS_PREV else None
+            pools = self.pools() if manifest["codec"] in nws.codec.POOL_MODES else None
+            self._indices[key] = nws.codec.decode((folder / INDICES).read_bytes(), prev=prev, pools=pools)
         return self._indices[key]
 
     def load(self, t: int) -> nn.Module:
@@ -88,7 +104,7 @@ class NWS(Method):
         manifest = read_manifest(folder)
         float_head = manifest["meta"]["head"] == "float"
         net = nws_net.build(self.ctx.cfg.model, self.ctx.tasks[t].num_classes, self.pools(), float_head)
-        prev = self.indices(t - 1) if manifest["codec"] == "delta" else None
+        prev = self.indices(t - 1) if manifest["codec"] in nws.codec.NEEDS_PREV else None
         load_task(folder, net, prev=prev)
         return net
 
@@ -107,16 +123,34 @@ class NWS(Method):
         return self.inc.beta * nws.search_loss(model) if self.inc.beta > 0 else None
 
     def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
-        idx = nws.export_indices(model)
+        idx = self.levers(model, nws.export_indices(model), self.indices(t - 1) if t > 0 else None)
         mode = self.inc.codec
-        prev = self.indices(t - 1) if t > 0 and mode in ("smallest", "delta") else None
+        prev = self.indices(t - 1) if t > 0 and mode in ("smallest", *nws.codec.NEEDS_PREV) else None
         if prev is not None and not same_layout(prev, idx):
             prev = None
-        if mode == "delta" and prev is None:  # task 0, or a head of another size: nothing to code against
+        if mode in nws.codec.NEEDS_PREV and prev is None:  # task 0, or a head of another size: no reference
             mode = "entropy"
         head = "nws" if isinstance(model.fc, nws.NWSLayer) else "float"
         save_task(folder, model, codec_mode=mode, prev=prev, indices=idx,
                   meta={"task": self.ctx.tasks[t].name, "num_classes": self.ctx.tasks[t].num_classes, "head": head})
+
+    def levers(self, model: nn.Module, idx: dict[str, torch.Tensor], prev: dict[str, torch.Tensor] | None
+               ) -> dict[str, torch.Tensor]:
+        """The indices to store after the keep_margin lever; the model's layers are set to them (so the stored
+        state and the model agree). No lever, or no previous task: `idx` as it is."""
+        if not self.opts.keep_margin or prev is None:
+            return idx
+        layers = dict(nws.nws_layers(model))
+        out = {}
+        for name, x in idx.items():
+            layer = layers[name]
+            if prev.get(name) is not None and prev[name].numel() == x.numel():
+                x = keep_previous(layer.flat_weight().detach().cpu(), layer.pool.detach().cpu(), x, prev[name],
+                                  self.opts.keep_margin)
+            out[name] = x
+        nws.set_mode(model, "frozen")
+        nws.load_indices(model, out)
+        return out
 
     def rebuild(self, t: int, folder: Path) -> nn.Module:
         if folder != self.ctx.task_dir(t):

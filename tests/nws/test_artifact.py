@@ -5,6 +5,7 @@ import torch
 
 import nws
 from nws.artifact import ArtifactError, load_task, read_manifest, save_task
+from nws.near import neighbour_order
 
 
 def _trained_like_task_model(seed=0):
@@ -70,3 +71,23 @@ def test_artifact_for_another_network_is_refused(tmp_path):
     other = nws.convert(nws.models.resnet18(num_classes=3, stem="cifar", width=0.125), pool_size=64, seed=0)
     with pytest.raises(ArtifactError, match="pools"):
         load_task(tmp_path / "t", other)
+
+
+def test_near_artifact_rebuilds_the_model_from_prev_and_the_pools(tmp_path):
+    snet = _trained_like_task_model()
+    prev = nws.export_indices(snet)
+    with torch.no_grad():  # a next task: some kernels step to the nearest other pool kernel
+        layer = dict(nws.nws_layers(snet))["layer2.0.conv1"]
+        order = torch.from_numpy(neighbour_order(layer.pool.numpy()).astype("int64"))
+        layer.weight.view(-1, 9)[:300] = layer.pool[order[prev["layer2.0.conv1"][:300], 0]]
+    snet.eval()
+    x = torch.randn(4, 3, 16, 16)
+    manifest = save_task(tmp_path / "t1", snet, codec_mode="smallest", prev=prev)
+    assert manifest["codec"] == "near"
+    fresh = nws.convert(nws.models.resnet18(num_classes=3, stem="cifar", width=0.125), pool_size=32, seed=9)
+    nws.load_pools(fresh, nws.export_pools(snet))
+    load_task(tmp_path / "t1", fresh, prev=prev)
+    fresh.eval()
+    torch.testing.assert_close(nws.materialize(fresh)(x), nws.materialize(snet)(x))
+    with pytest.raises(ValueError, match="previous task"):
+        load_task(tmp_path / "t1", fresh)
