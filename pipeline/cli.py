@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # (module, what it adds); a stage appears here once its issue has landed
-STAGES = ["data_prep.cli", "pretrain.cli", "incremental.cli"]
+STAGES = ["data_prep.cli", "pretrain.cli", "incremental.cli", "pipeline.run_cli", "pipeline.report_cli", "cluster.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,139 @@
+"""sbatch scripts of a submission, rendered from the templates in cluster/templates/ (one job per stage).
+
+A template is plain bash with `{{name}}` placeholders (bash's own `$VAR` stay as they are). Every job runs the
+pipeline contract's command for its stage, `nws pipeline run -c CONFIG --only STAGE [--seed S]` (spelled
+`PYTHON -m pipeline.cli pipeline run ...` with the submitting interpreter, so the job uses the same environment);
+the per-seed stages (pretrain, incremental) are job arrays whose task ids are the seeds. The pretraining job runs
+one srun task per GPU, or `tasks_per_node` CPU ranks (gloo) on nodes without GPUs.
+"""
+
+from __future__ import annotations
+
+import shlex
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TEMPLATES = Path(__file__).with_name("templates")
+STAGES = ("data", "pretrain", "incremental", "report")
+PER_SEED = ("pretrain", "incremental")  # job arrays over the seeds
+SEED_VAR = '"$SLURM_ARRAY_TASK_ID"'
+CPU_RANKS = 2  # pretraining ranks per node when the nodes have no GPU
+
+
+class ScriptTemplate(string.Template):
+    """`{{name}}` placeholders; anything else (bash's `$VAR`, `${VAR:-x}`, `$((...))`) is left alone."""
+
+    delimiter = "{{"
+    pattern = r"\{\{(?:(?P<escaped>(?!))|(?P<named>[a-z_]+)\}\}|(?P<braced>(?!))|(?P<invalid>))"
+
+
+@dataclass
+class Resources:
+    """What the jobs ask Slurm for. Only pretraining spans `nodes`; incremental gets one GPU when there are GPUs."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int | None = None  # pretraining ranks per node: gpus_per_node, else CPU_RANKS
+    cpus_per_task: int = 1
+    partition: str | None = None
+    time: str | None = None  # Slurm's time format (minutes, HH:MM:SS, D-HH:MM:SS)
+    requeue: bool = False
+
+    def ranks_per_node(self) -> int:
+        return self.tasks_per_node or self.gpus_per_node or CPU_RANKS
+
+
+@dataclass
+class Submission:
+    """Everything the scripts of one submission depend on."""
+
+    config: Path
+    name: str
+    seeds: list[int]
+    runs_dir: Path
+    workdir: Path
+    python: str
+    tracking_uri: str
+    parent_run_id: str
+    stamp: str  # names this submission's scripts and MLflow parent run
+    overrides: list[str] = field(default_factory=list)
+    stages: tuple[str, ...] = STAGES
+    setup: str = ""  # shell lines run first in every job (module load, conda activate, ...)
+    resources: Resources = field(default_factory=Resources)
+
+    @property
+    def folder(self) -> Path:
+        """runs/<name>/cluster: the submission record, rendered scripts and job logs."""
+        return self.runs_dir / self.name / "cluster"
+
+
+@dataclass
+class JobScript:
+    stage: str
+    text: str
+    path: Path  # where the script is saved (and submitted from)
+    log: str  # sbatch --output pattern (%j, or %A_%a for arrays)
+    array: list[int] | None = None
+
+
+def stage_command(sub: Submission, stage: str) -> str:
+    """The contract's command for `stage`; the per-seed stages take the seed from the array task id."""
+    args = [sub.python, "-m", "pipeline.cli", "pipeline", "run", "-c", str(sub.config), "--only", stage,
+            "--runs-dir", str(sub.runs_dir)]
+    seed = ["--seed", SEED_VAR] if stage in PER_SEED else []
+    return " ".join([*map(shlex.quote, args), *seed, *map(shlex.quote, sub.overrides)])
+
+
+def sbatch_options(sub: Submission, stage: str, log: str, array: list[int] | None) -> list[str]:
+    res = sub.resources
+    opts = [f"--job-name=nws-{sub.name}-{stage}", f"--output={log}", f"--chdir={sub.workdir}"]
+    if stage == "pretrain":
+        opts += [f"--nodes={res.nodes}", f"--ntasks-per-node={res.ranks_per_node()}"]
+        opts += [f"--gpus-per-node={res.gpus_per_node}"] if res.gpus_per_node else []
+    else:
+        opts += ["--nodes=1", "--ntasks=1"]
+        opts += ["--gpus=1"] if res.gpus_per_node and stage == "incremental" else []
+    opts.append(f"--cpus-per-task={res.cpus_per_task}")
+    if array is not None:
+        opts.append("--array=" + ",".join(map(str, array)))
+    opts += [f"--partition={res.partition}"] if res.partition else []
+    opts += [f"--time={res.time}"] if res.time else []
+    # a requeued job (preemption, node failure) runs the script again: the stages resume from their checkpoints,
+    # and the log continues rather than starting over
+    opts += ["--requeue", "--open-mode=append"] if res.requeue else ["--no-requeue"]
+    opts.append("--kill-on-invalid-dep=yes")  # a failed upstream job cancels its dependants instead of stranding them
+    return [f"#SBATCH {o}" for o in opts]
+
+
+def render_job(sub: Submission, stage: str, command: str | None = None) -> JobScript:
+    """The script of one stage; `command` replaces the pipeline command (e.g. `python -m pretrain ...`)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    array = list(sub.seeds) if stage in PER_SEED else None
+    log = str(sub.folder / "logs" / (f"{stage}-%A_%a.out" if array is not None else f"{stage}-%j.out"))
+    template = TEMPLATES / ("pretrain.sbatch.tmpl" if stage == "pretrain" else "stage.sbatch.tmpl")
+    seeds = " ".join(map(str, sub.seeds))
+    after = f"{shlex.quote(sub.python)} -m cluster.parent end" if stage == "report" else ""
+    text = ScriptTemplate(template.read_text()).substitute(
+        description=f"nws {stage} stage of experiment {sub.name!r} (seeds {seeds}), submission {sub.stamp}",
+        sbatch_options="\n".join(sbatch_options(sub, stage, log, array)),
+        setup=sub.setup,
+        tracking_uri=shlex.quote(sub.tracking_uri),
+        parent_run_id=shlex.quote(sub.parent_run_id),
+        accelerator="" if sub.resources.gpus_per_node else "export DS_ACCELERATOR=cpu  # no GPU: CPU ranks, gloo",
+        stage=stage,
+        python=shlex.quote(sub.python),
+        command=command or stage_command(sub, stage),
+        after=after,
+    )
+    return JobScript(stage=stage, text=text, path=sub.folder / "scripts" / f"{sub.stamp}-{stage}.sbatch", log=log,
+                     array=array)
+
+
+def render(sub: Submission) -> list[JobScript]:
+    """One script per stage of the submission, in pipeline order."""
+    unknown = [s for s in sub.stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
+    return [render_job(sub, stage) for stage in STAGES if stage in sub.stages]

@@ -1,0 +1,1 @@
+"""sbatch templates of cluster.render (package data)."""

@@ -1,0 +1,52 @@
+"""A real one-node Slurm for the cluster tests (cluster/local.py: munge, slurmctld and slurmd as root on loopback
+ports, configured in a temp folder), started once per session and stopped at the end; no mock of sbatch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster import local
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    cluster = local.start(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    local.stop(cluster)
+
+
+@pytest.fixture
+def slurm_env(slurm, monkeypatch) -> dict[str, str]:
+    """SLURM_CONF of the test cluster in this process (for in-process `nws cluster ...`) and for subprocesses;
+    one BLAS thread per process and no rendezvous variables of another launcher."""
+    from pretrain.launch import DIST_VARS
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for key in DIST_VARS:
+        monkeypatch.delenv(key, raising=False)
+    return dict(os.environ)
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    """The digits source as the data stage's command line prepares it (5 two-class tasks + `pretrain`)."""
+    out = tmp_path_factory.mktemp("digits")
+    subprocess.run([sys.executable, "-m", "data_prep", "prepare", "digits", "--out", str(out), "--format", "wds",
+                    "--tasks", "blocks", "--classes-per-task", "2", "--quiet"], check=True, cwd=ROOT,
+                   capture_output=True)
+    return out
+
+
+def queued(env: dict[str, str]) -> list[str]:
+    """Ids of the jobs the test cluster holds that have not ended."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=env, check=True)
+    return out.stdout.split()
