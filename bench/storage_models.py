@@ -5,7 +5,8 @@ digits (8x8 grey), resized to 32x32 (bilinear) and replicated to 3 channels. Ste
 1. pretrain: a plain ResNet-18 (official `nws` stem, width 1.0) on all 10 Fashion-MNIST classes, briefly (SGD);
 2. pools: 512 kernels per layer by k-means over that network's own kernels (nws.pools, `pool_init="kmeans"`) in
    place of the paper's pool distillation on ImageNet; the converted network is the base model (its indices are
-   the nearest pool kernels of the pretrained weights), as the pretrain stage's base model;
+   the nearest pool kernels of the pretrained weights), as the pretrain stage's base model, stored in `base/`
+   (bench.storage codes task 0 against its indices, as the incremental stage does with its shared copy);
 3. a chain of tasks as in the incremental stage (seed 004_ Algorithm 1): task t starts from task t-1 rebuilt
    from its indices (task 0 from the base model), gets a 5-way NWS head over the head pool, trains in search mode
    (CE + beta Σ Eq. 2, SGD momentum 0.9), and is stored with nws.artifact.save_task; its test accuracy is measured
@@ -32,6 +33,7 @@ from nws.artifact import load_task, save_task
 from nws.io import atomic_write_json, load_tensors, save_tensors
 
 POOLS = "pools.safetensors"
+BASE = "base"  # the base model's artifact: task 0 starts from it, and bench.storage codes task 0 against its indices
 TASKS = (("fmnist_0-4", "fashion_mnist", range(0, 5)), ("fmnist_5-9", "fashion_mnist", range(5, 10)),
          ("digits_0-4", "digits", range(0, 5)), ("digits_5-9", "digits", range(5, 10)))
 
@@ -92,11 +94,11 @@ def make(out: Path, pretrain_steps: int, task_steps: int, beta: float, seed: int
     base = nws.convert(plain, pool_size=512, pool_init="kmeans", seed=seed)
     pools = nws.export_pools(base)
     save_tensors(out / POOLS, pools)
-    save_task(out / "base", nws.set_mode(base, "frozen"), codec_mode="packed", meta={"num_classes": 10})
+    save_task(out / BASE, nws.set_mode(base, "frozen"), codec_mode="packed", meta={"num_classes": 10})
     log["base_acc"] = accuracy(nws.materialize(base), xt, yt)
     print(f"pretrained {log['pretrain_acc']:.3f}, base (k-means pools) {log['base_acc']:.3f}, "
           f"{time.perf_counter() - start:.0f} s", flush=True)
-    prev_dir, prev_classes = out / "base", 10
+    prev_dir, prev_classes = out / BASE, 10
     for t, (name, source, classes) in enumerate(TASKS):
         net = fresh(pools, prev_classes)
         load_task(prev_dir, net)

@@ -39,9 +39,10 @@ def save_task(folder: str | Path, model: nn.Module, codec_mode: str = "smallest"
               indices: dict[str, torch.Tensor] | None = None) -> dict:
     """Write the task artifact of `model` (an NWS network) to `folder`; returns its manifest.
 
-    codec_mode: "packed", "entropy", "delta" or "near" (both need `prev`, the previous task's indices; near also
-    codes against the model's pools) or "smallest" (every mode that applies, keeping the smallest blob that
-    round-trips). `indices` defaults to a fresh export from the model.
+    codec_mode: "packed", "entropy", "delta" or "near" (both need `prev`, the previous task's indices, or for a
+    first task the base model's; layers that prev lacks or holds with another kernel count, as a head for other
+    classes, are coded without it; near also codes against the model's pools) or "smallest" (every mode that
+    applies, keeping the smallest blob that round-trips). `indices` defaults to a fresh export from the model.
     """
     folder = Path(folder)
     idx = indices if indices is not None else export_indices(model)

@@ -7,6 +7,9 @@ Four modes, all in one self-describing, checksummed format:
 - `delta`: a task coded against the previous task: a "changed?" bit per kernel, then the new values.
 - `near`: as `delta`, but a changed kernel is coded as the rank of its new pool kernel among the neighbours of its
   previous one (nws.near: temporary kernels move by small steps); needs the pools to code and to decode.
+`prev` may cover only some layers (task 0 against the pretrained base model, whose head has the pretraining
+classes): a layer is coded against prev when prev holds it with as many kernels, the others as in `entropy` (their
+values, one histogram per layer); prev's other layers are ignored.
 
 Layout (integers little-endian, varint = unsigned LEB128):
   b"NWSI" | version u8 | mode u8 | body length u32 | body | sha256(all before)[:8]
@@ -16,13 +19,17 @@ Layout (integers little-endian, varint = unsigned LEB128):
   delta   : body += prev hash (8) | per layer varint #changed | varint len(model) | model | ANS words
   near    : body += prev hash (8) | pools hash (8) | per layer varint #changed | varint len(model) | model | ANS
             words (the model and the symbols are neighbour ranks 0..n-2 in place of the values)
+  delta / near with prev covering only some layers (mode ids 4 / 5): as above, but after the hashes (which cover
+  the referenced layers only) a bitmap of ceil(#layers / 8) bytes, bit i (MSB first) set when layer i is coded
+  against prev, zero padding; #changed is written for the referenced layers only (the others: all changed, their
+  symbols are the values 0..n-1, never ranks). A blob whose prev covers every layer keeps ids 2 / 3.
   model   = bit stream; per coded layer 5 bits k, then each symbol's count (0..n-1) as exp-Golomb of order k
   ANS     = one stack; decoded layer by layer: (delta: changed bits, Bernoulli(#changed/length)), then the
             indices (delta: the new values; near: their ranks) with a Categorical over the layer's used symbols
             at their counts.
 The model uses constriction's `perfect=False` quantisation; `VERSION` pins it (a golden test guards it). The
-`near` mode (id 3) came later inside version 1: older blobs read as before, and older readers refuse a `near`
-blob as an unknown mode id."""
+`near` mode (id 3) and the partial-prev ids 4 and 5 came later inside version 1: older blobs read as before, and
+older readers refuse the newer blobs as an unknown mode id."""
 
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ import constriction
 import numpy as np
 import torch
 
-from nws.entropy import as_index_array, check_same_layers, conditional_entropy_bits, empirical_entropy_bits
+from nws.entropy import as_index_array, conditional_entropy_bits, empirical_entropy_bits
 from nws.near import MAX_POOL, neighbour_order, pool_array, pools_hash, rank_table
 
 MAGIC = b"NWSI"
@@ -44,6 +51,8 @@ MODES = ("packed", "entropy", "delta")  # the modes that need no pools
 POOL_MODES = ("near",)  # the modes that code against the pool kernels too
 ALL_MODES = MODES + POOL_MODES  # in mode-id order
 NEEDS_PREV = ("delta", "near")  # blobs that decode only with the previous task's indices
+_PARTIAL_IDS = {"delta": 4, "near": 5}  # their ids when prev covers only some of the layers
+_MODE_OF_ID = {**dict(enumerate(ALL_MODES)), **{i: m for m, i in _PARTIAL_IDS.items()}}
 _PREFIX = struct.Struct("<4sBBI")
 _CHECK = 8
 _HASH = 8
@@ -80,8 +89,10 @@ def encode(idx: Mapping[str, torch.Tensor], pool_sizes: Mapping[str, int], mode:
            prev: Mapping[str, torch.Tensor] | None = None,
            pools: Mapping[str, torch.Tensor] | None = None) -> bytes:
     """Bytes storing `idx` ({layer: 1-D int tensor}, order kept); `prev` is used by the modes "delta" and "near"
-    only, `pools` ({layer: n × d pool kernels}) by "near" only."""
+    only, `pools` ({layer: n × d pool kernels}) by "near" only. A layer is coded against `prev` when prev holds it
+    with as many kernels, else without it (see the module docstring)."""
     layers, arrays = _validate(idx, pool_sizes)
+    mode_id = ALL_MODES.index(mode) if mode in ALL_MODES else -1
     if mode == "packed":
         tail = _encode_packed(layers, arrays)
     elif mode == "entropy":
@@ -89,21 +100,24 @@ def encode(idx: Mapping[str, torch.Tensor], pool_sizes: Mapping[str, int], mode:
     elif mode in NEEDS_PREV:
         if prev is None:
             raise ValueError(f"mode={mode!r} needs prev= (the previous task's indices)")
-        near = _near_pools(layers, pools) if mode == "near" else None
-        tail = _encode_delta(layers, arrays, prev, near)
+        ref = [layer.name in prev and len(prev[layer.name]) == layer.length for layer in layers]
+        near = _near_pools(_referenced(layers, ref), pools) if mode == "near" else None
+        tail = _encode_delta(layers, arrays, prev, ref, near)
+        if not all(ref):
+            mode_id = _PARTIAL_IDS[mode]
     else:
         raise ValueError(f"unknown codec mode {mode!r}; valid modes: {', '.join(ALL_MODES)}")
     body = _layer_table(layers) + tail
     if len(body) >= 2**32:
         raise ValueError(f"index blob body of {len(body)} bytes exceeds the format's 4 GiB limit")
-    head = _PREFIX.pack(MAGIC, VERSION, ALL_MODES.index(mode), len(body)) + body
+    head = _PREFIX.pack(MAGIC, VERSION, mode_id, len(body)) + body
     return head + hashlib.sha256(head).digest()[:_CHECK]
 
 
 def decode(blob: bytes, prev: Mapping[str, torch.Tensor] | None = None,
            pools: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """{layer: int64 tensor} stored in `blob`; delta and near blobs need `prev`, the previous task's indices, and
-    near blobs the pools they were coded with."""
+    """{layer: int64 tensor} stored in `blob`; delta and near blobs need `prev`, the previous task's indices (at
+    least the layers coded against it), and near blobs the pools they were coded with."""
     mode, layers, extra, reader = _open(blob)
     if mode == "packed":
         arrays = _decode_packed(layers, reader)
@@ -114,7 +128,7 @@ def decode(blob: bytes, prev: Mapping[str, torch.Tensor] | None = None,
         if mode == "near":
             if pools is None:
                 raise ValueError("this is a near blob: decode(blob, prev=..., pools=...) needs the pools")
-            near = _near_pools(layers, pools)
+            near = _near_pools(_referenced(layers, extra[3]), pools)
         arrays = _decode_delta(layers, extra, reader, prev, near)
     return {layer.name: torch.from_numpy(x) for layer, x in zip(layers, arrays, strict=True)}
 
@@ -199,7 +213,7 @@ def _open(blob) -> tuple[str, list[Layer], tuple, _Reader]:
         raise CorruptBlob(f"{len(data) - end - _CHECK} trailing bytes after the checksum")
     if hashlib.sha256(data[:end]).digest()[:_CHECK] != data[end:]:
         raise CorruptBlob("checksum mismatch: the index blob is corrupted")
-    if mode_id >= len(ALL_MODES):
+    if mode_id not in _MODE_OF_ID:
         raise CorruptBlob(f"unknown mode id {mode_id}")
     reader = _Reader(data, _PREFIX.size, end)
     layers, seen = [], set()
@@ -214,11 +228,18 @@ def _open(blob) -> tuple[str, list[Layer], tuple, _Reader]:
         seen.add(name)
         layers.append(Layer(name, n, length))
     extra: tuple = ()
-    mode = ALL_MODES[mode_id]
+    mode = _MODE_OF_ID[mode_id]
     if mode in NEEDS_PREV:
         prev_hash = reader.take(_HASH)
         pool_hash = reader.take(_HASH) if mode == "near" else b""
-        extra = (prev_hash, [reader.varint() for _ in layers], pool_hash)
+        ref = [True] * len(layers)
+        if mode_id == _PARTIAL_IDS[mode]:
+            bits = np.unpackbits(np.frombuffer(reader.take(-(-len(layers) // 8)), np.uint8))
+            if bits[len(layers):].any():
+                raise CorruptBlob("nonzero padding bits after the reference bitmap")
+            ref = [bool(b) for b in bits[: len(layers)]]
+        num_changed = [reader.varint() if r else layer.length for layer, r in zip(layers, ref, strict=True)]
+        extra = (prev_hash, num_changed, pool_hash, ref)
     return mode, layers, extra, reader
 
 
@@ -324,14 +345,15 @@ def _decode_entropy(layers: list[Layer], reader: _Reader) -> list[np.ndarray]:
 
 
 def _encode_delta(layers: list[Layer], arrays: list[np.ndarray], prev: Mapping[str, torch.Tensor],
-                  near: dict[str, np.ndarray] | None = None) -> bytes:
-    """delta (near is None): the changed kernels' new values; near: their neighbour ranks in the pool."""
-    check_same_layers({layer.name: layer.length for layer in layers}, prev)
-    before = [as_index_array(layer.name, prev[layer.name]) for layer in layers]
-    changed = [x != b for x, b in zip(arrays, before, strict=True)]
+                  ref: list[bool], near: dict[str, np.ndarray] | None = None) -> bytes:
+    """delta (near is None): the changed kernels' new values; near: their neighbour ranks in the pool. Layers not
+    referenced (`ref` False) count as all changed and are coded by value."""
+    before = [as_index_array(layer.name, prev[layer.name]) if r else None for layer, r in zip(layers, ref,
+                                                                                               strict=True)]
+    changed = [x != b if b is not None else np.ones(x.size, bool) for x, b in zip(arrays, before, strict=True)]
     symbols, sizes = [], []
     for layer, x, b, m in zip(layers, arrays, before, changed, strict=True):
-        if near is None:
+        if near is None or b is None:
             symbols.append(x[m])
             sizes.append(layer.n)
         else:
@@ -344,26 +366,32 @@ def _encode_delta(layers: list[Layer], arrays: list[np.ndarray], prev: Mapping[s
         _push_symbols(coder, v, c)
         if 0 < c.sum() < m.size:
             coder.encode_reverse(m.astype(np.int32), _bernoulli(int(c.sum()), m.size))
-    head = _prev_hash([layer.name for layer in layers], before)
+    names = [layer.name for layer in _referenced(layers, ref)]
+    head = _prev_hash(names, [b for b in before if b is not None])
     if near is not None:
-        head += pools_hash([layer.name for layer in layers], near)
-    head += b"".join(_varint(int(c.sum())) for c in counts)
+        head += pools_hash(names, near)
+    if not all(ref):
+        head += np.packbits(np.array(ref, np.uint8)).tobytes()
+    head += b"".join(_varint(int(c.sum())) for c, r in zip(counts, ref, strict=True) if r)
     return head + _model_bytes(counts) + _ans_bytes(coder)
 
 
 def _decode_delta(layers: list[Layer], extra: tuple, reader: _Reader, prev,
                   near: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
-    prev_hash, num_changed, pool_hash = extra
+    prev_hash, num_changed, pool_hash, ref = extra
     kind = "near" if near is not None else "delta"
     if prev is None:
         raise ValueError(f"this is a {kind} blob: decode(blob, prev=...) needs the previous task's indices")
-    check_same_layers({layer.name: layer.length for layer in layers}, prev)
-    before = [as_index_array(layer.name, prev[layer.name]) for layer in layers]
-    if _prev_hash([layer.name for layer in layers], before) != prev_hash:
+    referenced = _referenced(layers, ref)
+    _check_prev(referenced, prev)
+    before = [as_index_array(layer.name, prev[layer.name]) if r else None for layer, r in zip(layers, ref,
+                                                                                               strict=True)]
+    names = [layer.name for layer in referenced]
+    if _prev_hash(names, [b for b in before if b is not None]) != prev_hash:
         raise ValueError(f"{kind} blob was coded against a different previous task (prev hash mismatch)")
-    if near is not None and pools_hash([layer.name for layer in layers], near) != pool_hash:
+    if near is not None and pools_hash(names, near) != pool_hash:
         raise ValueError("near blob was coded with other pools (pools hash mismatch)")
-    sizes = [layer.n - 1 if near is not None else layer.n for layer in layers]
+    sizes = [layer.n - 1 if near is not None and r else layer.n for layer, r in zip(layers, ref, strict=True)]
     counts = _read_model(reader, sizes, num_changed)
     coder = _ans_reader(reader)
     arrays = []
@@ -375,8 +403,11 @@ def _decode_delta(layers: list[Layer], extra: tuple, reader: _Reader, prev,
             mask = coder.decode(_bernoulli(k, layer.length), layer.length).astype(bool)
             if int(mask.sum()) != k:
                 raise CorruptBlob(f"layer {layer.name!r}: changed bits do not match the changed count")
-        x = b.copy()
         values = _pop_symbols(coder, c, k)
+        if b is None:  # not coded against prev: the values themselves
+            arrays.append(values)
+            continue
+        x = b.copy()
         if near is not None and k:
             values = neighbour_order(near[layer.name])[b[mask], values].astype(np.int64)
         x[mask] = values
@@ -401,6 +432,20 @@ def _near_pools(layers: list[Layer], pools) -> dict[str, np.ndarray]:
                              f"{MAX_POOL}")
         out[layer.name] = p
     return out
+
+
+def _referenced(layers: list[Layer], ref: list[bool]) -> list[Layer]:
+    return [layer for layer, r in zip(layers, ref, strict=True) if r]
+
+
+def _check_prev(layers: list[Layer], prev: Mapping[str, torch.Tensor]) -> None:
+    """`prev` holds every layer coded against it, each with as many kernels (its other layers are ignored)."""
+    missing = [layer.name for layer in layers if layer.name not in prev]
+    if missing:
+        raise ValueError(f"prev does not hold the layers coded against it: missing {missing}")
+    for layer in layers:
+        if len(prev[layer.name]) != layer.length:
+            raise ValueError(f"layer {layer.name!r}: {layer.length} indices but prev has {len(prev[layer.name])}")
 
 
 def _prev_hash(names: list[str], arrays: list[np.ndarray]) -> bytes:

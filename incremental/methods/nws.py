@@ -1,17 +1,22 @@
 """Neural Weight Search as a method of the task loop (seed 004_ Algorithm 1; notes/algorithms.md §1.4-1.5).
 
-- Shared, stored once: the pretrained pools (`pools.safetensors`, copied from the pretrain stage), frozen.
+- Shared, stored once: the pretrained pools (`pools.safetensors`, copied from the pretrain stage), frozen, and the
+  pretrained base model's indices (`base_indices.bin`, a copy of the pretrain stage's `base_model/indices.bin`):
+  task 0 is coded against them, as every later task against the one before (issue 9).
 - Task t starts from W_t = D(C_{t-1}; M) (Algorithm 1 line 3): the temporary kernels, BatchNorm and head of the
   previous task rebuilt from its stored artifact (task 0 from the pretrained base model); then a head for the
   task's classes (NWS layer over the head pool, or float, by `incremental.head`).
 - Training: the temporary kernels, BatchNorm and head train in `search` mode; loss CE + beta Σ_l Eq. 2 term.
 - Stored: the task artifact of nws.artifact (indices coded by `incremental.codec`, default the smallest mode
-  that round-trips; delta and near are coded against the previous task, so decoding follows the chain; near also
-  against the pools) + BN/head state. The storage lever `incremental.options.nws.keep_margin` (nws.levers, issue 9)
-  may change the stored indices first: a kernel keeps its previous index unless the nearest pool kernel is nearer
+  that round-trips; delta and near are coded against the previous task, task 0 against the base model's indices,
+  so decoding follows the chain from `base_indices.bin`; near also against the pools; a head whose kernel count
+  differs from the previous one's, as task 0's from the pretraining head, is coded without reference, nws.codec)
+  + BN/head state. The storage lever `incremental.options.nws.keep_margin` (nws.levers, issue 9) may change the
+  stored indices of tasks t > 0 first: a kernel keeps its previous index unless the nearest pool kernel is nearer
   by more than that factor. (The §5.7 sparsification, nws.levers.sparsify, was measured as a lever too and lost:
   BENCHMARKS.md, Storage; it is not an option.)
-- Rebuilt: pools + the artifact (+ the earlier tasks' indices for a delta chain), materialised to plain layers.
+- Rebuilt: pools + the artifact (+ the earlier tasks' and the base model's indices for a delta/near chain),
+  materialised to plain layers.
 """
 
 from __future__ import annotations
@@ -31,13 +36,9 @@ from nws.levers import keep_previous
 from pipeline.config import Section
 
 POOLS = "pools.safetensors"
+BASE_INDICES = "base_indices.bin"
 BASE_MODEL = "base_model"
 REPORTS = "reports"
-
-
-def same_layout(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    """Same layers, in the same order, with the same number of kernels (what delta coding needs)."""
-    return list(a) == list(b) and all(a[k].numel() == b[k].numel() for k in a)
 
 
 class Options(Section):
@@ -61,25 +62,36 @@ class NWS(Method):
         return self.ctx.method_dir / POOLS
 
     @property
+    def base_indices_path(self) -> Path:
+        return self.ctx.method_dir / BASE_INDICES
+
+    @property
     def base_dir(self) -> Path:
         return self.ctx.pretrain_dir / BASE_MODEL
 
     def prepare(self) -> None:
+        """Copy the shared files (pools, base model's indices) into the method folder once; a source that differs
+        from the copy the stored tasks were coded with is refused."""
         src = self.ctx.pretrain_dir / POOLS
         if not src.is_file():
             raise FileNotFoundError(f"{src}: file not found; run `nws pretrain` (kind nws or both) first")
         nws_net.check_pretrain_meta(src, self.ctx.cfg.model)
         read_manifest(self.base_dir)  # present and intact
-        if self.pools_path.is_file() and sha256_file(self.pools_path) == sha256_file(src):
+        self._share(src, self.pools_path, "pools", missing_ok=False)
+        # a folder stored before the base indices were shared has no copy: its task 0 was coded without them
+        self._share(self.base_dir / INDICES, self.base_indices_path, "base model's indices", missing_ok=True)
+
+    def _share(self, src: Path, dst: Path, what: str, missing_ok: bool) -> None:
+        if dst.is_file() and sha256_file(dst) == sha256_file(src):
             return
         stored = [t for t in range(len(self.ctx.tasks)) if (self.ctx.task_dir(t) / MANIFEST).is_file()]
-        if stored:
-            raise ValueError(f"{src} differs from {self.pools_path}, the pools tasks {stored} were stored with; "
-                             "use another output folder for new pools")
-        atomic_write_bytes(self.pools_path, src.read_bytes())
+        if stored and (dst.is_file() or not missing_ok):
+            raise ValueError(f"{src} differs from {dst}, the {what} tasks {stored} were stored with; use another "
+                             f"output folder for a new pretrained model")
+        atomic_write_bytes(dst, src.read_bytes())
 
     def shared_files(self) -> dict[str, list[Path]]:
-        return {"pools": [self.pools_path]}
+        return {"pools": [self.pools_path], "base_indices": [self.base_indices_path]}
 
     def pools(self) -> dict[str, torch.Tensor]:
         digest = sha256_file(self.pools_path)
@@ -87,13 +99,27 @@ class NWS(Method):
             self._pools = (digest, load_tensors(self.pools_path))
         return self._pools[1]
 
+    def base_indices(self) -> dict[str, torch.Tensor]:
+        """The pretrained base model's indices from the shared copy (what task 0 is coded against)."""
+        if not self.base_indices_path.is_file():
+            raise FileNotFoundError(f"{self.base_indices_path}: file not found; the method's prepare() copies it")
+        key = (-1, sha256_file(self.base_indices_path))
+        if key not in self._indices:
+            self._indices[key] = nws.codec.decode(self.base_indices_path.read_bytes())
+        return self._indices[key]
+
+    def reference(self, t: int) -> dict[str, torch.Tensor]:
+        """The indices task t is coded against: task t-1's, the base model's for task 0."""
+        return self.indices(t - 1) if t > 0 else self.base_indices()
+
     def indices(self, t: int) -> dict[str, torch.Tensor]:
-        """C_t decoded from task t's stored artifact (checksums verified; a delta blob decodes its chain)."""
+        """C_t decoded from task t's stored artifact (checksums verified; a delta blob decodes its chain, down to
+        the base model's indices)."""
         folder = self.ctx.task_dir(t)
         manifest = read_manifest(folder)
         key = (t, manifest["files"][INDICES]["sha256"])
         if key not in self._indices:
-            prev = self.indices(t - 1) if manifest["codec"] in nws.codec.NEEDS_PREV else None
+            prev = self.reference(t) if manifest["codec"] in nws.codec.NEEDS_PREV else None
             pools = self.pools() if manifest["codec"] in nws.codec.POOL_MODES else None
             self._indices[key] = nws.codec.decode((folder / INDICES).read_bytes(), prev=prev, pools=pools)
         return self._indices[key]
@@ -104,7 +130,7 @@ class NWS(Method):
         manifest = read_manifest(folder)
         float_head = manifest["meta"]["head"] == "float"
         net = nws_net.build(self.ctx.cfg.model, self.ctx.tasks[t].num_classes, self.pools(), float_head)
-        prev = self.indices(t - 1) if manifest["codec"] in nws.codec.NEEDS_PREV else None
+        prev = self.reference(t) if manifest["codec"] in nws.codec.NEEDS_PREV else None
         load_task(folder, net, prev=prev)
         return net
 
@@ -123,13 +149,11 @@ class NWS(Method):
         return self.inc.beta * nws.search_loss(model) if self.inc.beta > 0 else None
 
     def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
+        """Task t's artifact; delta/near (and `smallest`, which tries them) code it against `reference(t)`, layers
+        of another kernel count (task 0's head against the pretraining head) without reference."""
         idx = self.levers(model, nws.export_indices(model), self.indices(t - 1) if t > 0 else None)
         mode = self.inc.codec
-        prev = self.indices(t - 1) if t > 0 and mode in ("smallest", *nws.codec.NEEDS_PREV) else None
-        if prev is not None and not same_layout(prev, idx):
-            prev = None
-        if mode in nws.codec.NEEDS_PREV and prev is None:  # task 0, or a head of another size: no reference
-            mode = "entropy"
+        prev = self.reference(t) if mode in ("smallest", *nws.codec.NEEDS_PREV) else None
         head = "nws" if isinstance(model.fc, nws.NWSLayer) else "float"
         save_task(folder, model, codec_mode=mode, prev=prev, indices=idx,
                   meta={"task": self.ctx.tasks[t].name, "num_classes": self.ctx.tasks[t].num_classes, "head": head})

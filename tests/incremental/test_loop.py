@@ -33,11 +33,13 @@ def test_nws_and_finetune_end_to_end(digits, pretrained, tmp_path):
                  if p.is_file() and p.parent.name.startswith("task")}
         mem = doc["memory_bytes"]
         assert mem["total"] == sum(v for k, v in mem.items() if k != "total")
-        assert mem["total"] - mem.get("pools", 0) == sum(sizes.values())  # every stored task file, counted once
+        shared = mem.get("pools", 0) + mem.get("base_indices", 0)  # NWS: stored once in the method folder
+        assert mem["total"] - shared == sum(sizes.values())  # every stored task file, counted once
         assert len(doc["train_seconds_per_task"]) == 3 and doc["train_seconds"] > 0
     nws_doc, ft_doc = results["nws"], results["finetune"]
-    assert set(nws_doc["memory_bytes"]) == {"total", "pools", "indices", "state", "metadata"}
+    assert set(nws_doc["memory_bytes"]) == {"total", "pools", "base_indices", "indices", "state", "metadata"}
     assert nws_doc["memory_bytes"]["pools"] == (pretrained / "pools.safetensors").stat().st_size
+    assert nws_doc["memory_bytes"]["base_indices"] == (pretrained / "base_model" / "indices.bin").stat().st_size
     assert nws_doc["memory_bytes"]["total"] < 0.2 * ft_doc["memory_bytes"]["total"]
     assert len(nws_doc["kernels_per_task"]) == 3 and nws_doc["bits_per_kernel"] < 8
     assert set(nws_doc["kur"]) == set(nws_doc["layers"]) and all(len(v) == 3 for v in nws_doc["kur"].values())

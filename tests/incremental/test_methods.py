@@ -1,5 +1,8 @@
 """NWS and Finetune as plug-ins: a stored task artifact rebuilds a model with identical predictions, task t starts
-from task t-1's searched kernels, and a corrupted artifact is refused with the file's name."""
+from task t-1's searched kernels (task 0 coded against the base model's indices, a shared file), and a corrupted
+artifact, a corrupted shared file or a changed base model after tasks were stored is refused with the file's name."""
+
+import shutil
 
 import pytest
 import torch
@@ -10,9 +13,10 @@ from data_prep.loaders import make_loader
 from incremental.evaluate import evaluate_stored
 from incremental.loop import make_accelerator, task_list
 from incremental.methods import make_method
+from incremental.methods.nws import BASE_INDICES, BASE_MODEL
 from incremental.stored import seal_shared, seal_task
-from nws.artifact import ArtifactError
-from nws.io import load_tensors
+from nws.artifact import INDICES, MANIFEST, ArtifactError, read_manifest
+from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json, sha256_file
 from tests.incremental.fixtures import make_config
 
 
@@ -62,9 +66,58 @@ def test_nws_artifact_round_trip_gives_identical_predictions(digits, pretrained,
     stored = m.indices(1)
     assert m.run_report([m.task_report(0, m.ctx.task_dir(0))])["kernels_per_task"] == [
         sum(v.numel() for v in stored.values())]
-    if codec == "delta":
-        from nws.artifact import read_manifest
-        assert read_manifest(m.ctx.task_dir(1))["codec"] == "delta"
+    if codec == "delta":  # task 0 against the base model's indices, task 1 against task 0
+        assert [read_manifest(m.ctx.task_dir(t))["codec"] for t in range(2)] == ["delta", "delta"]
+
+
+def test_nws_task0_is_coded_against_the_base_model(digits, pretrained, tmp_path):
+    """Task 0's near blob refers to the shared copy of the base model's indices; the 10-way pretraining head has
+    another kernel count than the 2-way task head, so the head is coded alone; the rebuilt model predicts alike."""
+    m = method_for("nws", digits, pretrained, tmp_path, codec="near")
+    assert m.shared_files()["base_indices"] == [m.base_indices_path]
+    assert m.base_indices_path.read_bytes() == (pretrained / BASE_MODEL / INDICES).read_bytes()
+    model = train_a_little(m, m.setup_task(0), 0)
+    folder = m.ctx.task_dir(0)
+    m.write_artifact(model, 0, folder)
+    blob = (folder / INDICES).read_bytes()
+    assert read_manifest(folder)["codec"] == "near" and blob[5] == 5  # near, prev covering some layers only
+    base, idx = m.base_indices(), m.indices(0)
+    assert base["fc"].numel() != idx["fc"].numel() and list(idx) == list(base)
+    assert torch.equal(idx["conv1"], nws.export_indices(model)["conv1"])
+    with pytest.raises(ValueError, match="needs the previous task"):
+        nws.codec.decode(blob, pools=m.pools())
+    assert len(blob) < len(nws.codec.encode(idx, read_manifest(folder)["pool_sizes"], "entropy"))
+    x = sample_batch(m, 0)
+    fresh = method_for("nws", digits, pretrained, tmp_path / "again", codec="near")  # a new reader: files only
+    shutil.copytree(folder, fresh.ctx.task_dir(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), fresh.rebuild(0, fresh.ctx.task_dir(0)).eval()(x))
+
+
+def test_nws_refuses_a_changed_base_model_once_tasks_are_stored(digits, pretrained, tmp_path):
+    pre = tmp_path / "pretrain"
+    shutil.copytree(pretrained, pre)
+    m = method_for("nws", digits, pre, tmp_path)
+    first = m.base_indices_path.read_bytes()
+    m.prepare()  # idempotent
+    assert m.base_indices_path.read_bytes() == first
+    m.write_artifact(m.setup_task(0), 0, m.ctx.task_dir(0))
+    assert (m.ctx.task_dir(0) / MANIFEST).is_file()  # task 0 stored
+    # another base model (one index changed), written as the pretrain stage would (manifest checksums updated)
+    base = nws.codec.decode(first)
+    base["conv1"][0] = (base["conv1"][0] + 1) % m.pools()["conv1"].shape[0]
+    sizes = read_manifest(pre / BASE_MODEL)["pool_sizes"]
+    atomic_write_bytes(pre / BASE_MODEL / INDICES, nws.codec.encode(base, sizes, "packed"))
+    manifest = read_json(pre / BASE_MODEL / MANIFEST)
+    path = pre / BASE_MODEL / INDICES
+    manifest["files"][INDICES] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    atomic_write_json(pre / BASE_MODEL / MANIFEST, manifest)
+    with pytest.raises(ValueError, match="base_model/indices.bin differs from .*base_indices.bin, the base model's "
+                                         "indices tasks \\[0\\] were stored with"):
+        m.prepare()
+    assert m.base_indices_path.read_bytes() == first  # the copy the stored task needs is kept
+    fresh = method_for("nws", digits, pre, tmp_path / "new")  # no task stored yet: the new base is taken
+    assert torch.equal(fresh.base_indices()["conv1"], base["conv1"])
 
 
 def test_nws_task_starts_from_the_previous_tasks_searched_kernels(digits, pretrained, tmp_path):
@@ -114,15 +167,16 @@ def test_corrupted_artifact_is_refused_naming_the_file(digits, pretrained, tmp_p
         m.rebuild(0, folder)  # nws.artifact checks too, whoever calls
 
 
-def test_corrupted_shared_pools_are_refused(digits, pretrained, tmp_path):
+@pytest.mark.parametrize("victim", ["pools.safetensors", BASE_INDICES])
+def test_corrupted_shared_files_are_refused(digits, pretrained, tmp_path, victim):
     m = method_for("nws", digits, pretrained, tmp_path)
     folder = m.ctx.task_dir(0)
     m.write_artifact(m.setup_task(0), 0, folder)
     seal_task(folder, {})
     seal_shared(m.ctx.method_dir, m.shared_files())
-    with open(m.pools_path, "r+b") as f:
+    with open(m.ctx.method_dir / victim, "r+b") as f:
         f.seek(-3, 2)
         f.write(b"\x00\x01\x02")
     loader = make_loader(digits / m.ctx.tasks[0].name, "test", "memory", batch_size=64)
-    with pytest.raises(ArtifactError, match="pools.safetensors: checksum mismatch"):
+    with pytest.raises(ArtifactError, match=f"{victim}: checksum mismatch"):
         evaluate_stored(m, 0, loader, make_accelerator(m.inc))

@@ -91,3 +91,34 @@ def test_near_artifact_rebuilds_the_model_from_prev_and_the_pools(tmp_path):
     torch.testing.assert_close(nws.materialize(fresh)(x), nws.materialize(snet)(x))
     with pytest.raises(ValueError, match="previous task"):
         load_task(tmp_path / "t1", fresh)
+
+
+def test_first_task_against_a_base_model_with_another_head(tmp_path):
+    """Task 0 coded against the base model's indices: the base's 10-way head has another kernel count than the task's
+    3-way head and is left out of the reference; the rest is coded against it and the model rebuilds exactly."""
+    base = nws.convert(nws.models.resnet18(num_classes=10, stem="cifar", width=0.125), pool_size=32,
+                       pool_init="kmeans", seed=0)
+    snet = _trained_like_task_model()
+    nws.load_pools(snet, nws.export_pools(base))  # the same shared pools
+    ref = nws.export_indices(base)
+    idx = nws.export_indices(snet)
+    with torch.no_grad():  # the task's kernels: the base model's, a few moved to another pool kernel
+        for name, layer in nws.nws_layers(snet):
+            if name != "fc":
+                start = ref[name].clone()
+                start[::7] = (start[::7] + 1) % layer.pool.shape[0]
+                layer.weight.view(-1, layer.pool.shape[1]).copy_(layer.pool[start])
+    assert ref["fc"].numel() != idx["fc"].numel()
+    snet.eval()
+    x = torch.randn(4, 3, 16, 16)
+    manifest = save_task(tmp_path / "t0", snet, codec_mode="smallest", prev=ref)
+    alone = save_task(tmp_path / "alone", snet, codec_mode="smallest")
+    assert manifest["codec"] in ("delta", "near")
+    assert manifest["files"]["indices.bin"]["bytes"] < 0.6 * alone["files"]["indices.bin"]["bytes"]
+    fresh = nws.convert(nws.models.resnet18(num_classes=3, stem="cifar", width=0.125), pool_size=32, seed=9)
+    nws.load_pools(fresh, nws.export_pools(snet))
+    load_task(tmp_path / "t0", fresh, prev=ref)
+    fresh.eval()
+    assert torch.equal(fresh(x), snet(x))
+    with pytest.raises(ValueError, match="different previous task"):
+        load_task(tmp_path / "t0", fresh, prev={**ref, "conv1": ref["conv1"].flip(0)})

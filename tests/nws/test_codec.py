@@ -159,9 +159,60 @@ def test_delta_refuses_a_wrong_or_missing_prev():
     with pytest.raises(ValueError, match="layer0.conv.*500 indices but prev has 499"):
         codec.decode(blob, prev={**prev, "layer0.conv": prev["layer0.conv"][:-1]})
     with pytest.raises(ValueError, match="missing \\['layer1.conv'\\]"):
-        codec.encode(idx, pools, "delta", prev={"layer0.conv": prev["layer0.conv"]})
+        codec.decode(blob, prev={"layer0.conv": prev["layer0.conv"]})
     with pytest.raises(ValueError, match="needs prev"):
         codec.encode(idx, pools, "delta")
+
+
+def make_pools(seed, sizes, d=9):
+    g = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(n, d, generator=g) for name, n in sizes.items()}
+
+
+@pytest.mark.parametrize("mode", codec.NEEDS_PREV)
+def test_prev_covering_some_layers_codes_the_others_alone(mode):
+    """Task 0 against the pretrained base model: the head has another number of kernels (other classes), a layer
+    may be missing from prev, prev may hold layers the task lacks; the covered layers are still coded against it."""
+    prev, sizes = make_task(11, 128, [3000, 2000, 0, 500], "zipf")
+    idx = change(prev, 128, 0.05, 12)
+    pools = make_pools(11, sizes)
+    idx["layer3.conv"] = idx["layer3.conv"][:200]  # a head of another size: coded without prev
+    base = {k: v for k, v in prev.items() if k != "layer1.conv"}  # not in prev: coded without it
+    base["extra"] = torch.arange(5)  # a layer of prev the task does not have: ignored
+    blob = codec.encode(idx, sizes, mode, prev=base, pools=pools)
+    assert blob[5] == {"delta": 4, "near": 5}[mode]  # the mode id of a partial prev
+    assert codec.info(blob).mode == mode
+    assert_same(codec.decode(blob, prev=base, pools=pools), idx)
+    alone = {k: idx[k] for k in ("layer1.conv", "layer3.conv")}
+    covered = {k: idx[k] for k in ("layer0.conv", "layer2.conv")}
+    # the covered layers cost what they cost against prev, the others about what `entropy` pays for them
+    budget = len(codec.encode(covered, sizes, mode, prev=base, pools=pools)) + len(codec.encode(alone, sizes,
+                                                                                                "entropy"))
+    assert len(blob) <= budget + 8
+    assert len(blob) < 0.6 * len(codec.encode(idx, sizes, "entropy"))
+    assert codec.smallest(idx, sizes, prev=base, pools=pools)[0] in codec.NEEDS_PREV
+    wrong = {**base, "layer0.conv": base["layer0.conv"].flip(0)}
+    with pytest.raises(ValueError, match="different previous task"):
+        codec.decode(blob, prev=wrong, pools=pools)
+    with pytest.raises(ValueError, match="missing \\['layer0.conv'\\]"):
+        codec.decode(blob, prev={"layer2.conv": base["layer2.conv"]}, pools=pools)
+    with pytest.raises(ValueError, match="'layer0.conv': 3000 indices but prev has 2999"):
+        codec.decode(blob, prev={**base, "layer0.conv": base["layer0.conv"][:-1]}, pools=pools)
+    # no layer covered at all still round-trips (every layer by value)
+    none = codec.encode(idx, sizes, mode, prev={"extra": torch.arange(5)}, pools=pools)
+    assert_same(codec.decode(none, prev={"extra": torch.arange(5)}, pools=pools), idx)
+
+
+def test_partial_prev_blob_corruption_raises():
+    prev, sizes = make_task(13, 64, [400, 300, 9], "zipf")
+    idx = change(prev, 64, 0.1, 14)
+    idx["layer2.conv"] = idx["layer2.conv"][:4]
+    blob = codec.encode(idx, sizes, "delta", prev=prev)
+    for where in range(len(blob)):
+        bad = bytearray(blob)
+        bad[where] ^= 0x41
+        with pytest.raises(CorruptBlob):
+            codec.decode(bytes(bad), prev=prev)
 
 
 @pytest.fixture(scope="module")
