@@ -64,7 +64,7 @@ def test_every_stage_runs_once_per_seed_into_the_layout(pipeline_run):
     assert results["seeds"] == [0, 1]
     assert set(results["methods"]) == {"nws", "finetune"}
     # nothing outside runs/<name>/ but the MLflow store and its artifacts
-    assert sorted(p.name for p in runs.iterdir()) == sorted(["tiny", "mlflow.db", "mlartifacts"])
+    assert sorted(p.name for p in runs.iterdir()) == sorted(["tiny", "mlflow.db", "mlflow.db.lock", "mlartifacts"])
 
 
 def test_the_two_seeds_are_different_runs(pipeline_run):
