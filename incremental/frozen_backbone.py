@@ -21,6 +21,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from incremental.backbone import check_plain, load_plain
+from incremental.methods import Method
+from incremental.stored import is_sealed
 from nws.artifact import ArtifactError
 from nws.io import load_tensors, save_tensors
 
@@ -132,3 +134,21 @@ def rebuild_net(ctx, t: int, folder: Path, scales: dict[str, torch.Tensor], sour
                                     f"of shape {tuple(w.shape)}")
             w.copy_(w * scale)  # the product the parametrized training network computes
     return net
+
+
+class MaskMethod(Method):
+    """What Piggyback and KSM share: the frozen backbone stored once for all tasks, and the official mask code's
+    Adam over the masks, BatchNorm and head, each with its lr (options lr_mask, lr_bn, lr_head)."""
+
+    def prepare(self) -> None:
+        prepare_backbone(self.ctx, lambda t: is_sealed(self.ctx.task_dir(t)))
+
+    def shared_files(self) -> dict[str, list[Path]]:
+        return {"backbone": [backbone_path(self.ctx)]}
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        opts = self.opts
+        return param_groups(model, opts.lr_mask, opts.lr_bn or opts.lr_mask, opts.lr_head)
+
+    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(groups, lr=self.opts.lr_mask, weight_decay=0.0)

@@ -23,8 +23,6 @@ from torch import nn
 
 from incremental import frozen_backbone as fb
 from incremental.masks import load_masks, save_masks
-from incremental.methods import Method
-from incremental.stored import is_sealed
 from pipeline.config import Section
 
 MASKS = "masks.safetensors"
@@ -74,27 +72,14 @@ class ElementMask(nn.Module):
         return weight * Binarize.apply(self.real, self.threshold)
 
 
-class Piggyback(Method):
+class Piggyback(fb.MaskMethod):
     name = "piggyback"
     Options = PiggybackOptions
-
-    def prepare(self) -> None:
-        fb.prepare_backbone(self.ctx, lambda t: is_sealed(self.ctx.task_dir(t)))
-
-    def shared_files(self) -> dict[str, list[Path]]:
-        return {"backbone": [fb.backbone_path(self.ctx)]}
 
     def setup_task(self, t: int) -> nn.Module:
         opts = self.opts
         return fb.attach(fb.start_net(self.ctx, t),
                          lambda conv: ElementMask(conv.weight.shape, opts.mask_init, opts.threshold))
-
-    def param_groups(self, model: nn.Module) -> list[dict]:
-        opts = self.opts
-        return fb.param_groups(model, opts.lr_mask, opts.lr_bn or opts.lr_mask, opts.lr_head)
-
-    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
-        return torch.optim.Adam(groups, lr=self.opts.lr_mask, weight_decay=0.0)
 
     def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
         meta = {"task": self.ctx.tasks[t].name, "num_classes": str(self.ctx.tasks[t].num_classes)}

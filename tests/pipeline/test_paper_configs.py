@@ -4,7 +4,6 @@ through the pipeline with the shipped config and only size overrides (narrow net
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -28,13 +27,8 @@ def imagenet_pools(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper")
     imagenet = write_imagenet_tree(root, per_class=3)
     runs = root / "runs"
-    before = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        summary = run_pipeline(CONFIGS / "imagenet_pools_resnet18.yaml", [f"data.root={imagenet}", *SMALL],
-                               runs_dir=runs)
-    finally:
-        if before is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = before
+    summary = run_pipeline(CONFIGS / "imagenet_pools_resnet18.yaml", [f"data.root={imagenet}", *SMALL],
+                           runs_dir=runs)
     return root, runs, summary
 
 

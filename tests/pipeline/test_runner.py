@@ -4,8 +4,6 @@ run with a child per stage, seed and method."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import yaml
 
@@ -38,12 +36,7 @@ def pipeline_run(tmp_path_factory):
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
     runs = root / "runs"
-    before = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        summary = run_pipeline(config, runs_dir=runs)
-    finally:
-        if before is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = before
+    summary = run_pipeline(config, runs_dir=runs)
     return config, runs, summary
 
 
