@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nws.artifact import ArtifactError
-from nws.io import atomic_write_json, read_json, sha256_file
+from nws.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
 STORED = "stored.json"
 SHARED = "shared.json"
@@ -71,3 +71,15 @@ def verify_shared(method_dir: Path) -> None:
     path = method_dir / SHARED
     if path.is_file():
         _verify(read_json(path)["files"], method_dir, path)
+
+
+def share_copy(src: Path, dst: Path, what: str, stored: list[int], missing_ok: bool = False) -> None:
+    """Copy the shared file `src` (pools, a backbone, base indices) into the method folder as `dst`, once: a copy
+    with the same bytes is kept; a different source is refused while tasks `stored` depend on the copy (with
+    `missing_ok`, a missing copy is taken even then: those tasks were stored without it)."""
+    if dst.is_file() and sha256_file(dst) == sha256_file(src):
+        return
+    if stored and (dst.is_file() or not missing_ok):
+        raise ValueError(f"{src} differs from {dst}, the {what} tasks {stored} were stored with; use another "
+                         "output folder for a new pretrained model")
+    atomic_write_bytes(dst, src.read_bytes())

@@ -63,24 +63,19 @@ def run_cli(args) -> int:
     ran = [k for k, v in summary.items() if v["status"] == "ran"]
     print(f"[pipeline] {len(ran)} stage(s) ran, {len(summary) - len(ran)} up to date")
     if "report" in summary:
-        print_results(args)
+        print_results(Path(summary["report"]["folder"]), args.runs_dir)
     return 0
 
 
-def print_results(args) -> None:
-    """The results table of the report, where the report is, and how to browse the runs."""
-    from pipeline.config import experiment_schema, load_config
-    from pipeline.stages import Layout
-
-    cfg = load_config(experiment_schema(), args.config, args.overrides)
-    report = Layout(args.runs_dir, cfg.name).report
+def print_results(report: Path, runs_dir: Path) -> None:
+    """The results table of the report in `report`, where the report is, and how to browse the runs."""
     lines = (report / "results.md").read_text().splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     print("\n" + "\n".join(lines[start:end]))
     print(f"\nreport: {report / 'results.md'} (plots in {report / 'plots'}, numbers in {report / 'results.json'})")
     print("MLflow UI: make ui, then open http://127.0.0.1:5000 (or: python -m pipeline.ui --runs-dir "
-          f"{args.runs_dir})")
+          f"{runs_dir})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,7 +81,8 @@ def parent_run(cfg, layout: S.Layout, runs_dir: Path):
 def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: list[int] | None = None,
                  only: str | None = None, start: str | None = None, force: bool = False,
                  runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict:
-    """Run (or skip) the selected stages of `config`; returns {stage label: "ran" | "skipped" | seconds...}."""
+    """Run (or skip) the selected stages of `config`; returns {stage label: {status "ran" | "skipped", folder,
+    seconds when it ran}}."""
     cfg = load_config(experiment_schema(), config, overrides)
     runs_dir = Path(runs_dir)
     chosen = selected(only, start)
@@ -104,16 +105,8 @@ def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: 
 
 def stage_run(cfg, name: str, runs_dir: Path, parent_id: str | None):
     """The MLflow child run of a stage that runs in this process (data): a child of the parent run."""
-    before = os.environ.get(PARENT_ENV)
-    if parent_id:
-        os.environ[PARENT_ENV] = parent_id
-    try:
-        return start_run(cfg.name, name, runs_dir=runs_dir, enabled=is_main_rank(), tags={"stage": name})
-    finally:
-        if before is None:
-            os.environ.pop(PARENT_ENV, None)
-        else:
-            os.environ[PARENT_ENV] = before
+    return start_run(cfg.name, name, runs_dir=runs_dir, enabled=is_main_rank(), tags={"stage": name},
+                     parent=parent_id or True)
 
 
 def plan(cfg, layout: S.Layout, seeds: list[int], env: dict[str, str], force: bool, parent):
@@ -139,7 +132,7 @@ def plan(cfg, layout: S.Layout, seeds: list[int], env: dict[str, str], force: bo
 def run_stage(stage: S.Stage, force: bool, parent) -> dict:
     if not force and up_to_date(stage):
         print(f"[pipeline] {stage.label}: up to date, skipped ({stage.folder})", flush=True)
-        return {"status": "skipped"}
+        return {"status": "skipped", "folder": str(stage.folder)}
     print(f"[pipeline] {stage.label}: running -> {stage.folder}", flush=True)
     if force and is_main_rank():
         stage.clear()
@@ -156,4 +149,4 @@ def run_stage(stage: S.Stage, force: bool, parent) -> dict:
                                                   "seconds": round(seconds, 3), "finished": time.time()})
         parent.log_metrics({f"seconds.{stage.name}" + ("" if stage.seed is None else f".seed{stage.seed}"): seconds})
     print(f"[pipeline] {stage.label}: done in {seconds:.1f} s", flush=True)
-    return {"status": "ran", "seconds": seconds}
+    return {"status": "ran", "seconds": seconds, "folder": str(stage.folder)}

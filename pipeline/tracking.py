@@ -163,8 +163,10 @@ def env_tags() -> dict[str, str]:
 
 
 def start_run(experiment: str, run_name: str, *, runs_dir: str | Path = DEFAULT_RUNS_DIR, enabled: bool = True,
-              resume_run_id: str | None = None, tags: dict[str, str] | None = None, parent: bool = True) -> NullRun:
-    """A run in `experiment` (created if needed), child of $NWS_MLFLOW_PARENT_RUN_ID when set and `parent`;
+              resume_run_id: str | None = None, tags: dict[str, str] | None = None,
+              parent: bool | str = True) -> NullRun:
+    """A run in `experiment` (created if needed), child of the run `parent` names, or with `parent=True` of
+    $NWS_MLFLOW_PARENT_RUN_ID when set (False: a top-level run);
     `resume_run_id` continues an earlier run of the same stage (a resumed job keeps one metric history); tags of
     $NWS_MLFLOW_TAGS are added (a `seed` tag also names the run). NullRun when disabled."""
     if not enabled:
@@ -183,7 +185,8 @@ def start_run(experiment: str, run_name: str, *, runs_dir: str | Path = DEFAULT_
     tags = {**env_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
     if "seed" in tags:
         run_name = f"{run_name} seed{tags['seed']}"
-    if parent and os.environ.get(PARENT_ENV):
-        tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
+    parent_id = os.environ.get(PARENT_ENV) if parent is True else parent or None
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
     run = client.create_run(_experiment_id(client, experiment, runs_dir), run_name=run_name, tags=tags)
     return Run(client, run.info.run_id)

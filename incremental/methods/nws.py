@@ -30,8 +30,9 @@ from torch import nn
 import nws
 from incremental import nws_net
 from incremental.methods import Method
+from incremental.stored import share_copy
 from nws.artifact import INDICES, MANIFEST, STATE, load_task, read_manifest, save_task
-from nws.io import atomic_write_bytes, load_tensors, save_tensors, sha256_file
+from nws.io import load_tensors, save_tensors, sha256_file
 from nws.levers import keep_previous
 from pipeline.config import Section
 
@@ -77,18 +78,10 @@ class NWS(Method):
             raise FileNotFoundError(f"{src}: file not found; run `nws pretrain` (kind nws or both) first")
         nws_net.check_pretrain_meta(src, self.ctx.cfg.model)
         read_manifest(self.base_dir)  # present and intact
-        self._share(src, self.pools_path, "pools", missing_ok=False)
-        # a folder stored before the base indices were shared has no copy: its task 0 was coded without them
-        self._share(self.base_dir / INDICES, self.base_indices_path, "base model's indices", missing_ok=True)
-
-    def _share(self, src: Path, dst: Path, what: str, missing_ok: bool) -> None:
-        if dst.is_file() and sha256_file(dst) == sha256_file(src):
-            return
         stored = [t for t in range(len(self.ctx.tasks)) if (self.ctx.task_dir(t) / MANIFEST).is_file()]
-        if stored and (dst.is_file() or not missing_ok):
-            raise ValueError(f"{src} differs from {dst}, the {what} tasks {stored} were stored with; use another "
-                             f"output folder for a new pretrained model")
-        atomic_write_bytes(dst, src.read_bytes())
+        share_copy(src, self.pools_path, "pools", stored)
+        # a folder stored before the base indices were shared has no copy: its task 0 was coded without them
+        share_copy(self.base_dir / INDICES, self.base_indices_path, "base model's indices", stored, missing_ok=True)
 
     def shared_files(self) -> dict[str, list[Path]]:
         return {"pools": [self.pools_path], "base_indices": [self.base_indices_path]}

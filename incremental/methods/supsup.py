@@ -35,8 +35,9 @@ from data_prep.loaders import derive_seed
 from incremental.backbone import check_plain
 from incremental.masks import load_masks, packed_bytes, save_masks
 from incremental.methods import Method
+from incremental.stored import share_copy
 from nws.artifact import ArtifactError
-from nws.io import atomic_write_bytes, load_metadata, load_tensors, save_tensors, sha256_file
+from nws.io import load_metadata, load_tensors, save_tensors
 from pipeline.config import Section
 
 BACKBONE = "backbone.safetensors"
@@ -140,11 +141,8 @@ class SupSup(Method):
 
     def prepare(self) -> None:
         if self.opts.weights == "backbone":
-            src = check_plain(self.ctx)
-            if self.frozen_path.is_file() and sha256_file(self.frozen_path) == sha256_file(src):
-                return
-            self._refuse_if_tasks_stored(src)
-            atomic_write_bytes(self.frozen_path, src.read_bytes())
+            stored = [t for t in range(len(self.ctx.tasks)) if (self.ctx.task_dir(t) / MASKS).is_file()]
+            share_copy(check_plain(self.ctx), self.frozen_path, "weights", stored)
             return
         net = self.ctx.cfg.model.build(self.head_rows())
         if self.frozen_path.is_file():
@@ -155,12 +153,6 @@ class SupSup(Method):
                  for name, layer in masked_layers(net).items()}
         save_masks(self.frozen_path, signs, metadata={"content": "signs of the signed-constant weights "
                                                       "(True = +), W = sign * sqrt(2) / sqrt(fan_in)"})
-
-    def _refuse_if_tasks_stored(self, src: Path) -> None:
-        stored = [t for t in range(len(self.ctx.tasks)) if (self.ctx.task_dir(t) / MASKS).is_file()]
-        if stored:
-            raise ValueError(f"{src} differs from {self.frozen_path}, the weights tasks {stored} were stored with; "
-                             "use another output folder")
 
     def _check_signs(self, net: nn.Module) -> None:
         signs = load_masks(self.frozen_path)
