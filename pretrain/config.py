@@ -46,6 +46,9 @@ class PretrainConfig(Section):
     milestones: list[int] = Field(default_factory=lambda: [100])  # epochs where lr is multiplied by gamma
     gamma: float = Field(0.1, gt=0)
     beta: float = Field(0.5, ge=0)  # weight of the summed Eq. 2 terms
+    # BatchNorm statistics over the global batch (all ranks) rather than each rank's share, so that W ranks train
+    # the network of 1 rank (pretrain/global_bn.py); off = the usual DDP BatchNorm (per-rank statistics)
+    sync_batchnorm: bool = False
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = torch autocast through DeepSpeed (BatchNorm stays fp32)
     zero_stage: int = Field(1, ge=0, le=3)
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm; None = no clipping

@@ -26,6 +26,7 @@ from nws.stats import kernel_utilisation
 from pretrain import checkpoint, guard
 from pretrain.data import train_loader
 from pretrain.engine import batch_plan, build_engine, lr_at, set_lr
+from pretrain.global_bn import use_global_batchnorm
 
 
 @dataclass
@@ -52,7 +53,14 @@ def checkpoint_dir(job: Job, kind: str) -> Path:
 
 
 def build_model(kind: str, job: Job) -> nn.Module:
-    """The float network (seeded, identical on every rank); for `nws` converted with its pools."""
+    """The float network (seeded, identical on every rank); for `nws` converted with its pools; BatchNorm over the
+    global batch when `pretrain.sync_batchnorm` and several ranks."""
+    p = job.cfg.pretrain
+    net = _build_model(kind, job)
+    return use_global_batchnorm(net) if p.sync_batchnorm and job.world_size > 1 else net
+
+
+def _build_model(kind: str, job: Job) -> nn.Module:
     p, m = job.cfg.pretrain, job.cfg.model
     torch.manual_seed(job.seed)
     net = m.build(job.num_classes)

@@ -15,6 +15,7 @@ from data_prep.loaders import make_loader
 from data_prep.prepare import prepare
 from pipeline.config import experiment_schema, validate
 from pretrain import outputs
+from tests.conftest import SEED
 
 MODEL = {"arch": "resnet18", "stem": "cifar", "width": 0.125, "pool_size": 32}
 DATA = {"source": "digits", "tasks": {"kind": "blocks", "classes_per_task": 2}, "formats": ["wds"],
@@ -24,7 +25,7 @@ DATA = {"source": "digits", "tasks": {"kind": "blocks", "classes_per_task": 2}, 
 def make_config(**incremental):
     inc = {"epochs": 2, "batch_size": 32, "lr": 0.05, "milestones": [1], "track": False, "augment": False,
            **incremental}
-    return validate(experiment_schema(), {"name": "t", "seeds": [0], "data": DATA, "model": MODEL,
+    return validate(experiment_schema(), {"name": "t", "seeds": [SEED], "data": DATA, "model": MODEL,
                                           "incremental": inc})
 
 
@@ -35,7 +36,7 @@ def prepare_digits(out: Path) -> Path:
 
 def make_pretrain(data_dir: Path, out: Path, cfg, steps: int = 30) -> Path:
     """Plain backbone trained `steps` SGD steps on all 10 classes, and its NWS twin (k-means pools)."""
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     net = cfg.model.build(10)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     done = 0
@@ -50,7 +51,7 @@ def make_pretrain(data_dir: Path, out: Path, cfg, steps: int = 30) -> Path:
     net.eval()
     meta = outputs.model_metadata(cfg.model, "test", 10)
     outputs.write_plain(out, net, meta)
-    snet = nws.convert(net, pool_size=cfg.model.pool_size, pool_init="kmeans", seed=0)
+    snet = nws.convert(net, pool_size=cfg.model.pool_size, pool_init="kmeans", seed=SEED)
     nws.export_indices(snet)
     outputs.write_nws(out, snet, meta)
     return out

@@ -17,6 +17,7 @@ from incremental.methods.nws import BASE_INDICES, BASE_MODEL
 from incremental.stored import seal_shared, seal_task
 from nws.artifact import INDICES, MANIFEST, ArtifactError, read_manifest
 from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json, sha256_file
+from tests import margin
 from tests.incremental.fixtures import make_config
 
 
@@ -157,7 +158,7 @@ def test_corrupted_artifact_is_refused_naming_the_file(digits, pretrained, tmp_p
     seal_task(folder, {})
     seal_shared(m.ctx.method_dir, m.shared_files())
     loader = make_loader(digits / m.ctx.tasks[0].name, "test", "memory", batch_size=64)
-    assert evaluate_stored(m, 0, loader, make_accelerator(m.inc)) > 0.5
+    margin.above("stored task accuracy", evaluate_stored(m, 0, loader, make_accelerator(m.inc)), 0.5)
     blob = bytearray((folder / "indices.bin").read_bytes())
     blob[len(blob) // 2] ^= 0x10
     (folder / "indices.bin").write_bytes(bytes(blob))

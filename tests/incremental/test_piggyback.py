@@ -15,6 +15,7 @@ from incremental.methods.piggyback import MASKS, ElementMask
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors
 from pipeline.config import ConfigError
+from tests import margin
 from tests.incremental.fixtures import make_config
 from tests.incremental.test_methods import method_for, sample_batch, train_a_little
 
@@ -121,7 +122,7 @@ def test_end_to_end_two_tasks(digits, pretrained, tmp_path):
     out = tmp_path / "out" / "piggyback"
     doc = json.loads((out / "metrics.json").read_text())
     assert [len(r) for r in doc["acc_matrix"]] == [2, 2]
-    assert doc["final_avg_acc"] > 0.75  # 2-way digit tasks: far above chance (0.5)
+    margin.above("piggyback final avg acc", doc["final_avg_acc"], 0.75)  # 2-way digit tasks: chance 0.5
     assert doc["forgetting"] == 0.0  # each task has its own masks, BN and head over an untouched backbone
     mem = doc["memory_bytes"]
     assert set(mem) == {"total", "backbone", "masks", "state", "metadata"}

@@ -29,6 +29,7 @@ from incremental.methods.supsup import (
 from nws.artifact import ArtifactError
 from nws.io import load_tensors
 from pipeline.config import ConfigError
+from tests import margin
 from tests.incremental.fixtures import make_config
 from tests.incremental.test_methods import method_for, sample_batch, train_a_little
 
@@ -196,7 +197,7 @@ def test_end_to_end_two_tasks(digits, pretrained, tmp_path):
                       options={"supsup": {"er_scale": 16}})
     doc = run(cfg, digits, pretrained, tmp_path / "out", methods=["supsup"])["supsup"]
     assert json.loads((tmp_path / "out" / "supsup" / "metrics.json").read_text()) == json.loads(json.dumps(doc))
-    assert doc["final_avg_acc"] > 0.75  # 2-way digit tasks over frozen random signs: far above chance (0.5)
+    margin.above("supsup final avg acc", doc["final_avg_acc"], 0.75)  # frozen random signs; chance 0.5
     assert doc["forgetting"] == 0.0
     mem = doc["memory_bytes"]
     assert set(mem) == {"total", "frozen_weights", "masks", "state", "metadata"}

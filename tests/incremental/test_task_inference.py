@@ -13,6 +13,7 @@ from incremental.loop import run
 from incremental.methods import make_method
 from incremental.task_inference import OUT, entropy, evaluate, min_entropy, one_shot_gradient
 from nws.artifact import ArtifactError
+from tests import margin
 from tests.incremental.fixtures import DATA, MODEL, make_config
 from tests.incremental.test_methods import method_for, sample_batch, train_a_little
 
@@ -72,7 +73,7 @@ def test_evaluation_from_a_finished_run(digits, pretrained, tmp_path, name):
                 assert p["acc_inferred"] == pytest.approx(p["acc_given"])
         assert 0 <= r["inference_acc"] <= 1
     # well-trained 2-way digit models: the lowest-entropy model names the task of most batches
-    assert result["rules"]["min_entropy"]["inference_acc"] > 0.6
+    margin.above(f"{name} min-entropy inference", result["rules"]["min_entropy"]["inference_acc"], 0.6)
 
 
 def _tasks(digits):

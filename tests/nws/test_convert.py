@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 import nws
+from tests import margin
+from tests.conftest import SEED
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,7 +113,7 @@ def test_load_pools_names_the_mismatched_layer():
 
 def test_kmeans_pool_quantises_trained_like_kernels_better_than_random():
     """Trained-like kernels: smooth oriented edge/blob filters with varied gain plus noise, at kaiming scale."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(SEED)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 3), indexing="ij")
     angles = torch.rand(4000, generator=gen) * math.pi
     edges = torch.cos(angles)[:, None, None] * xx + torch.sin(angles)[:, None, None] * yy
@@ -123,7 +125,7 @@ def test_kmeans_pool_quantises_trained_like_kernels_better_than_random():
     kmeans_pool = nws.pools.init_pool(kernels, 64, "kmeans", generator=gen)
     err_random = nws.pools.quantisation_error(kernels, random_pool)
     err_kmeans = nws.pools.quantisation_error(kernels, kmeans_pool)
-    assert err_kmeans < 0.5 * err_random
+    margin.below("kmeans / random error", err_kmeans / err_random, 0.5)
     assert err_kmeans < nws.pools.quantisation_error(kernels, nws.pools.init_pool(kernels, 64, "sample", gen))
 
 

@@ -4,6 +4,8 @@ import torch
 from torch import nn
 
 import nws
+from tests import margin
+from tests.conftest import SEED
 
 
 def _layer_and_distiller(pool_size=16, restart_every=100, seed=0, decay=0.99):
@@ -32,7 +34,8 @@ def test_pool_kernels_move_toward_the_mean_of_their_assigned_kernels():
 
 
 def test_many_steps_converge_and_the_search_term_is_not_zero():
-    snet, distiller = _layer_and_distiller(restart_every=10, decay=0.9)  # unused kernels die within ~50 steps
+    # unused kernels die within ~50 steps
+    snet, distiller = _layer_and_distiller(restart_every=10, decay=0.9, seed=SEED)
     layer = snet[0]
     opt = torch.optim.SGD(snet.parameters(), lr=0.0)  # W fixed: the pools alone must converge onto it
     first = None
@@ -47,10 +50,10 @@ def test_many_steps_converge_and_the_search_term_is_not_zero():
     assert first > 0 and float(loss.detach()) < first  # the Eq. 2 term is live in distill mode and falls
     err = nws.pools.quantisation_error(layer.flat_weight(), layer.pool)
     start = nws.pools.quantisation_error(layer.flat_weight(), torch.randn(16, 9))
-    assert err < 0.1 * start
+    margin.below("distilled / random quantisation error", err / start, 0.1)
     assert sum(distiller.restarts.values()) > 0  # N(0,1) pool kernels far from the kaiming-scale W were restarted
     used = layer.indices.unique().numel()
-    assert used >= 12  # restarts bring dead kernels back into use
+    margin.above("pool kernels in use of 16", used, 11.5)  # restarts bring dead kernels back into use
 
 
 def test_state_dict_round_trip_resumes_identically():

@@ -8,6 +8,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from nws import models
+from tests import margin
+from tests.conftest import SEED
 
 ARCHS = ["resnet18", "resnet34", "vgg16", "mobilenet_v2"]
 MOBILENET_CONFIG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
@@ -238,7 +240,7 @@ def test_grayscale_input():
                                          ("vgg16", {}), ("mobilenet_v2", {"stem": "cifar"})])
 def test_learns_digits(name, kwargs):
     """Every parameter gets a gradient and a narrow network fits 40 real digits (5 classes) in a few steps."""
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     digits = load_digits()
     keep = torch.from_numpy(digits.target < 5)
     x = torch.from_numpy(digits.images).float()[keep][:40, None] / 16.0
@@ -255,4 +257,4 @@ def test_learns_digits(name, kwargs):
             assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.3 * losses[0]
+    margin.below("last / first loss", losses[-1] / losses[0], 0.3)

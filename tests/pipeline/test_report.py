@@ -15,6 +15,7 @@ from incremental.stored import task_files
 from nws.memory import MIB
 from pipeline.cli import main as nws_main
 from pipeline.report import make_report
+from tests.conftest import THREADS
 from tests.pipeline.fixtures import make_experiment
 
 METHODS = ("nws", "finetune")
@@ -23,7 +24,7 @@ SEEDS = (0, 1)
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     return make_experiment(tmp_path_factory.mktemp("experiment"), seeds=SEEDS, methods=METHODS)
 
 

@@ -24,6 +24,7 @@ import torch
 from pipeline.report import make_report
 from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
 from pipeline.ui import HOST, experiment_url, server_command
+from tests.conftest import THREADS
 from tests.pipeline.fixtures import make_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +107,7 @@ def keep(paths: list[Path]) -> Path:
 
 
 def test_mlflow_ui_shows_the_pipeline_runs_and_their_metrics(tmp_path, monkeypatch, request):
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     uri = tracking_uri()
     parent = start_run("t", "pipeline")  # creates the store's tables before the server opens it

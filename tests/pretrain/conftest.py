@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SEED, THREADS
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
 # a ResNet-18 NWS variant small enough for seconds-long runs; 32x32 keeps every feature map above 1x1
 TINY = ["model.width=0.125", "model.pool_size=16", "data.image_size=32", "pretrain.batch_size=32",
         "pretrain.epochs=1", "pretrain.max_steps_per_epoch=4", "pretrain.log_every=1", "pretrain.kind=nws",
-        "pretrain.eval_batch_size=512", "pretrain.checkpoint_every=0", "pretrain.threads=1"]
+        "pretrain.eval_batch_size=512", "pretrain.checkpoint_every=0", f"pretrain.threads={THREADS}",
+        f"seeds=[{SEED}]"]
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +74,7 @@ def cli_env(tmp: Path) -> dict[str, str]:
     from pretrain.launch import DIST_VARS
 
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu",
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}", OMP_NUM_THREADS=str(THREADS), DS_ACCELERATOR="cpu",
                PYTHONPATH=str(ROOT))
     return env
 

@@ -16,6 +16,7 @@ from safetensors import safe_open
 import nws
 from nws.artifact import load_task
 from nws.io import load_tensors, read_json
+from tests import margin
 from tests.pretrain.conftest import ROOT, cli_env, experiment, pretrain_command, run_pretrain
 
 # two short epochs, checkpoints every 2 steps, no augmentation (so 1 and 2 ranks see the very same images)
@@ -140,24 +141,44 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_pools(reference, digits, t
     assert [s for s, _ in _history(tmp_path, out, "nws", "loss")] == list(range(1, 21))
 
 
-def test_two_ranks_give_the_loss_curve_of_one_rank(reference, digits, tmp_path):
-    """Same global batch (32 = 2 × 16): the same images per step. BatchNorm's batch statistics are per rank (16
-    images instead of 32), and the search's argmin turns small differences into discrete ones, so the curves drift
-    apart slowly; the first steps and the average agree closely. The pools do not depend on the world size: the
-    Eq. 2 term, which depends on weights and pools only, is the same over the first steps."""
-    out = tmp_path / "out"
-    _ok(run_pretrain(tmp_path, digits, out, *RUN, "pretrain.kind=nws", ranks=2))
-    summary = read_json(out / "pretrain.json")
-    assert summary["world_size"] == 2 and summary["nws"]["steps"] == 20
+FP32 = ["pretrain.kind=nws", "pretrain.precision=fp32", "pretrain.distill.restart_every=1000"]
+
+
+def _curve_gaps(reference, tmp, out) -> dict[str, list[float]]:
+    """Per step, |1 rank - 2 ranks| / |1 rank| of the logged loss and Eq. 2 term."""
     rel = {}
     for key in ("loss", "search"):
         one = dict(_history(reference, reference / "out", "nws", key))
-        two = dict(_history(tmp_path, out, "nws", key))
+        two = dict(_history(tmp, out, "nws", key))
         assert one.keys() == two.keys() == set(range(1, 21))
         rel[key] = [abs(one[s] - two[s]) / one[s] for s in sorted(one)]
-    assert max(rel["search"][:4]) < 0.01, rel["search"]
-    assert max(rel["loss"][:5]) < 0.02, rel["loss"]
-    assert sum(rel["loss"]) / len(rel["loss"]) < 0.04 and max(rel["loss"]) < 0.15, rel["loss"]
+    return rel
+
+
+@pytest.fixture(scope="module")
+def reference_fp32(digits, tmp_path_factory):
+    """The uninterrupted 1-rank run of kind nws in fp32 (see the 2-rank test)."""
+    tmp = tmp_path_factory.mktemp("reference_fp32")
+    _ok(run_pretrain(tmp, digits, tmp / "out", *RUN, *FP32))
+    return tmp
+
+
+def test_two_ranks_give_the_loss_curve_of_one_rank(reference_fp32, digits, tmp_path):
+    """Same global batch (32 = 2 × 16, the same images per step) and BatchNorm over the global batch
+    (pretrain.sync_batchnorm): 2 ranks train the network of 1 rank. In fp32 and without pool restarts (a restart's
+    random draw turns the smallest difference into another pool), the curves agree to float rounding (the gradient
+    sums are ordered differently) until a temporary kernel close to a tie between two pool kernels flips its
+    argmin; from there the difference grows by about 3× a step. So the first 5 steps must agree to 1e-4 (a flip at
+    step 2 would still leave them under 2e-4 × 1/3^3 ≈ 1e-5), and the whole 20-step curve on average to 1e-2.
+    Per-rank BatchNorm statistics differ by 2e-3 already at step 1, a wrong data split or gradient average more."""
+    out = tmp_path / "out"
+    _ok(run_pretrain(tmp_path, digits, out, *RUN, *FP32, "pretrain.sync_batchnorm=true", ranks=2))
+    summary = read_json(out / "pretrain.json")
+    assert summary["world_size"] == 2 and summary["nws"]["steps"] == 20
+    rel = _curve_gaps(reference_fp32, tmp_path, out)
+    margin.below("2-rank loss gap, largest of steps 1-5", max(rel["loss"][:5]), 1e-4)
+    margin.below("2-rank Eq. 2 gap, largest of steps 1-5", max(rel["search"][:5]), 1e-4)
+    margin.below("2-rank loss gap, mean of 20 steps", sum(rel["loss"]) / 20, 1e-2)
 
 
 def test_nonfinite_steps_in_a_row_stop_the_run_naming_the_layer(digits, tmp_path):

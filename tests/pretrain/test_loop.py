@@ -8,6 +8,7 @@ import nws
 from nws.search import nearest
 from pipeline.tracking import NullRun
 from pretrain.loop import Trainer, build_model
+from tests import margin
 from tests.pretrain.conftest import experiment, make_job
 
 ATOL = 3e-7  # a few fp32 ulps of temporary kernels below 1 in magnitude
@@ -83,4 +84,4 @@ def test_warm_start_pools_come_from_the_given_network(digits, tmp_path):
     layer, ref = warm.layer1[0].conv1, plain.layer1[0].conv1
     assert torch.equal(layer.weight, ref.weight)
     err = lambda m: nws.pools.quantisation_error(ref.weight.reshape(-1, 9), m.layer1[0].conv1.pool)  # noqa: E731
-    assert err(warm) < 0.5 * err(cold)
+    margin.below("warm / cold quantisation error", err(warm) / err(cold), 0.5)
