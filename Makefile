@@ -17,7 +17,8 @@ setup: $(STAMP)  ## create .venv (torch first, then the project); idempotent
 
 # one BLAS/OpenMP thread per process: the tests start several processes (2 ranks) on a 2-core machine, where
 # oversubscribed threads make a step 10x slower
-test: $(STAMP)  ## run the whole test suite
+test: $(STAMP)  ## run the whole test suite (first line: the machine it ran on)
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m tests.machine
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff

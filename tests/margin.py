@@ -14,7 +14,8 @@ import os
 
 import pytest
 
-from tests.conftest import SEED, THREADS, cpu_model
+from tests.conftest import SEED, THREADS
+from tests.machine import cpu_model
 
 
 def _record(name: str, value: float, bound: float, direction: str) -> None:

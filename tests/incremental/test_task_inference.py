@@ -54,7 +54,8 @@ def test_superposition_with_one_hot_alphas_is_the_stored_task_model(digits, pret
 
 @pytest.mark.parametrize("name", ["supsup", "nws"])
 def test_evaluation_from_a_finished_run(digits, pretrained, tmp_path, name):
-    cfg = make_config(num_tasks=2, epochs=3, milestones=[], options={"supsup": {"er_scale": 16}})
+    # 6 epochs (54 steps a task): with 3, NWS's second task sometimes stayed at 58%, and a weak model cannot be named
+    cfg = make_config(num_tasks=2, epochs=6, milestones=[], options={"supsup": {"er_scale": 16}})
     doc = run(cfg, digits, pretrained, tmp_path / "out", methods=[name])[name]
     method = make_method(name, cfg, digits, pretrained, tmp_path / "out" / name, _tasks(digits))
     result = evaluate(method, batch_size=16)
@@ -72,8 +73,9 @@ def test_evaluation_from_a_finished_run(digits, pretrained, tmp_path, name):
             if p["inference_acc"] == 1.0:
                 assert p["acc_inferred"] == pytest.approx(p["acc_given"])
         assert 0 <= r["inference_acc"] <= 1
-    # well-trained 2-way digit models: the lowest-entropy model names the task of most batches
-    margin.above(f"{name} min-entropy inference", result["rules"]["min_entropy"]["inference_acc"], 0.6)
+    # well-trained 2-way digit models: the lowest-entropy model names the task of most of the 10 batches (measured
+    # 0.9-1.0 over seeds 0-4 and 1-2 threads; a rule guessing at random passes 0.7 with probability 0.055)
+    margin.above(f"{name} min-entropy inference", result["rules"]["min_entropy"]["inference_acc"], 0.7)
 
 
 def _tasks(digits):
