@@ -120,7 +120,7 @@ def test_accuracy_is_only_ever_measured_on_rebuilt_models(digits, pretrained, tm
     for t, task in enumerate(("task00", "task01")):
         labels = torch.cat([y for _, y in make_loader(digits / task, "test", "memory", batch_size=500)])
         assert sabotaged["acc_matrix"][1][t] == pytest.approx(float((labels == 0).double().mean()))
-        margin.above("honest finetune accuracy", honest["acc_matrix"][1][t], 0.9)
+        margin.above("honest finetune accuracy", honest["acc_matrix"][1][t], 0.8)  # the sabotaged one: about 0.5
 
 
 def test_incremental_source_computes_accuracy_only_in_evaluate():
