@@ -28,7 +28,8 @@ def test_nws_and_finetune_end_to_end(digits, pretrained, tmp_path):
         assert doc["method"] == name and doc["tasks"] == ["task00", "task01", "task02"]
         R = doc["acc_matrix"]
         assert [len(r) for r in R] == [3, 3, 3] and R[0][1] is None and R[2][0] is not None
-        margin.above(f"{name} final avg acc", doc["final_avg_acc"], 0.75)  # 2-way digit tasks, chance 0.5
+        # 2-way digit tasks, chance 0.5; measured 0.91-0.99 (NWS) and 0.98-1.0 (Finetune) over seeds 0-2
+        margin.above(f"{name} final avg acc", doc["final_avg_acc"], 0.7)
         assert doc["forgetting"] == 0.0 and doc["bwt"] == 0.0  # every task has its own stored model
         sizes = {p: p.stat().st_size for p in (tmp_path / "out" / name).rglob("*")
                  if p.is_file() and p.parent.name.startswith("task")}

@@ -63,9 +63,11 @@ def test_default_codec_and_levers_in_the_loop(digits, pretrained, tmp_path):
     levered = run(cfg, digits, pretrained, tmp_path / "levers", methods=["nws"])["nws"]
     chain2, _ = stored(tmp_path / "levers")
     assert [m["codec"] for m, _ in chain2] == ["near", "near", "near"]
-    margin.below("changed kernels with / without prior", changed(chain2) / changed(chain), 0.8)
+    # measured 0.47-0.59 over seeds 0-2; without the prior (every kernel coded afresh) the ratio is 1
+    margin.below("changed kernels with / without prior", changed(chain2) / changed(chain), 0.85)
     assert levered["memory_bytes"]["indices"] < plain["memory_bytes"]["indices"]
-    margin.above("levered nws final avg acc", levered["final_avg_acc"], 0.75)  # rebuilt from levered indices
+    # rebuilt from the levered indices: measured 0.82-0.92 over seeds 0-2 (chance 0.5)
+    margin.above("levered nws final avg acc", levered["final_avg_acc"], 0.6)
     doc = json.loads((tmp_path / "levers" / "nws" / "metrics.json").read_text())
     assert doc["codec_per_task"] == ["near", "near", "near"]
 

@@ -257,4 +257,5 @@ def test_learns_digits(name, kwargs):
             assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
         opt.step()
         losses.append(loss.item())
-    margin.below("last / first loss", losses[-1] / losses[0], 0.3)
+    # measured 0.002-0.14 over seeds 0-2 (MobileNetV2 the slowest); a network that does not learn stays near 1
+    margin.below("last / first loss", losses[-1] / losses[0], 0.45)
