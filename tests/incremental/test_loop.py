@@ -8,12 +8,15 @@ import torch
 
 import incremental.evaluate as evaluate_module
 import incremental.methods as methods_module
+import nws
 from incremental.loop import run
 from incremental.methods.finetune import NETWORK, Finetune
-from nws.artifact import ArtifactError
+from incremental.methods.nws import BASE_MODEL
+from nws.artifact import INDICES, ArtifactError
 from nws.io import load_tensors, save_tensors
 from tests import margin
 from tests.incremental.fixtures import make_config
+from tests.incremental.test_nws_storage import stored
 
 KEYS = {"method", "tasks", "acc_matrix", "final_avg_acc", "avg_incremental_acc", "forgetting", "bwt",
         "memory_bytes", "train_seconds"}
@@ -38,6 +41,13 @@ def test_nws_and_finetune_end_to_end(digits, pretrained, tmp_path):
         shared = mem.get("pools", 0) + mem.get("base_indices", 0)  # NWS: stored once in the method folder
         assert mem["total"] - shared == sum(sizes.values())  # every stored task file, counted once
         assert len(doc["train_seconds_per_task"]) == 3 and doc["train_seconds"] > 0
+    # the search moved kernels: task 0's stored indices differ from the base model's it started from (without the
+    # straight-through gradient the temporary kernels never move and no index changes: 0)
+    chain, _ = stored(tmp_path / "out")
+    base = nws.codec.decode((pretrained / BASE_MODEL / INDICES).read_bytes())
+    same = [k for k in chain[0][1] if base[k].shape == chain[0][1][k].shape]
+    moved = sum(int((chain[0][1][k] != base[k]).sum()) for k in same) / sum(base[k].numel() for k in same)
+    margin.above("share of task 0's kernels moved from the base model", moved, 0.0)  # measured 0.022 (seed 0)
     nws_doc, ft_doc = results["nws"], results["finetune"]
     assert set(nws_doc["memory_bytes"]) == {"total", "pools", "base_indices", "indices", "state", "metadata"}
     assert nws_doc["memory_bytes"]["pools"] == (pretrained / "pools.safetensors").stat().st_size
