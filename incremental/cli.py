@@ -1,9 +1,14 @@
 """`nws incremental -c CONFIG [--method NAME ...] [--data DIR] [--pretrain DIR] [--out DIR]
-[--task-inference] [key.sub=value ...]` and `python -m incremental ...`.
+[--task-inference] [--strict] [key.sub=value ...]` and `python -m incremental ...`.
 
 Runs one process as it is, or several under `accelerate launch` (one process per GPU; the global batch is split
 over them). Running the same command again resumes: finished tasks are kept, an interrupted task continues from its
 last epoch checkpoint. Defaults: runs/<name>/data, runs/<name>/pretrain, runs/<name>/incremental.
+
+At the end every method's final task accuracies are printed, a task accuracy that is not significantly above chance
+(incremental.chance: one-sided binomial test against 1/classes) marked `*`, with a WARNING line on stderr; with
+--strict such a task is an error: exit code 6 (after everything is written). Other exit codes: 2 bad input,
+3 non-finite loss, 4 corrupted artifact.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test batch whose task is inferred (default 128, the official SupSup test batch)")
     p.add_argument("--task-inference-samples", type=int, default=None, metavar="N",
                    help="entropy over the first N samples of a batch (SupSup GNu: 1); default the whole batch")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with code 6 when a task's final accuracy is not significantly above chance (one-sided "
+                        "binomial test against 1/classes, p >= 0.01); without it such a task is only marked and warned")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=run_cli)
 
@@ -48,9 +56,34 @@ def register(subparsers) -> None:
     add_arguments(p)
 
 
+def print_table(results: dict[str, dict]) -> bool:
+    """Every method's final task accuracies (%), a task at chance marked; True when one is."""
+    from incremental import chance
+
+    rows, flagged = [], False
+    for name, result in results.items():
+        if not result:
+            continue
+        cells = {c.task: c for c in chance.check_run(result)[0]}
+        flagged |= any(c.flagged for c in cells.values())
+        rows.append([name] + [chance.mark(f"{100 * a:.1f}", t in cells and cells[t].flagged)
+                              for t, a in zip(result["tasks"], result["acc_matrix"][-1], strict=True)]
+                    + [f"{100 * result['final_avg_acc']:.1f}"])
+    if not rows:
+        return False
+    header = ["task accuracy (%)"] + list(next(r for r in results.values() if r)["tasks"]) + ["avg"]
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    for row in [header] + rows:
+        print(row[0].ljust(widths[0]) + "".join(c.rjust(w + 2) for c, w in zip(row[1:], widths[1:], strict=True)))
+    if flagged:
+        print(chance.LEGEND)
+    return flagged
+
+
 def run_cli(args) -> int:
     from accelerate import PartialState
 
+    from incremental.chance import EXIT_CODE
     from incremental.loop import run
     from incremental.train import NonFiniteLoss
     from nws.artifact import ArtifactError
@@ -83,11 +116,16 @@ def run_cli(args) -> int:
             print(f"{name}: final average accuracy {result['final_avg_acc']:.4f}, "
                   f"memory {result['memory_bytes']['total']} bytes ({result['memory_mib']['total']:.3f} MiB), "
                   f"training {result['train_seconds']:.1f} s")
+    at_chance = print_table(results)
     for name, doc in inferred.items():
         for rule, r in doc["rules"].items():
             print(f"{name} task inference ({rule}, batch {doc['batch_size']}): inference accuracy "
                   f"{r['inference_acc']:.4f}, accuracy with the inferred id {r['acc_inferred']:.4f} "
                   f"(given id {r['acc_given']:.4f})")
+    if at_chance and args.strict:
+        print(f"error: a task's accuracy is not above chance (WARNING lines above); --strict exits with {EXIT_CODE}",
+              file=sys.stderr)
+        return EXIT_CODE
     return 0
 
 

@@ -4,8 +4,10 @@ for each task t of tasks.json: the method sets the task up, the task trains (inc
 epoch), the method writes the task artifact, the loop seals it (checksums), and then every task j <= t is rebuilt
 from its stored files and evaluated on its test split: row t of the accuracy matrix R. Finished tasks are never
 redone: a sealed task is not retrained and an evaluated row is not recomputed. Rank 0 writes; every process
-computes. At the end: `<out>/<method>/metrics.json` (accuracy metrics, measured memory, times, method report) and
-an MLflow child run per method.
+computes. At the end: `<out>/<method>/metrics.json` (accuracy metrics, measured memory, times, method report, each
+task's test-set size and class count, and the test of every final accuracy against chance, incremental.chance) and
+an MLflow child run per method (tag `chance_tasks`: the tasks at chance). A task at chance also gets a WARNING line
+on stderr.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from data_prep.loaders import make_loader
+from data_prep.manifest import read_unit
 from data_prep.tasks import Task, load_tasks
-from incremental import checkpoint, memory, metrics
+from incremental import chance, checkpoint, memory, metrics
 from incremental.config import RESUME_NEUTRAL
 from incremental.evaluate import evaluate_stored
 from incremental.methods import Method, get_method, make_method
@@ -80,6 +83,13 @@ def test_loader(method: Method, j: int, accelerator):
         except KeyError as e:
             last_error = e
     raise KeyError(f"{unit}: no evaluation split ({' or '.join(EVAL_SPLITS)}): {last_error}")
+
+
+def eval_size(method: Method, j: int) -> int:
+    """The number of images test_loader evaluates task j on (its split's count in the manifest; every rank's share
+    together): the n of the chance test."""
+    splits = read_unit(method.ctx.data_dir / method.ctx.tasks[j].name)["splits"]
+    return int(next(splits[s]["num_samples"] for s in EVAL_SPLITS if s in splits))
 
 
 def load_progress(method_dir: Path, digest: str) -> dict:
@@ -156,6 +166,7 @@ def run_method(accelerator, method: Method, runs_dir: Path, on_epoch_end=None) -
             result = _metrics(method, progress, digest, accelerator, tracker.run_id)
             atomic_write_json(method_dir / METRICS, result)
             _log_run(tracker, method, result)
+            chance.warn(chance.check_run(result)[0])
             log(f"final average accuracy {result['final_avg_acc']:.4f}, memory "
                 f"{result['memory_mib']['total']:.3f} MiB -> {method_dir / METRICS}")
     accelerator.wait_for_everyone()  # no process moves on (or exits) while rank 0 still writes
@@ -191,15 +202,19 @@ def _metrics(method: Method, progress: dict, digest: str, accelerator, run_id: s
     R = metrics.from_rows([progress["rows"][str(t)] for t in range(T)])
     train = [read_json(_train_report(method.ctx.method_dir, t)) for t in range(T)]
     reports = [progress["reports"][str(t)] for t in range(T)]
+    doc = {"method": method.name, "tasks": [task.name for task in tasks], "acc_matrix": R,
+           "test_samples": [eval_size(method, j) for j in range(T)], "task_classes": [t.num_classes for t in tasks]}
     return {
-        "method": method.name, "tasks": [task.name for task in tasks], "num_tasks": T,
+        **doc, "num_tasks": T,
         **metrics.summary(R),
+        "chance": chance.summary(chance.check_run(doc)[0]),
         **memory.report(method, T),
         "train_seconds": sum(r["train_seconds"] for r in train),
         "train_seconds_per_task": [r["train_seconds"] for r in train],
         "eval_seconds": sum(progress["eval_seconds"][str(t)] for t in range(T)),
         "skipped_steps": sum(r["skipped_steps"] for r in train),
         "epochs": inc.epochs, "precision": inc.precision, "world_size": accelerator.num_processes,
+        "schedule_per_task": [method.ctx.schedule_for(t).as_dict() for t in range(T)],  # incremental.schedule
         "config_hash": digest, "mlflow_run_id": run_id,
         "task_dirs": [method.ctx.task_dir(t).name for t in range(T)],
         "task_reports": reports,
@@ -211,6 +226,7 @@ def _log_run(tracker, method: Method, result: dict) -> None:
     scalars = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     scalars.update({f"memory_bytes.{k}": v for k, v in result["memory_bytes"].items()})
     tracker.log_metrics(scalars, step=result["num_tasks"])
+    tracker.set_tags({"chance_tasks": ",".join(result["chance"]["flagged"])})
     tracker.log_artifact(method.ctx.method_dir / METRICS)
     for t in range(result["num_tasks"]):
         folder = method.ctx.task_dir(t)

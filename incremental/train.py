@@ -2,9 +2,11 @@
 the learning rate divided at the milestones (§5.4), cross-entropy plus the method's extra loss, the method's step
 hooks, an accelerate checkpoint after every epoch, and resumption from the latest one.
 
-The learning rate is set from the epoch at the start of each epoch (no scheduler object), so a resumed task and a
-multi-process run follow the same schedule. A non-finite loss skips the step with a logged reason; too many in a
-row stop the task (DESIGN §5).
+The task's schedule (epochs, steps per epoch, milestones in steps) is resolved once per task from its training-set
+size (incremental.schedule) and handed to the method as `ctx.schedule`. The learning rate is set before every step
+from the step's place in that schedule (no scheduler object), so a resumed task and a multi-process run follow the
+same schedule; milestones given in epochs fall on the first step of their epoch, as the per-epoch schedule did. A
+non-finite loss skips the step with a logged reason; too many in a row stop the task (DESIGN §5).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_prep.loaders import derive_seed, make_loader
-from incremental import checkpoint
+from incremental import checkpoint, schedule
 from incremental.checkpoint import Progress
 from incremental.methods import trainable
 
@@ -62,6 +64,7 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
                on_epoch_end: Callable[[int, int], None] | None = None) -> tuple[nn.Module, Progress]:
     """Train task t (resuming from its latest checkpoint); returns the unwrapped trained model and its progress."""
     ctx, inc = method.ctx, method.inc
+    sched = ctx.schedule = schedule.for_task(ctx, t, accelerator.num_processes)
     torch.manual_seed(derive_seed(ctx.cfg.seeds[0], t, 7))  # setup_task sees the same RNG on a resumed run
     raw = method.setup_task(t)
     groups = method.param_groups(raw)
@@ -74,17 +77,24 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
     if state:
         method.load_checkpoint_state(state)
     log(f"task {t} ({ctx.tasks[t].name}, {ctx.tasks[t].num_classes} classes): {trainable(groups)} trainable "
-        f"parameters" + (f", resuming after epoch {progress.epoch} from {root}" if progress.epoch else ""))
+        f"parameters; {sched.describe()}" + (f"; resuming after epoch {progress.epoch} from {root}"
+                                             if progress.epoch else ""))
     device, loader = accelerator.device, train_loader(ctx, t, accelerator)
-    for epoch in range(progress.epoch, inc.epochs):
+    per_epoch = sched.steps_per_epoch
+    if min(len(loader), inc.max_steps_per_epoch or len(loader)) != per_epoch:
+        raise RuntimeError(f"task {t}: the loader gives {len(loader)} batches an epoch, the schedule expects "
+                           f"{per_epoch} (incremental.schedule.steps_per_epoch and data_prep.loaders disagree)")
+    every = max(1, sched.epochs // 100)  # epoch lines: every epoch up to 100 epochs, then about 100 in all
+    for epoch in range(progress.epoch, sched.epochs):
         start, losses, consecutive = time.perf_counter(), [], 0
-        for g in optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * inc.lr_factor(epoch)
         model.train()
         loader.set_epoch(epoch)
         for i, (x, y) in enumerate(loader):
-            if inc.max_steps_per_epoch is not None and i >= inc.max_steps_per_epoch:
+            if i >= per_epoch:
                 break
+            factor = sched.lr_factor(epoch * per_epoch + i)
+            for g in optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * factor
             x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(model(x), y)
             extra = method.extra_loss(model)
@@ -114,8 +124,9 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
         checkpoint.save(accelerator, root, progress, method.checkpoint_state())
         tracker.log_metrics({f"task{t:02d}/train_loss": progress.last_loss or float("nan"),
                              f"task{t:02d}/lr": optimizer.param_groups[0]["lr"]}, step=epoch)
-        log(f"task {t} epoch {epoch + 1}/{inc.epochs}: loss {progress.last_loss}, {len(losses)} steps, "
-            f"{progress.seconds:.1f} s")
+        if (epoch + 1) % every == 0 or epoch + 1 == sched.epochs:
+            log(f"task {t} epoch {epoch + 1}/{sched.epochs}: loss {progress.last_loss}, {len(losses)} steps, "
+                f"{progress.seconds:.1f} s")
         if on_epoch_end is not None:
             on_epoch_end(t, epoch)
     sync_batchnorm(raw, accelerator)

@@ -62,9 +62,10 @@ def accuracy_matrix(path: Path, R: list[list[float | None]], R_std: list[list[fl
     return save(fig, path)
 
 
-def task_accuracy(path: Path, accuracy: dict[str, tuple[list[float], list[float | None]]], tasks: list[str]
-                  ) -> Path:
-    """Fig. 3: final accuracy on every task (after the last task), one bar per method, with the std over seeds."""
+def task_accuracy(path: Path, accuracy: dict[str, tuple[list[float], list[float | None]]], tasks: list[str],
+                  chance: list[float] | None = None) -> Path:
+    """Fig. 3: final accuracy on every task (after the last task), one bar per method, with the std over seeds;
+    `chance` (1/classes per task) is drawn as a dashed line over each task's bars, so a method at chance shows."""
     fig = Figure(figsize=(max(5.0, 0.5 * len(tasks) * max(len(accuracy), 1) + 2), 3.5))
     ax = fig.add_subplot()
     width = 0.8 / max(len(accuracy), 1)
@@ -72,6 +73,9 @@ def task_accuracy(path: Path, accuracy: dict[str, tuple[list[float], list[float 
         x = np.arange(len(tasks)) + (k - (len(accuracy) - 1) / 2) * width
         err = None if all(s is None for s in std) else [100 * (s or 0.0) for s in std]
         ax.bar(x, [100 * m for m in mean], width, yerr=err, capsize=2, label=method)
+    for j, level in enumerate(chance or []):
+        ax.hlines(100 * level, j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=1,
+                  label="chance" if j == 0 else None)
     ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)

@@ -10,6 +10,12 @@ with that run's resolved config.yaml) and writes runs/<name>/report/:
   for NWS Fig. 4's heatmaps and the appendix §6 index distributions from the stored histogram files).
 A standalone `nws incremental` run (runs/<name>/incremental/<method>/metrics.json, no seed folders) is reported as
 one run, with the experiment config given by the caller. Methods that were not run do not appear.
+
+Every final task accuracy of every seed is tested against chance (incremental.chance: one-sided binomial test
+against 1/classes on the task's test-set size): results.json `chance` lists the flagged cells (method, seed, task,
+accuracy, n, classes, p) and the runs that could not be tested (a metrics.json without test-set sizes);
+results.md marks a flagged task accuracy `*` (at chance in at least one seed) and lists the cells; the MLflow run
+the report is logged to gets the tag `chance_tasks` (method/seed<S>/task, comma-separated).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from incremental import chance
 from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json
 from nws.memory import MIB
 from pipeline import plots
@@ -118,6 +125,7 @@ def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, t
         "method_seeds": {m: [r.seed for r in found[m]] for m in order},
         "sources": {m: [str(r.path.relative_to(experiment_dir)) for r in found[m]] for m in order},
         "task_inference": task_inference(found, order),
+        "chance": chance_test(found, order),
     }
     drawn = draw(results, found, out / PLOTS, cfg.get("model"))
     results["plots"] = [str(p.relative_to(out)) for p in drawn]
@@ -128,6 +136,24 @@ def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, t
     if tracker is not None:
         log(tracker, results, out)
     return results
+
+
+def chance_test(found: dict[str, list[MethodRun]], order: list[str]) -> dict:
+    """The chance test of every method's final accuracy on every task in every seed run: the flagged cells, and
+    the runs whose metrics.json lacks the test-set sizes (written before they were recorded) as not tested."""
+    flagged, untested = [], []
+    for m in order:
+        for r in found[m]:
+            cells, why = chance.check_run({**r.doc, "method": m}, r.seed)
+            flagged += [c.to_dict() for c in cells if c.flagged]
+            if why:
+                untested.append({"method": m, "seed": r.seed, "reason": why})
+    return {"alpha": chance.ALPHA, "test": chance.TEST, "flagged": flagged, "not_tested": untested}
+
+
+def chance_cells(results: dict) -> list[chance.Cell]:
+    """The flagged cells of a results.json, as chance.Cell (for warnings and tags)."""
+    return [chance.Cell(**c) for c in (results.get("chance") or {}).get("flagged", [])]
 
 
 def _file_name(text: str) -> str:
@@ -152,7 +178,9 @@ def draw(results: dict, found: dict[str, list[MethodRun]], folder: Path, model: 
         out.append(plots.accuracy_matrix(folder / f"acc_matrix_{_file_name(name)}.png", mean(doc["acc_matrix"]),
                                          std(doc["acc_matrix"]), tasks, f"Accuracy matrix: {name}"))
     final = {name: (mean(doc["acc_matrix"])[-1], std(doc["acc_matrix"])[-1]) for name, doc in methods.items()}
-    out.append(plots.task_accuracy(folder / "task_accuracy.png", final, tasks))
+    levels = next((mean(d["task_classes"]) for d in methods.values() if d.get("task_classes")), None)
+    out.append(plots.task_accuracy(folder / "task_accuracy.png", final, tasks,
+                                   chance=[1 / v for v in levels] if levels else None))
     curves = {name: ([b / MIB for b in mean(doc["memory_bytes_cumulative"])],
                      [None if s is None else s / MIB for s in std(doc["memory_bytes_cumulative"])])
               for name, doc in methods.items() if doc.get("memory_bytes_cumulative")}
@@ -232,6 +260,25 @@ def inference_lines(results: dict) -> list[str]:
     return lines
 
 
+def chance_lines(results: dict) -> list[str]:
+    """The legend of the `*` marks and the flagged cells (every seed), and the runs that could not be tested."""
+    test = results.get("chance") or {}
+    cells, untested = test.get("flagged", []), test.get("not_tested", [])
+    lines = []
+    if cells:
+        lines += ["", f"`{chance.MARK}` marks a task accuracy that is not significantly above chance in at least one "
+                  f"seed ({test['test']}, p >= {test['alpha']}):", "",
+                  "| Method | Seed | Task | Acc (%) | Test images | Classes | Chance (%) | p |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {c['method']} | {'–' if c['seed'] is None else c['seed']} | {c['task']} | "
+                  f"{100 * c['accuracy']:.1f} | {c['n']} | {c['classes']} | {100 * c['chance']:.1f} | "
+                  f"{c['p_value']:.2g} |" for c in cells]
+    for u in untested:
+        seed = "" if u["seed"] is None else f" (seed {u['seed']})"
+        lines += ["", f"Chance test not possible for {u['method']}{seed}: {u['reason']}."]
+    return lines
+
+
 def _memory_digits(results: dict) -> int:
     sizes = [mean(d["memory_bytes"]["total"]) / MIB for d in results["methods"].values()]
     return 1 if min(sizes) >= 10 else 3
@@ -248,12 +295,15 @@ def markdown(results: dict) -> str:
              "| Method | " + " | ".join(tasks) + " | Avg Acc (%) | Forgetting (%) | BWT (%) | Memory (MiB) | "
              "Train time (s) |",
              "|---|" + "---:|" * (len(tasks) + 5)]
+    at_chance = {(c["method"], c["task"]) for c in results.get("chance", {}).get("flagged", [])}
     for name, doc in results["methods"].items():
         final = doc["acc_matrix"][-1]
-        cells = [_fmt(a, 100) for a in final] + [_fmt(doc["final_avg_acc"], 100), _fmt(doc["forgetting"], 100),
+        cells = [chance.mark(_fmt(a, 100), (name, t) in at_chance) for t, a in zip(tasks, final, strict=True)]
+        cells += [_fmt(doc["final_avg_acc"], 100), _fmt(doc["forgetting"], 100),
                                                  _fmt(doc["bwt"], 100), _fmt(doc["memory_bytes"]["total"], 1 / MIB,
                                                                              digits), _fmt(doc["train_seconds"])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += chance_lines(results)
     lines += ["", "## Per seed (appendix tables)", "", "| Method | Seed | Avg Acc (%) | Memory (MiB) |",
               "|---|---|---:|---:|"]
     for name, doc in results["methods"].items():
@@ -288,4 +338,10 @@ def log(tracker, results: dict, out: Path) -> None:
             if is_number(std(value)):
                 metrics[f"report.{name}.{key}_std"] = std(value) / (MIB if key == "memory_mib" else 1)
     tracker.log_metrics(metrics)
+    tracker.set_tags({"chance_tasks": chance_tag(chance_cells(results))})
 
+
+def chance_tag(cells: list[chance.Cell], limit: int = 5000) -> str:
+    """The flagged cells as one MLflow tag value (method/seed<S>/task, comma-separated; cut to MLflow's limit)."""
+    text = ",".join(c.label for c in cells)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

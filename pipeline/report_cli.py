@@ -1,6 +1,9 @@
-"""`nws report (-c CONFIG | --dir runs/<name>) [--out DIR] [--runs-dir DIR] [--run-id ID | --no-track]
+"""`nws report (-c CONFIG | --dir runs/<name>) [--out DIR] [--runs-dir DIR] [--run-id ID | --no-track] [--strict]
 [key.sub=value ...]`: the report of an experiment (pipeline.report), printed as a table and written to
 runs/<name>/report/ (results.json, results.md, plots/).
+
+A task accuracy that is not significantly above chance (incremental.chance) is marked `*` in the table and named in
+a WARNING line on stderr; with --strict it is an error: exit code 6, after the report is written and logged.
 
 The report is logged to an existing MLflow run: --run-id, else the pipeline's parent run ($NWS_MLFLOW_PARENT_RUN_ID,
 else parent_run_id of runs/<name>/pipeline.json); with none of them it is only written to disk.
@@ -29,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     track = p.add_mutually_exclusive_group()
     track.add_argument("--run-id", default=None, help="MLflow run to log the report to")
     track.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with code 6 when a task's accuracy is not significantly above chance in some seed")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (with -c)")
     p.set_defaults(func=run_cli)
 
@@ -62,6 +67,24 @@ def existing_run(run_id: str, runs_dir: Path):
         raise ValueError(f"MLflow run {run_id} not found in {tracking_uri(runs_dir)}") from None
 
 
+def warn_chance(results: dict, strict: bool) -> int:
+    """The WARNING lines of the flagged cells of a report (and of the runs that could not be tested); the exit
+    code: chance.EXIT_CODE under --strict when a cell is flagged, else 0."""
+    from incremental import chance
+    from pipeline.report import chance_cells
+
+    cells = chance_cells(results)
+    chance.warn(cells)
+    for u in (results.get("chance") or {}).get("not_tested", []):
+        seed = "" if u["seed"] is None else f" seed{u['seed']}"
+        print(f"WARNING: {u['method']}{seed}: chance test not possible: {u['reason']}", file=sys.stderr)
+    if cells and strict:
+        print(f"error: {len(cells)} task accuracies not above chance; --strict exits with {chance.EXIT_CODE}",
+              file=sys.stderr)
+        return chance.EXIT_CODE
+    return 0
+
+
 def run_cli(args) -> int:
     from pipeline.config import ConfigError, resolved, stage_config
     from pipeline.report import PLOTS, REPORT, RESULTS_MD, make_report
@@ -85,7 +108,7 @@ def run_cli(args) -> int:
     print((out / RESULTS_MD).read_text())
     print(f"report: {out / RESULTS_MD}, {out / 'results.json'}, {len(results['plots'])} plots in {out / PLOTS}")
     print(f"logged to MLflow run {run_id}" if tracker else "not logged to MLflow (no run id given or found)")
-    return 0
+    return warn_chance(results, args.strict)
 
 
 def main(argv: list[str] | None = None) -> int:

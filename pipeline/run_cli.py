@@ -1,10 +1,14 @@
-"""`nws pipeline run -c CONFIG [--seed S ...] [--only STAGE | --from STAGE] [--force] [key.sub=value ...]`
+"""`nws pipeline run -c CONFIG [--seed S ...] [--only STAGE | --from STAGE] [--force] [--strict] [key.sub=value ...]`
 (also `python -m pipeline run ...` and `make pipeline CONFIG=...`).
 
 Runs data -> pretrain -> incremental -> report for every seed of the config, skipping each stage whose resolved
 config and input files are unchanged since it last finished (stage.json in its folder). Outputs go to
 runs/<name>/: data/, seed<S>/{config.yaml, pretrain/, incremental/<method>/}, report/; MLflow to runs/mlflow.db
 (or $MLFLOW_TRACKING_URI), one parent run per pipeline folder with a child run per stage, seed and method.
+
+The results table at the end marks `*` a task accuracy that is not significantly above chance (incremental.chance)
+and names it in a WARNING line on stderr. Exit codes: 1 a stage failed, 2 bad input, 6 with --strict when a task is
+at chance (every stage ran and the report is written first).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="start", choices=STAGES, default=None, help="run this stage and those after it")
     p.add_argument("--force", action="store_true", help="rerun the selected stages even when up to date")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="outputs and the MLflow store (default runs)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with code 6 when a task's final accuracy is not significantly above chance (one-sided "
+                        "binomial test against 1/classes, p >= 0.01) in some seed")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=run_cli)
 
@@ -64,15 +71,41 @@ def run_cli(args) -> int:
     print(f"[pipeline] {len(ran)} stage(s) ran, {len(summary) - len(ran)} up to date")
     if "report" in summary:
         print_results(Path(summary["report"]["folder"]), args.runs_dir)
-    return 0
+    return chance_exit(summary, args.strict)
+
+
+def chance_exit(summary: dict, strict: bool) -> int:
+    """WARNING lines for the task accuracies at chance (from the report, else from the metrics.json files of the
+    incremental stages that were selected); chance.EXIT_CODE when there are some under --strict."""
+    from incremental import chance
+    from nws.io import read_json
+    from pipeline.report import RESULTS_JSON, SEED_DIR
+    from pipeline.report_cli import warn_chance
+
+    if "report" in summary:
+        return warn_chance(read_json(Path(summary["report"]["folder"]) / RESULTS_JSON), strict)
+    cells = []
+    for label, stage in summary.items():
+        folder = Path(stage["folder"])
+        seed = int(m.group(1)) if label.startswith("incremental") and (m := SEED_DIR.fullmatch(folder.parent.name)) \
+            else None
+        for path in sorted(folder.glob("*/metrics.json")) if label.startswith("incremental") else []:
+            cells += [c for c in chance.check_run(read_json(path), seed)[0] if c.flagged]
+    chance.warn(cells)
+    return chance.EXIT_CODE if cells and strict else 0
 
 
 def print_results(report: Path, runs_dir: Path) -> None:
-    """The results table of the report in `report`, where the report is, and how to browse the runs."""
+    """The results table of the report in `report` (a task at chance marked, with the legend), where the report is,
+    and how to browse the runs."""
+    from incremental.chance import LEGEND, MARK
+
     lines = (report / "results.md").read_text().splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     print("\n" + "\n".join(lines[start:end]))
+    if any(cell.strip().endswith(MARK) for line in lines[start:end] for cell in line.split("|")):
+        print(LEGEND)
     print(f"\nreport: {report / 'results.md'} (plots in {report / 'plots'}, numbers in {report / 'results.json'})")
     print("MLflow UI: make ui, then open http://127.0.0.1:5000 (or: python -m pipeline.ui --runs-dir "
           f"{runs_dir})")

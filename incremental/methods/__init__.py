@@ -26,6 +26,8 @@ import torch
 from torch import nn
 
 from data_prep.tasks import Task
+from incremental import schedule
+from incremental.schedule import TaskSchedule
 from pipeline.config import ConfigError, Section, validate
 
 
@@ -35,7 +37,11 @@ class NoOptions(Section):
 
 @dataclass
 class Context:
-    """What a method may read: the experiment config, the data and pretrain outputs, its own folder, the tasks."""
+    """What a method may read: the experiment config, the data and pretrain outputs, its own folder, the tasks, and
+    `schedule`: the resolved schedule (incremental.schedule.TaskSchedule: steps, epochs, steps_per_epoch, milestones
+    in steps, lr_factor(step), reach()) of the task being trained, set by the loop before `setup_task` of every task
+    it trains. A method derives its schedule-dependent settings from it, never from incremental.epochs/milestones,
+    which a step budget or min_steps may override per task; `schedule_for(t)` gives any task's."""
 
     cfg: Any  # the Experiment (sections name, seeds, data, model, pretrain, incremental)
     data_dir: Path
@@ -43,10 +49,15 @@ class Context:
     method_dir: Path
     tasks: list[Task]
     options: Section
+    schedule: TaskSchedule | None = None
 
     def task_dir(self, t: int) -> Path:
         """`<out>/<method>/task{t:02d}_<name>/`: the folder of task t's artifact."""
         return self.method_dir / f"task{t:02d}_{self.tasks[t].name}"
+
+    def schedule_for(self, t: int) -> TaskSchedule:
+        """Task t's schedule from its training-set size and the config (the one `schedule` holds while t trains)."""
+        return schedule.for_task(self, t)
 
 
 class Method(ABC):
@@ -83,7 +94,7 @@ class Method(ABC):
     def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         """The paper's common optimizer (§5.4: SGD, momentum, weight decay from the config); a method whose
         original recipe differs (SupSup, DST: Adam) may return its own. The loop scales every group's initial lr
-        by the epoch schedule."""
+        by the task's schedule (`ctx.schedule.lr_factor(step)`, set before every step)."""
         from incremental.train import sgd
 
         return sgd(groups, self.inc)

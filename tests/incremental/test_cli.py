@@ -4,6 +4,7 @@ import json
 
 import yaml
 
+from incremental.chance import LEGEND
 from incremental.cli import main
 from pipeline.cli import build_parser
 from tests.incremental.fixtures import DATA, MODEL
@@ -25,11 +26,43 @@ def test_nws_incremental_subcommand_is_registered():
 def test_cli_runs_a_method_with_overrides(digits, pretrained, tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml")
     rc = main(["-c", str(cfg), "--method", "finetune", "--data", str(digits), "--pretrain", str(pretrained),
-               "--out", str(tmp_path / "out"), "incremental.num_tasks=1"])
+               "--out", str(tmp_path / "out"), "--strict", "incremental.num_tasks=1", "incremental.epochs=2",
+               "incremental.milestones=[1]", "incremental.augment=false"])
+    # --strict: a healthy run passes (96-100% over seeds 0-2, above chance from 65.3% on; one epoch of 9 steps with
+    # augmentation leaves Finetune at 50.0%, and two at 60-78%: at or near chance)
     assert rc == 0
     doc = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
-    assert doc["tasks"] == ["task00"] and doc["epochs"] == 1
-    assert "finetune: final average accuracy" in capsys.readouterr().out
+    assert doc["tasks"] == ["task00"] and doc["epochs"] == 2
+    captured = capsys.readouterr()
+    assert "finetune: final average accuracy" in captured.out
+    row = next(line for line in captured.out.splitlines() if line.startswith("finetune "))
+    assert row.split()[1:] == [f"{100 * doc['acc_matrix'][0][0]:.1f}", f"{100 * doc['final_avg_acc']:.1f}"]
+    assert LEGEND not in captured.out and "WARNING" not in captured.err
+
+
+def test_a_task_at_chance_is_marked_and_fails_with_strict(digits, pretrained, tmp_path, capsys, monkeypatch):
+    """The Sabotaged finetune of test_loop (its stored head predicts one class) through the command line: the table
+    marks both tasks, stderr names them, and --strict exits with 6 after everything is written."""
+    import incremental.methods as methods_module
+    from tests.incremental.test_loop import Sabotaged
+
+    real_get = methods_module.get_method
+    monkeypatch.setattr(methods_module, "get_method", lambda name: Sabotaged if name == "finetune" else real_get(name))
+    cfg = write_config(tmp_path / "c.yaml", max_steps_per_epoch=2)
+    args = ["-c", str(cfg), "--method", "finetune", "--data", str(digits), "--pretrain", str(pretrained),
+            "--out", str(tmp_path / "out")]
+    assert main(args + ["--strict"]) == 6
+    doc = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
+    captured = capsys.readouterr()
+    marked = [f"{100 * a:.1f}*" for a in doc["acc_matrix"][-1]]
+    assert next(line for line in captured.out.splitlines() if line.startswith("finetune ")).split()[1:3] == marked
+    assert LEGEND in captured.out
+    for task in ("task00", "task01"):
+        assert f"WARNING: finetune {task}: " in captured.err
+    assert "--strict exits with 6" in captured.err
+    assert main(args) == 0  # without --strict: marked and warned only (the finished run is not redone)
+    captured = capsys.readouterr()
+    assert LEGEND in captured.out and "WARNING: finetune task01: " in captured.err
 
 
 def test_cli_errors_are_clear(digits, pretrained, tmp_path, capsys):

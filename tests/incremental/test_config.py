@@ -1,10 +1,12 @@
-"""The incremental section: paper defaults, strict keys, per-method options validated by the method's schema."""
+"""The incremental section: paper defaults, strict keys, per-method options validated by the method's schema, and
+the task budget (issue 14): epochs or steps, an opt-in min_steps, milestones as epochs or fractions."""
 
 import pytest
 
-from incremental.config import IncrementalConfig
+from incremental.config import RESUME_NEUTRAL, IncrementalConfig
+from incremental.loop import run_hash
 from incremental.methods import available, get_method, make_method
-from pipeline.config import ConfigError, experiment_schema, validate
+from pipeline.config import ConfigError, config_hash, experiment_schema, resolved, validate
 from tests.incremental.fixtures import make_config
 
 
@@ -36,3 +38,39 @@ def test_method_options_are_validated_by_the_method(tmp_path):
     cfg = make_config(options={"finetune": {"nonsense": 1}})
     with pytest.raises(ConfigError, match="incremental.options.finetune.*nonsense"):
         make_method("finetune", cfg, tmp_path, tmp_path, tmp_path / "out", [])
+
+
+def test_budget_keys_are_opt_in_so_stored_runs_keep_their_hash():
+    """`steps` and `min_steps` left at their defaults are not in the resolved config: a config written before they
+    existed hashes as it did (hashes computed with the incremental section of before issue 14)."""
+    assert config_hash(resolved(IncrementalConfig())) == "1d9b0a3a694a5102"
+    old = IncrementalConfig(epochs=2, milestones=[1], max_steps_per_epoch=3, lr=0.05)
+    assert config_hash(resolved(old)) == "535d0751b0adf8d9"
+    assert {"steps", "min_steps"}.isdisjoint(resolved(old))
+    raised = IncrementalConfig(epochs=2, milestones=[1], max_steps_per_epoch=3, lr=0.05, min_steps=50)
+    assert resolved(raised)["min_steps"] == 50 and validate(IncrementalConfig, resolved(raised)) == raised
+    assert run_hash(make_config(min_steps=50), "finetune") != run_hash(make_config(), "finetune")
+    assert not {"steps", "min_steps", "epochs", "milestones"} & set(RESUME_NEUTRAL)  # they change what is trained
+
+
+def test_a_step_budget_replaces_the_epochs_and_takes_fractional_milestones():
+    inc = validate(experiment_schema(), {"incremental": {"steps": 500}}).incremental
+    assert (inc.epochs, inc.steps, inc.milestones) == (None, 500, [0.5, 0.8])  # the paper's shape, §5.4
+    assert validate(IncrementalConfig, resolved(inc)) == inc  # the saved config loads back to the same budget
+    fractions = validate(experiment_schema(), {"incremental": {"epochs": 6, "milestones": [0.5, 0.8]}}).incremental
+    assert fractions.milestones == [0.5, 0.8] and isinstance(fractions.milestones[0], float)
+    with pytest.raises(ValueError, match="epoch milestones"):
+        fractions.lr_factor(3)  # the per-epoch factor cannot express a fraction: ctx.schedule can
+
+
+@pytest.mark.parametrize("incremental,message", [
+    ({"steps": 500, "epochs": 6}, "epochs or as steps, not both"),
+    ({"steps": 500, "milestones": [50, 80]}, "are epochs, but the budget is incremental.steps"),
+    ({"milestones": [1, 0.5]}, "all epochs .integers. or all fractions"),
+    ({"milestones": [50.0]}, r"fractional milestones must lie in \(0, 1\)"),
+    ({"epochs": None}, "no budget"),
+    ({"min_steps": -1}, "incremental.min_steps: Input should be greater than or equal to 0"),
+])
+def test_a_bad_budget_is_refused_naming_it(incremental, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(experiment_schema(), {"incremental": incremental})

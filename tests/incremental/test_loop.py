@@ -163,7 +163,37 @@ def test_another_configuration_in_the_same_folder_is_refused(digits, pretrained,
         run(make_config(num_tasks=1, lr=0.2), digits, pretrained, tmp_path / "o", methods=["finetune"])
 
 
-def test_mlflow_child_run_per_method(digits, pretrained, tmp_path, monkeypatch):
+def test_a_method_at_chance_is_flagged_in_metrics_stderr_and_mlflow(digits, pretrained, tmp_path, monkeypatch,
+                                                                   capsys):
+    """Sabotaged's stored head predicts one class: its accuracy is that class's share, chance on two balanced
+    classes. metrics.json carries each task's test-set size and class count and the flagged tasks, stderr names
+    method and task, and the method's MLflow run gets the tag chance_tasks."""
+    from mlflow.tracking import MlflowClient
+
+    from data_prep.loaders import make_loader
+    from incremental.chance import binomial_p
+    from pipeline.tracking import PARENT_ENV, tracking_uri
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    real_get = methods_module.get_method
+    monkeypatch.setattr(methods_module, "get_method", lambda name: Sabotaged if name == "finetune" else real_get(name))
+    cfg = make_config(num_tasks=2, epochs=1, milestones=[], max_steps_per_epoch=2, track=True)
+    doc = run(cfg, digits, pretrained, tmp_path / "o", methods=["finetune"], runs_dir=tmp_path / "runs")["finetune"]
+    err = capsys.readouterr().err
+    assert doc == json.loads((tmp_path / "o" / "finetune" / "metrics.json").read_text())
+    sizes = [sum(len(y) for _, y in make_loader(digits / t, "test", "memory", batch_size=500)) for t in doc["tasks"]]
+    assert doc["test_samples"] == sizes and doc["task_classes"] == [2, 2]
+    assert doc["chance"]["flagged"] == ["task00", "task01"]
+    for t, task in enumerate(doc["tasks"]):
+        acc, n = doc["acc_matrix"][1][t], sizes[t]
+        assert doc["chance"]["p_values"][t] == pytest.approx(binomial_p(round(acc * n), n, 2))
+        assert f"WARNING: finetune {task}: {100 * acc:.1f}% on {n} test images is not above chance (50.0%, " \
+               f"binomial p=" in err
+    tags = MlflowClient(tracking_uri(tmp_path / "runs")).get_run(doc["mlflow_run_id"]).data.tags
+    assert tags["chance_tasks"] == "task00,task01"
+
+
+def test_mlflow_child_run_per_method(digits, pretrained, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
     from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
@@ -181,6 +211,9 @@ def test_mlflow_child_run_per_method(digits, pretrained, tmp_path, monkeypatch):
     assert child.data.metrics["final_avg_acc"] == pytest.approx(doc["final_avg_acc"])
     paths = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"metrics.json", "task00_task00", "task01_task01"} <= paths
+    # a healthy run: nothing at chance, an empty tag, no warning
+    assert doc["chance"]["flagged"] == [] and child.data.tags["chance_tasks"] == ""
+    assert "WARNING" not in capsys.readouterr().err
 
 
 def test_bf16_autocast_run(digits, pretrained, tmp_path):

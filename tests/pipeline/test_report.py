@@ -11,11 +11,18 @@ import torch
 import yaml
 from PIL import Image
 
+import incremental.methods as methods_module
+from incremental.chance import LEGEND, NO_SIZES, binomial_p
+from incremental.loop import run
 from incremental.stored import task_files
 from nws.memory import MIB
 from pipeline.cli import main as nws_main
+from pipeline.config import resolved
 from pipeline.report import make_report
+from tests import margin
 from tests.conftest import THREADS
+from tests.incremental.fixtures import make_config
+from tests.incremental.test_loop import Sabotaged
 from tests.pipeline.fixtures import make_experiment
 
 METHODS = ("nws", "finetune")
@@ -101,8 +108,12 @@ def test_results_md_is_the_papers_table(experiment, reported):
         docs = metrics(experiment, method)
         row = next(line for line in lines if line.startswith(f"| {method} | ") and "±" in line)
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
-        assert cells == [cell([d["acc_matrix"][1][0] for d in docs], 100), cell([d["acc_matrix"][1][1] for d in docs],
-                                                                                  100),
+        # a task cell is marked * when the accuracy of some seed is not significantly above chance (p >= 0.01;
+        # these runs train 3 steps, so some are)
+        at_chance = [any(binomial_p(round(d["acc_matrix"][1][t] * d["test_samples"][t]), d["test_samples"][t], 2)
+                         >= 0.01 for d in docs) for t in range(2)]
+        assert cells == [cell([d["acc_matrix"][1][t] for d in docs], 100) + ("*" if at_chance[t] else "")
+                         for t in range(2)] + [
                          cell([d["final_avg_acc"] for d in docs], 100), cell([d["forgetting"] for d in docs], 100),
                          cell([d["bwt"] for d in docs], 100),
                          cell([d["memory_bytes"]["total"] for d in docs], 1 / MIB, 3),
@@ -175,6 +186,8 @@ def test_report_is_logged_to_an_mlflow_run(experiment, tmp_path, monkeypatch):
     plots = {a.path for a in client.list_artifacts(parent.run_id, "report/plots")}
     assert plots == {f"report/{p}" for p in results["plots"]}
     assert client.get_run(parent.run_id).info.status == "RUNNING"  # the pipeline's run is not ended by the report
+    assert client.get_run(parent.run_id).data.tags["chance_tasks"] == ",".join(
+        f"{c['method']}/seed{c['seed']}/{c['task']}" for c in results["chance"]["flagged"])
 
 
 def test_nws_report_command(experiment, tmp_path, capsys):
@@ -260,3 +273,107 @@ def test_task_inference_results_are_reported(experiment, tmp_path):
     assert cell([f["inference_acc"] for f in found], 100) in row
     for s in SEEDS:  # leave the shared folders as the other tests saw them
         (experiment / f"seed{s}" / "incremental" / "nws" / "task_inference.json").unlink()
+
+
+@pytest.fixture(scope="module")
+def chance_experiment(experiment, tmp_path_factory):
+    """Finetune on the same data and pretrain outputs, two seeds: seed 0 trained well above chance (2 epochs, no
+    augmentation: 96-100% per task), seed 1 the Sabotaged Finetune of test_loop (its stored head predicts one class:
+    chance on two balanced classes)."""
+    root, out = experiment.parent.parent, tmp_path_factory.mktemp("chance") / "t"
+    base = make_config(num_tasks=2, epochs=2, milestones=[1], augment=False, methods=["finetune"])
+    real_get = methods_module.get_method
+    for seed in SEEDS:
+        cfg = base.model_copy(update={"seeds": [seed]})
+        with pytest.MonkeyPatch.context() as mp:
+            if seed == 1:
+                mp.setattr(methods_module, "get_method", lambda n: Sabotaged if n == "finetune" else real_get(n))
+            run(cfg, root / "data", root / "pretrain", out / f"seed{seed}" / "incremental")
+        (out / f"seed{seed}" / "config.yaml").write_text(yaml.safe_dump(resolved(cfg), sort_keys=False))
+    return out
+
+
+def test_a_method_at_chance_is_flagged_in_the_report(chance_experiment, tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    parent = start_run("t", "pipeline")
+    (chance_experiment / "pipeline.json").write_text(json.dumps({"parent_run_id": parent.run_id}))
+    assert nws_main(["report", "--dir", str(chance_experiment), "--out", str(tmp_path / "r"), "--strict"]) == 6
+    captured = capsys.readouterr()
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    sabotaged = json.loads((chance_experiment / "seed1" / "incremental" / "finetune" / "metrics.json").read_text())
+    flagged = results["chance"]["flagged"]
+    assert [(c["method"], c["seed"], c["task"]) for c in flagged] == [("finetune", 1, "task00"),
+                                                                       ("finetune", 1, "task01")]  # not seed 0
+    assert results["chance"]["not_tested"] == [] and results["chance"]["alpha"] == 0.01
+    for c, acc, n in zip(flagged, sabotaged["acc_matrix"][-1], sabotaged["test_samples"], strict=True):
+        assert (c["accuracy"], c["n"], c["classes"], c["chance"]) == (acc, n, 2, 0.5)
+        assert c["p_value"] == pytest.approx(binomial_p(round(acc * n), n, 2)) and c["p_value"] >= 0.01
+        assert f"WARNING: finetune seed1 {c['task']}: {100 * acc:.1f}% on {n} test images is not above chance " \
+               f"(50.0%, binomial p={c['p_value']:.2g})" in captured.err
+        assert f"| finetune | 1 | {c['task']} | {100 * acc:.1f} | {n} | 2 | 50.0 | {c['p_value']:.2g} |" \
+            in captured.out  # results.md's list of the flagged cells, printed
+    assert "--strict exits with 6" in captured.err
+    row = next(line for line in (tmp_path / "r" / "results.md").read_text().splitlines()
+               if line.startswith("| finetune | ") and "±" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1].endswith("*") and cells[2].endswith("*") and not cells[3].endswith("*")  # tasks, not Avg
+    tags = MlflowClient(tracking_uri()).get_run(parent.run_id).data.tags
+    assert tags["chance_tasks"] == "finetune/seed1/task00,finetune/seed1/task01"
+    # without --strict: the same report, exit 0
+    assert nws_main(["report", "--dir", str(chance_experiment), "--out", str(tmp_path / "r"), "--no-track"]) == 0
+    assert "WARNING: finetune seed1 task00" in capsys.readouterr().err
+
+
+def test_a_healthy_run_is_not_flagged(chance_experiment, tmp_path, capsys):
+    shutil.copytree(chance_experiment / "seed0", tmp_path / "x" / "seed0")
+    assert nws_main(["report", "--dir", str(tmp_path / "x"), "--no-track", "--strict"]) == 0
+    captured = capsys.readouterr()
+    results = json.loads((tmp_path / "x" / "report" / "results.json").read_text())
+    assert results["chance"]["flagged"] == [] and results["chance"]["not_tested"] == []
+    assert "WARNING" not in captured.err and "*" not in (tmp_path / "x" / "report" / "results.md").read_text()
+    for acc in results["methods"]["finetune"]["acc_matrix"][-1]:  # the test passes from 47/72 = 65.3% on
+        margin.above("healthy finetune task accuracy", acc, 0.66)
+
+
+def test_an_old_metrics_json_without_test_sizes_is_reported_as_not_tested(chance_experiment, tmp_path, capsys):
+    shutil.copytree(chance_experiment / "seed1", tmp_path / "x" / "seed1")
+    path = tmp_path / "x" / "seed1" / "incremental" / "finetune" / "metrics.json"
+    doc = json.loads(path.read_text())
+    for key in ("test_samples", "task_classes", "chance"):  # as written before these fields existed
+        del doc[key]
+    path.write_text(json.dumps(doc))
+    assert nws_main(["report", "--dir", str(tmp_path / "x"), "--no-track", "--strict"]) == 0
+    results = json.loads((tmp_path / "x" / "report" / "results.json").read_text())
+    assert results["chance"] == {**results["chance"], "flagged": [],
+                                 "not_tested": [{"method": "finetune", "seed": 1, "reason": NO_SIZES}]}
+    assert f"Chance test not possible for finetune (seed 1): {NO_SIZES}." in \
+        (tmp_path / "x" / "report" / "results.md").read_text()
+    assert "WARNING: finetune seed1: chance test not possible" in capsys.readouterr().err
+
+
+def test_nws_pipeline_run_marks_and_fails_with_strict(chance_experiment, tmp_path, monkeypatch, capsys):
+    """The end of `nws pipeline run` (`make demo`): the results table with the marks and the legend, the WARNING
+    lines, and --strict's exit code; from the report, or from the incremental stage's metrics.json when the
+    report stage was not selected. The stages themselves are those of a real run (the report of the
+    chance experiment), so run_pipeline is replaced by the summary it returns."""
+    import pipeline.runner
+
+    make_report(chance_experiment, tmp_path / "report")
+    summaries = {"report": {"report": {"status": "ran", "folder": str(tmp_path / "report")}},
+                 "incremental": {"incremental (seed 1)": {"status": "skipped",
+                                                          "folder": str(chance_experiment / "seed1" / "incremental")}}}
+    for kind, summary in summaries.items():
+        monkeypatch.setattr(pipeline.runner, "run_pipeline", lambda *a, summary=summary, **k: summary)
+        args = ["pipeline", "run", "-c", "unused.yaml", "--runs-dir", str(tmp_path)]
+        assert nws_main(args + ["--strict"]) == 6, kind
+        captured = capsys.readouterr()
+        for task in ("task00", "task01"):
+            assert f"WARNING: finetune seed1 {task}: " in captured.err
+        assert nws_main(args) == 0
+        if kind == "report":  # the table: seed 1 at chance marks both task cells of the mean ± std row
+            row = next(line for line in captured.out.splitlines() if line.startswith("| finetune |"))
+            assert row.count("* |") == 2 and LEGEND in captured.out
