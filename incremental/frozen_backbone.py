@@ -9,10 +9,16 @@ What is shared and what is per task:
 
 During training the mask is a `torch.nn.utils.parametrize` parametrization of each conv's `weight`, so the frozen
 tensor is never in an optimizer; the rebuilt model is a plain network whose conv weights are W_eff.
+
+BatchNorm statistics: after the last epoch the running statistics are re-estimated over the task's training data with
+the final masks (incremental.bn_stats), so the stored statistics belong to the stored masks. The moving averages of
+training lag behind the masks, which on a short schedule change most near the end (entries cross their threshold
+together; incremental.mask_schedule scales the lrs so that they can cross early).
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +26,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from incremental import mask_schedule
 from incremental.backbone import check_plain, load_plain
+from incremental.bn_stats import recalibrate_task
 from incremental.methods import Method
 from incremental.stored import is_sealed
 from nws.artifact import ArtifactError
@@ -137,8 +145,23 @@ def rebuild_net(ctx, t: int, folder: Path, scales: dict[str, torch.Tensor], sour
 
 
 class MaskMethod(Method):
-    """What Piggyback and KSM share: the frozen backbone stored once for all tasks, and the official mask code's
-    Adam over the masks, BatchNorm and head, each with its lr (options lr_mask, lr_bn, lr_head)."""
+    """What Piggyback and KSM share: the frozen backbone stored once for all tasks, the official mask code's Adam
+    over the masks, BatchNorm and head, each with its lr (options lr_mask, lr_bn, lr_head), and BatchNorm statistics
+    re-estimated for the final masks (option bn_batches). A subclass says what mask a conv gets (`make_mask`)."""
+
+    task = -1  # the task set up last
+
+    @abstractmethod
+    def make_mask(self, conv: nn.Conv2d) -> nn.Module:
+        """The parametrization (holding the trainable mask) of one masked conv's weight."""
+
+    def setup_task(self, t: int) -> nn.Module:
+        self.task = t
+        return attach(start_net(self.ctx, t), self.make_mask)
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> None:
+        if epoch + 1 == self.inc.epochs:
+            recalibrate_task(model, self.ctx, self.task, self.opts.bn_batches)
 
     def prepare(self) -> None:
         prepare_backbone(self.ctx, lambda t: is_sealed(self.ctx.task_dir(t)))
@@ -146,9 +169,16 @@ class MaskMethod(Method):
     def shared_files(self) -> dict[str, list[Path]]:
         return {"backbone": [backbone_path(self.ctx)]}
 
-    def param_groups(self, model: nn.Module) -> list[dict]:
+    def lr_scale(self, t: int) -> float:
+        """The factor on every lr of task t that lets its masks cross their threshold within the schedule
+        (incremental.mask_schedule; option min_travel, 0 = the lrs as given)."""
         opts = self.opts
-        return param_groups(model, opts.lr_mask, opts.lr_bn or opts.lr_mask, opts.lr_head)
+        return mask_schedule.lr_scale(opts.lr_mask, opts.mask_init - opts.threshold,
+                                      mask_schedule.reach(self.ctx, t), opts.min_travel)
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        opts, scale = self.opts, self.lr_scale(self.task)
+        return param_groups(model, scale * opts.lr_mask, scale * (opts.lr_bn or opts.lr_mask), scale * opts.lr_head)
 
     def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
-        return torch.optim.Adam(groups, lr=self.opts.lr_mask, weight_decay=0.0)
+        return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=0.0)

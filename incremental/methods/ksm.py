@@ -7,9 +7,13 @@
   not offered here); soft: a = m·(1 − hard) (no gradient), min-max normalised over the layer's a (the entries with
   a = 0, hard kernels included, stay 0); mask = hard + 0.5·a, so 1 on hard kernels and in [0, 0.5] elsewhere;
   W_eff = mask ⊙ W broadcast over the k×k kernel.
-- BatchNorm: per task, trained with the masks (official `train_bn` default True) and stored. The head is new per task.
+- BatchNorm: per task, trained with the masks (official `train_bn` default True) and stored, its running statistics
+  re-estimated for the final masks after the last epoch (incremental.frozen_backbone). The head is new per task.
 - Optimizer: Adam, lr 2e-4 for the masks and BN (one official optimizer) and 2e-4 for the head, no weight decay.
-  The official cosine schedule (hard-coded 30-epoch horizon) is replaced by the loop's milestones.
+  The official cosine schedule (hard-coded 30-epoch horizon) is replaced by the loop's milestones. A schedule too
+  short for a mask entry to travel `min_travel` (4) times mask_init − threshold at these lrs gets all of them
+  scaled up by one factor (incremental.mask_schedule: at the official lr no kernel turns soft in fewer than 25
+  steps); thousands of steps keep them exactly.
 - Stored per task: `kernel_masks.safetensors`, the hard part at 1 bit per kernel (incremental.masks);
   `soft.safetensors`, the soft values of the kernels whose hard bit is 0 only (row-major order), at `soft_dtype`
   (float32 by default: the official code's precision, so the rebuilt model is the trained one exactly; float16 halves
@@ -28,6 +32,8 @@ from safetensors import safe_open
 from torch import nn
 
 from incremental import frozen_backbone as fb
+from incremental.bn_stats import DEFAULT_BATCHES
+from incremental.mask_schedule import MIN_TRAVEL
 from incremental.masks import load_masks, save_masks
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors
@@ -48,6 +54,10 @@ class KSMOptions(Section):
     lr_bn: float | None = Field(None, gt=0)  # None: lr_mask
     lr_head: float = Field(2e-4, gt=0)
     soft_dtype: Literal["float32", "float16"] = "float32"
+    bn_batches: int = Field(DEFAULT_BATCHES, ge=0)  # batches that re-estimate BN statistics at the end; 0 = none
+    # threshold gaps (mask_init - threshold) a mask entry must be able to travel over the schedule; short schedules
+    # scale every lr up to allow it (incremental.mask_schedule); 0 = the lrs exactly as given
+    min_travel: float = Field(MIN_TRAVEL, ge=0)
 
     @model_validator(mode="after")
     def _check(self):
@@ -123,8 +133,8 @@ class KSM(fb.MaskMethod):
     name = "ksm"
     Options = KSMOptions
 
-    def setup_task(self, t: int) -> nn.Module:
-        return fb.attach(fb.start_net(self.ctx, t), lambda conv: KernelMask(conv.weight.shape, self.opts))
+    def make_mask(self, conv: nn.Conv2d) -> nn.Module:
+        return KernelMask(conv.weight.shape, self.opts)
 
     def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
         meta = {"task": self.ctx.tasks[t].name, "num_classes": str(self.ctx.tasks[t].num_classes)}
@@ -154,13 +164,14 @@ class KSM(fb.MaskMethod):
                 "soft_dtype": load_metadata(folder / SOFT).get("soft_dtype"), "mask_bytes": mask_bytes,
                 "soft_bytes": soft_bytes, "state_bytes": (folder / fb.STATE).stat().st_size,
                 "bits_per_kernel": 8 * (mask_bytes + soft_bytes) / kernels,
-                "bits_per_weight": 8 * (mask_bytes + soft_bytes) / weights,
+                "bits_per_weight": 8 * (mask_bytes + soft_bytes) / weights, "lr_scale": self.lr_scale(t),
                 "layer_soft_fraction": {name: float((~m).float().mean()) for name, m in hard.items()}}
 
     def run_report(self, reports: list[dict]) -> dict:
         kernels = sum(r["kernels"] for r in reports)
         stored = sum(r["mask_bytes"] + r["soft_bytes"] for r in reports)
         return {"soft_fraction_per_task": [r["soft_fraction"] for r in reports],
+                "lr_scale_per_task": [r["lr_scale"] for r in reports],
                 "bits_per_kernel": 8 * stored / max(kernels, 1),
                 "bits_per_weight": 8 * stored / max(sum(r["weights"] for r in reports), 1),
                 "layer_soft_fraction": {name: [r["layer_soft_fraction"].get(name) for r in reports]

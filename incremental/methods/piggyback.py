@@ -5,10 +5,13 @@
   (official `--mask_init 1s --mask_scale 1e-2`); the forward uses W ⊙ 1[m > threshold] (official
   DEFAULT_THRESHOLD 5e-3, the binarizer) and the backward passes the gradient straight through to m.
 - BatchNorm: per task, trained from the pretrained statistics and stored in the artifact (the official
-  `--train_bn`; without it the BN of the backbone would be shared and frozen). The head is new per task.
+  `--train_bn`; without it the BN of the backbone would be shared and frozen); its running statistics are
+  re-estimated for the final masks after the last epoch (incremental.frozen_backbone). The head is new per task.
 - Optimizer: Adam (official `--mask_adam`) with lr 1e-4 for the masks (and BN, which the official mask optimizer
   holds too) and 1e-4 for the head, no weight decay; the loop's milestones scale both (official: ×0.1 every 15 of
-  30 epochs, i.e. `incremental.milestones: [15]`).
+  30 epochs, i.e. `incremental.milestones: [15]`). A schedule too short for a mask entry to travel `min_travel`
+  (4) times mask_init − threshold at these lrs gets all of them scaled up by one factor (incremental.mask_schedule:
+  at the official lr nothing flips in fewer than 50 steps); thousands of steps keep them exactly.
 - Stored per task: `masks.safetensors`, 1 bit per masked weight (incremental.masks), and `state.safetensors`
   (BN + head). The rebuilt model is a plain network with conv weights W ⊙ mask.
 """
@@ -22,6 +25,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from incremental import frozen_backbone as fb
+from incremental.bn_stats import DEFAULT_BATCHES
+from incremental.mask_schedule import MIN_TRAVEL
 from incremental.masks import load_masks, save_masks
 from pipeline.config import Section
 
@@ -34,6 +39,10 @@ class PiggybackOptions(Section):
     lr_mask: float = Field(1e-4, gt=0)
     lr_bn: float | None = Field(None, gt=0)  # None: lr_mask
     lr_head: float = Field(1e-4, gt=0)
+    bn_batches: int = Field(DEFAULT_BATCHES, ge=0)  # batches that re-estimate BN statistics at the end; 0 = none
+    # threshold gaps (mask_init - threshold) a mask entry must be able to travel over the schedule; short schedules
+    # scale every lr up to allow it (incremental.mask_schedule); 0 = the lrs exactly as given
+    min_travel: float = Field(MIN_TRAVEL, ge=0)
 
     @model_validator(mode="after")
     def _check(self):
@@ -76,10 +85,8 @@ class Piggyback(fb.MaskMethod):
     name = "piggyback"
     Options = PiggybackOptions
 
-    def setup_task(self, t: int) -> nn.Module:
-        opts = self.opts
-        return fb.attach(fb.start_net(self.ctx, t),
-                         lambda conv: ElementMask(conv.weight.shape, opts.mask_init, opts.threshold))
+    def make_mask(self, conv: nn.Conv2d) -> nn.Module:
+        return ElementMask(conv.weight.shape, self.opts.mask_init, self.opts.threshold)
 
     def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
         meta = {"task": self.ctx.tasks[t].name, "num_classes": str(self.ctx.tasks[t].num_classes)}
@@ -104,11 +111,13 @@ class Piggyback(fb.MaskMethod):
         mask_bytes = (folder / MASKS).stat().st_size
         return {"weights": weights, "density": kept / weights, "mask_bytes": mask_bytes,
                 "state_bytes": (folder / fb.STATE).stat().st_size, "bits_per_weight": 8 * mask_bytes / weights,
+                "lr_scale": self.lr_scale(t),
                 "layer_density": {name: float(m.float().mean()) for name, m in masks.items()}}
 
     def run_report(self, reports: list[dict]) -> dict:
         weights = sum(r["weights"] for r in reports)
         return {"density_per_task": [r["density"] for r in reports],
+                "lr_scale_per_task": [r["lr_scale"] for r in reports],
                 "bits_per_weight": 8 * sum(r["mask_bytes"] for r in reports) / max(weights, 1),
                 "layer_density": {name: [r["layer_density"].get(name) for r in reports]
                                   for name in (reports[0]["layer_density"] if reports else {})}}

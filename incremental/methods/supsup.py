@@ -10,11 +10,17 @@
   (the official `--sparsity` under `--er-sparsity`, swept over 1..32, higher = denser), or `uniform` k = `density`.
 - BatchNorm per task (the official MultitaskNonAffineBN, the fix of supsup issue #11): running statistics are
   learned and stored per task; the affine parameters stay frozen (1/0 = non-affine for signed-constant weights,
-  the backbone's for backbone weights).
+  the backbone's for backbone weights). Before the task is stored its running statistics are recomputed for the
+  final masks over the task's training split (`recalibrate_bn`, incremental.bn_recal_supsup_dst): the running
+  averages of training start from mean 0 / var 1 and follow masks that change every step, and after 18 steps
+  (the demo at 2 epochs) layer4's running variance was 6-12x the final network's, every stored task at chance
+  (50.0%) while the same masks with these statistics gave 72-100%.
 - Head: masked like every other layer over frozen head weights (official: the GEMResNet head is a masked 1×1 conv;
   task t uses the first C_t rows), or a trained float head per task (`head: float`).
 - Optimizer: the official Adam (lr 1e-3, weight decay 1e-4 on the scores) with CosineAnnealingLR over the epochs
-  (`schedule: cosine`, which replaces incremental.milestones) or the loop's step schedule (`schedule: loop`).
+  (`schedule: cosine`, which replaces incremental.milestones) or the loop's step schedule (`schedule: loop`). An
+  unset `lr` is raised on a schedule too short for Adam's steps of ~lr to move a score across its init range
+  (incremental.adam_reach: 7.4e-3 at 18 steps a task, 3.2e-3 at the demo's 54, 1e-3 on the official 250 epochs).
 - Task artifact: the masks bit-packed (incremental.masks) + the BN running statistics (+ the float head).
 """
 
@@ -32,7 +38,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from data_prep.loaders import derive_seed
+from incremental import adam_reach
 from incremental.backbone import check_plain
+from incremental.bn_recal_supsup_dst import recalibrate_task
 from incremental.masks import load_masks, packed_bytes, save_masks
 from incremental.methods import Method
 from incremental.stored import share_copy
@@ -45,6 +53,7 @@ SIGNS = "signs.safetensors"
 MASKS = "masks.safetensors"
 STATE = "state.safetensors"
 GAIN = math.sqrt(2.0)  # nn.init.calculate_gain("relu"), the official signed_constant gain
+OFFICIAL_LR = 1e-3
 
 
 class Options(Section):
@@ -53,9 +62,10 @@ class Options(Section):
     er_scale: float = Field(8.0, gt=0)  # s of the ER rule (official --sparsity with --er-sparsity)
     density: float = Field(0.5, gt=0, le=1)  # fraction kept in every layer under density_rule uniform
     head: Literal["mask", "float"] = "mask"
-    lr: float = Field(1e-3, gt=0)
+    lr: float | None = Field(None, gt=0)  # None: 1e-3 (official), raised on a short schedule (incremental.adam_reach)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "loop"] = "cosine"
+    recalibrate_bn: bool = True  # store BN statistics recomputed for the final masks (False: the running averages)
 
 
 def masked_layers(net: nn.Module) -> dict[str, nn.Module]:
@@ -129,7 +139,7 @@ class SupSup(Method):
     def __init__(self, ctx):
         super().__init__(ctx)
         self._optimizer: torch.optim.Optimizer | None = None
-        self._epoch = 0
+        self._epoch, self._task = 0, 0
 
     # ---- the frozen weights, stored once ----
     @property
@@ -189,7 +199,7 @@ class SupSup(Method):
 
     # ---- training ----
     def setup_task(self, t: int) -> nn.Module:
-        self._epoch = 0
+        self._epoch, self._task = 0, t
         net = self.ctx.cfg.model.build(self.ctx.tasks[t].num_classes)
         weights, bn = self.frozen(self.ctx.tasks[t].num_classes)
         if self.opts.head == "mask" and getattr(net.fc, "bias", None) is not None:
@@ -210,15 +220,27 @@ class SupSup(Method):
         return net
 
     def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
-        self._optimizer = torch.optim.Adam(groups, lr=self.opts.lr, weight_decay=self.opts.weight_decay)
+        self._optimizer = torch.optim.Adam(groups, lr=self.lr(self._task), weight_decay=self.opts.weight_decay)
         return self._optimizer
+
+    def lr(self, t: int) -> float:
+        """`lr` as given; unset, the official 1e-3 raised to what task t's schedule needs (incremental.adam_reach)."""
+        if self.opts.lr is not None:
+            return self.opts.lr
+        factor = adam_reach.cosine if self.opts.schedule == "cosine" else None
+        return adam_reach.adam_lr(OFFICIAL_LR, adam_reach.reach(self.ctx, t, factor))
 
     def before_step(self, model: nn.Module) -> None:
         """CosineAnnealingLR(T_max = epochs) stepped per epoch, as the official GG runs (replaces the milestones)."""
         if self.opts.schedule == "cosine" and self._optimizer is not None:
-            factor = 0.5 * (1 + math.cos(math.pi * self._epoch / self.inc.epochs))
+            factor = adam_reach.cosine(self._epoch, self.epochs())
             for g in self._optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * factor
+
+    def epochs(self) -> int:
+        """T_max: the epochs of the task being trained (the loop's resolved schedule when it provides one as
+        `ctx.schedule`: a step budget or a step floor sets them per task), else incremental.epochs."""
+        return adam_reach.epochs(self.ctx, self._task)
 
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
         self._epoch = epoch + 1
@@ -231,13 +253,15 @@ class SupSup(Method):
 
     # ---- the task artifact ----
     def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
+        if self.opts.recalibrate_bn:
+            recalibrate_task(model, self.ctx, t)  # the stored statistics are those of the stored masks
         masks, densities = {}, {}
         for name, layer in masked_layers(model).items():
             sm = supermask_of(layer)
             if sm is not None:
                 masks[name], densities[name] = sm.mask().cpu(), sm.density
         meta = {"task": self.ctx.tasks[t].name, "num_classes": str(self.ctx.tasks[t].num_classes),
-                "weights": self.opts.weights, "head": self.opts.head}
+                "weights": self.opts.weights, "head": self.opts.head, "lr": str(self.lr(t))}
         save_masks(folder / MASKS, masks, metadata={**meta, "densities": json.dumps(densities)})
         state = {}
         for name, m in batchnorms(model).items():
@@ -313,12 +337,14 @@ class SupSup(Method):
         ones = sum(int(m.sum()) for m in masks.values())
         return {"masked_weights": numel, "kept_weights": ones, "density": ones / max(numel, 1),
                 "mask_payload_bytes": packed_bytes(masks), "bits_per_weight": 8 * packed_bytes(masks) / max(numel, 1),
-                "layer_density": {name: float(m.float().mean()) for name, m in masks.items()}}
+                "layer_density": {name: float(m.float().mean()) for name, m in masks.items()},
+                "lr": float(lr) if (lr := load_metadata(folder / STATE).get("lr")) else None}  # None: not recorded
 
     def run_report(self, reports: list[dict]) -> dict:
         numel = sum(r["masked_weights"] for r in reports)
         return {"weights": self.opts.weights, "head": self.opts.head, "density_rule": self.opts.density_rule,
                 "er_scale": self.opts.er_scale, "density_per_task": [r["density"] for r in reports],
+                "lr_per_task": [r.get("lr") for r in reports],
                 "density": sum(r["kept_weights"] for r in reports) / max(numel, 1),
                 "bits_per_weight": 8 * sum(r["mask_payload_bytes"] for r in reports) / max(numel, 1)}
 

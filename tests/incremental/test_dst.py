@@ -250,3 +250,40 @@ def test_a_resumed_task_continues_identically(digits, pretrained, tmp_path):
         assert same_content(tmp_path / "a" / "dst" / "task01_task01" / name,
                             tmp_path / "b" / "dst" / "task01_task01" / name)
     assert resumed["acc_matrix"] == straight["acc_matrix"]
+
+
+@pytest.mark.parametrize("options,rounds", [({}, [5, 10, 15]), ({"update_frequency": 6}, [6, 12])])
+def test_prune_regrow_rounds_follow_the_task_length(digits, pretrained, tmp_path, options, rounds):
+    """Unset, update_frequency is ceil(steps / 4): three rounds on any task length (the official fixed 400 never
+    pruned within the demo's 18 or 54 steps); set, it is taken as given; never at the task's last step, after which
+    nothing regrown could train (make_config: 2 epochs of 9 steps = 18)."""
+    m = dst(digits, pretrained, tmp_path, density=0.3, **options)
+    model = m.setup_task(0)
+    assert m.total_steps == 18
+    last, moved = {n: v.clone() for n, v in m.masks.items()}, []
+
+    def check(model, step):
+        if any(not torch.equal(last[n], m.masks[n]) for n in last):
+            moved.append(step)
+        last.update({n: v.clone() for n, v in m.masks.items()})
+
+    train_steps(m, model, 0, 18, check)
+    assert moved == rounds
+    m.write_artifact(model, 0, m.ctx.task_dir(0))
+    assert m.task_report(0, m.ctx.task_dir(0))["update_frequency"] == rounds[0]
+
+
+@pytest.mark.parametrize("epochs,milestones,options,want", [
+    (2, [1], {}, 0.1 / (9 + 9 * 0.1)),  # 2 epochs of 9 steps, x0.1 from epoch 1: reach 9.9 steps
+    (40, [20, 30], {}, 1e-3),  # 360 steps, x0.1 at 50% and 75%: reach 190 steps, enough for 1e-3
+    (2, [1], {"lr": 3e-4}, 3e-4),  # an explicit lr is taken as given
+    (2, [1], {"optimizer": "sgd"}, 1e-3),  # the reach argument is Adam's: SGD keeps the official value
+])
+def test_unset_lr_follows_the_schedule(digits, pretrained, tmp_path, epochs, milestones, options, want):
+    """Adam moves a weight ~lr a step: an unset lr is the official 1e-3, raised to 0.1 / reach on a short schedule
+    (incremental.adam_reach), so a regrown weight (from 0) can reach the scale of the others within the task."""
+    m = method_for("dst", digits, pretrained, tmp_path, epochs=epochs, milestones=milestones, options={"dst": options})
+    model = m.setup_task(0)
+    assert m.make_optimizer(m.param_groups(model)).param_groups[0]["lr"] == pytest.approx(want)
+    m.write_artifact(model, 0, m.ctx.task_dir(0))
+    assert m.task_report(0, m.ctx.task_dir(0))["lr"] == pytest.approx(want)

@@ -19,7 +19,12 @@ from pipeline.config import ConfigError
 from tests import margin
 from tests.incremental.fixtures import make_config
 from tests.incremental.test_methods import method_for, sample_batch, train_a_little
-from tests.incremental.test_piggyback import check_resume_is_identical, payload_bytes, plain_convs
+from tests.incremental.test_piggyback import (
+    check_resume_is_identical,
+    check_short_schedule,
+    payload_bytes,
+    plain_convs,
+)
 
 REAL = [[0.01, 0.004, -0.002], [0.006, 0.0, 0.003], [0.02, -0.01, 0.005], [0.001, 0.007, 0.0049]]
 
@@ -150,3 +155,7 @@ def test_end_to_end_two_tasks(digits, pretrained, tmp_path):
 
 def test_a_resumed_task_continues_identically(digits, pretrained, tmp_path):
     check_resume_is_identical("ksm", (MASKS, SOFT, STATE), digits, pretrained, tmp_path)
+
+
+def test_official_lrs_learn_on_a_short_schedule(digits, pretrained, tmp_path):
+    check_short_schedule("ksm", digits, pretrained, tmp_path)

@@ -13,6 +13,8 @@ from incremental.masked_net import masked_params
 from incremental.methods.packnet import NETWORK, OWNERS, STATE, load_owners, save_owners
 from nws.io import load_tensors, save_tensors
 from pipeline.config import ConfigError
+from tests import margin
+from tests.incremental.bn_check import accuracy_with_fresh_statistics, assert_statistics_match_weights, method_of
 from tests.incremental.fixtures import make_config
 from tests.incremental.test_dst import Interrupt, payload_bytes, same_content, train_steps
 from tests.incremental.test_methods import method_for, sample_batch
@@ -125,7 +127,7 @@ def test_stored_bytes(digits, pretrained, tmp_path):
 
 def test_options_are_validated(digits, pretrained, tmp_path):
     for i, bad in enumerate(({"prune_perc": 1.0}, {"prune_perc": -0.1}, {"train_epochs": 0}, {"ratio": 0.5},
-                             {"train_epochs": 3})):
+                             {"train_epochs": 3}, {"bn": "eval"}, {"bn_batches": -1})):
         with pytest.raises(ConfigError, match="incremental.options.packnet"):
             packnet(digits, pretrained, tmp_path / str(i), **bad)
 
@@ -153,3 +155,37 @@ def test_packnet_end_to_end_and_resume(digits, pretrained, tmp_path):
     assert set(mem) == {"total", "network", "owners", "state", "metadata"}
     assert mem["network"] == (tmp_path / "b" / "packnet" / NETWORK).stat().st_size  # counted once
     assert mem["owners"] == (tmp_path / "b" / "packnet" / OWNERS).stat().st_size
+
+
+def test_short_schedule_stores_the_statistics_of_the_pruned_weights(digits, pretrained, tmp_path):
+    """Pruned (75%) after one epoch of 9 steps and retrained for one more, task 0's stored BN statistics are those of
+    its pruned weights re-estimated over its training data, so the stored model is as good as those weights are.
+    Before, the stored moving averages still described the unpruned network: 71% (chance 50%) where the same
+    weights with re-estimated statistics gave 100%."""
+    cfg = make_config(num_tasks=1, epochs=2)
+    doc = run(cfg, digits, pretrained, tmp_path, methods=["packnet"])["packnet"]
+    m = method_of("packnet", cfg, digits, pretrained, tmp_path)
+    assert_statistics_match_weights(m, 0)
+    stored, fresh = doc["acc_matrix"][0][0], accuracy_with_fresh_statistics(m, 0)
+    margin.above("packnet short schedule task 0 acc", stored, 0.9)
+    margin.below("packnet stored vs fresh-statistics acc gap", abs(stored - fresh), 0.05)
+
+
+def test_frozen_batchnorm_keeps_the_pretrained_batchnorm(digits, pretrained, tmp_path):
+    """bn: frozen (the official PackNet): BN computes with the pretrained statistics and affine parameters in
+    training too, trains nothing, and is stored unchanged with the head."""
+    m = packnet(digits, pretrained, tmp_path, bn="frozen", bn_batches=5)
+    model = m.setup_task(0)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "bn" in n or "downsample.1" in n)
+    x = sample_batch(m, 0)
+    with torch.no_grad():
+        assert torch.equal(model.train()(x), model.eval()(x))
+    model = train_task(m, 0, steps=3)
+    m.after_epoch(model, m.inc.epochs - 1)  # the last epoch: no re-estimation of frozen statistics
+    m.write_artifact(model, 0, m.ctx.task_dir(0))
+    plain = load_tensors(pretrained / "plain_backbone.safetensors")
+    state = load_tensors(m.ctx.task_dir(0) / STATE)
+    bn = [k for k in state if not k.startswith("fc.")]
+    assert bn and all(torch.equal(state[k], plain[k]) for k in bn)
+    assert not torch.equal(state["fc.weight"], model.fc.weight.detach() * 0)  # the head is the task's own
+    assert m.run_report([m.task_report(0, m.ctx.task_dir(0))])["bn"] == "frozen"

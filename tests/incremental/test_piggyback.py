@@ -9,6 +9,7 @@ import torch
 
 from incremental.frozen_backbone import STATE, masked_convs, original_weights
 from incremental.loop import run, task_list
+from incremental.mask_schedule import reach, steps_per_epoch
 from incremental.masks import load_masks, packed_bytes
 from incremental.methods import make_method
 from incremental.methods.piggyback import MASKS, ElementMask
@@ -16,6 +17,7 @@ from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors
 from pipeline.config import ConfigError
 from tests import margin
+from tests.incremental.bn_check import assert_statistics_match_weights, method_of
 from tests.incremental.fixtures import make_config
 from tests.incremental.test_methods import method_for, sample_batch, train_a_little
 
@@ -163,3 +165,40 @@ def check_resume_is_identical(name, files, digits, pretrained, tmp_path):
 
 def test_a_resumed_task_continues_identically(digits, pretrained, tmp_path):
     check_resume_is_identical("piggyback", (MASKS, STATE), digits, pretrained, tmp_path)
+
+
+def check_short_schedule(name, digits, pretrained, tmp_path):
+    """Two epochs of 9 steps (lr ×0.1 after the first) at the method's official lrs: the masks must be able to
+    cross their threshold (lrs scaled by the schedule's reach), and the stored BN statistics are those of the
+    final masks. Before, no mask entry moved more than a fifth of the way to its threshold and the head ~1%: the
+    stored tasks sat near chance (Piggyback 49%, KSM 50% on task 0)."""
+    cfg = make_config(num_tasks=1, epochs=2)
+    doc = run(cfg, digits, pretrained, tmp_path, methods=[name])[name]
+    m = method_of(name, cfg, digits, pretrained, tmp_path)
+    assert_statistics_match_weights(m, 0)
+    margin.above(f"{name} short schedule task 0 acc", doc["acc_matrix"][0][0], 0.9)
+    steps = reach(m.ctx, 0)
+    assert steps == pytest.approx(1.1 * steps_per_epoch(m.ctx, 0)) and steps_per_epoch(m.ctx, 0) >= 8
+    scale = doc["lr_scale_per_task"][0]
+    opts = m.opts  # the scaled mask lr lets an entry travel min_travel gaps, no more
+    assert scale * opts.lr_mask * steps == pytest.approx(opts.min_travel * (opts.mask_init - opts.threshold))
+
+
+def test_official_lrs_learn_on_a_short_schedule(digits, pretrained, tmp_path):
+    check_short_schedule("piggyback", digits, pretrained, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["piggyback", "ksm"])
+def test_long_schedules_keep_the_official_lrs(digits, pretrained, tmp_path, name):
+    """The paper's 100 epochs (×0.1 at 50 and 80): ~900 steps on a 2-digit task, lrs exactly as given; 2 epochs of
+    9 steps: one factor on every group, the same for the masks, BN and the head; min_travel 0: as given."""
+    long = method_for(name, digits, pretrained, tmp_path / "long", epochs=100, milestones=[50, 80])
+    groups = long.param_groups(long.setup_task(0))
+    assert [g["lr"] for g in groups] == [long.opts.lr_mask, long.opts.lr_mask, long.opts.lr_head]
+    short = method_for(name, digits, pretrained, tmp_path / "short", epochs=2, milestones=[1])
+    scale = short.lr_scale(0)
+    assert scale > 5
+    assert [g["lr"] for g in short.param_groups(short.setup_task(0))] == [
+        scale * short.opts.lr_mask, scale * short.opts.lr_mask, scale * short.opts.lr_head]
+    given = method_for(name, digits, pretrained, tmp_path / "given", epochs=2, options={name: {"min_travel": 0}})
+    assert given.lr_scale(0) == 1.0

@@ -176,7 +176,7 @@ def test_options_are_validated(digits, pretrained, tmp_path):
 
 
 def test_cosine_schedule_and_its_checkpoint(digits, pretrained, tmp_path):
-    m = supsup(digits, pretrained, tmp_path)  # make_config: 2 epochs
+    m = supsup(digits, pretrained, tmp_path, lr=1e-3)  # make_config: 2 epochs
     model = m.setup_task(0)
     opt = m.make_optimizer(m.param_groups(model))
     for g in opt.param_groups:
@@ -192,7 +192,7 @@ def test_cosine_schedule_and_its_checkpoint(digits, pretrained, tmp_path):
 
 
 def test_end_to_end_two_tasks(digits, pretrained, tmp_path):
-    # 3 short epochs: ~27 steps, enough for the fresh per-task BatchNorm statistics (momentum 0.1) to settle
+    # 3 short epochs: ~27 steps (the stored BatchNorm statistics are recomputed for the final masks either way)
     cfg = make_config(num_tasks=2, epochs=3, milestones=[], max_steps_per_epoch=12,
                       options={"supsup": {"er_scale": 16}})
     doc = run(cfg, digits, pretrained, tmp_path / "out", methods=["supsup"])["supsup"]
@@ -205,3 +205,20 @@ def test_end_to_end_two_tasks(digits, pretrained, tmp_path):
     assert mem["frozen_weights"] == (folder / SIGNS).stat().st_size
     assert mem["masks"] == sum((folder / d / MASKS).stat().st_size for d in doc["task_dirs"])
     assert len(doc["density_per_task"]) == 2 and 0 < doc["density"] < 0.5
+
+
+@pytest.mark.parametrize("epochs,options,want", [
+    (2, {}, 0.1 / (9 * (1 + 0.5))),  # 2 epochs of 9 steps, cosine factors 1 and 0.5: reach 13.5 steps
+    (250, {}, 1e-3),  # the official 250 epochs: reach ~1,130 steps, far more than the floor needs
+    (2, {"lr": 2e-4}, 2e-4),  # an explicit lr is taken as given
+    (2, {"schedule": "loop"}, 0.1 / (9 + 9 * 0.1)),  # the loop's schedule: x0.1 from epoch 1 (make_config)
+])
+def test_unset_lr_follows_the_schedule(digits, pretrained, tmp_path, epochs, options, want):
+    """Adam moves a score ~lr a step: an unset lr is the official 1e-3, raised to 0.1 / reach on a short schedule
+    (incremental.adam_reach), so a score can cross its init range (±1/sqrt(fan_in)) within the task."""
+    m = method_for("supsup", digits, pretrained, tmp_path, epochs=epochs, options={"supsup": options})
+    model = m.setup_task(0)
+    assert m.make_optimizer(m.param_groups(model)).param_groups[0]["lr"] == pytest.approx(want)
+    m.write_artifact(model, 0, m.ctx.task_dir(0))
+    assert m.task_report(0, m.ctx.task_dir(0))["lr"] == pytest.approx(want)
+
