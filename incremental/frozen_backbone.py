@@ -160,7 +160,7 @@ class MaskMethod(Method):
         return attach(start_net(self.ctx, t), self.make_mask)
 
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
-        if epoch + 1 == self.inc.epochs:
+        if epoch + 1 == self.schedule(self.task).epochs:
             recalibrate_task(model, self.ctx, self.task, self.opts.bn_batches)
 
     def prepare(self) -> None:
@@ -169,16 +169,29 @@ class MaskMethod(Method):
     def shared_files(self) -> dict[str, list[Path]]:
         return {"backbone": [backbone_path(self.ctx)]}
 
+    def schedule(self, t: int):
+        """Task t's resolved schedule (incremental.schedule): the loop's while t trains, else from the config."""
+        sched = self.ctx.schedule
+        return sched if sched is not None and sched.task == t else self.ctx.schedule_for(t)
+
     def lr_scale(self, t: int) -> float:
-        """The factor on every lr of task t that lets its masks cross their threshold within the schedule
+        """The factor on the default lrs of task t that lets its masks cross their threshold within its schedule
         (incremental.mask_schedule; option min_travel, 0 = the lrs as given)."""
         opts = self.opts
-        return mask_schedule.lr_scale(opts.lr_mask, opts.mask_init - opts.threshold,
-                                      mask_schedule.reach(self.ctx, t), opts.min_travel)
+        return mask_schedule.lr_scale(opts.lr_mask, opts.mask_init - opts.threshold, self.schedule(t).reach(),
+                                      opts.min_travel)
+
+    def lrs(self, t: int) -> tuple[float, float, float]:
+        """(mask, BN, head) lrs of task t: the options, those left at their defaults times `lr_scale(t)`; the BN lr
+        follows the mask lr unless given."""
+        opts, scale = self.opts, self.lr_scale(t)
+        given = opts.model_fields_set
+        mask = opts.lr_mask if "lr_mask" in given else scale * opts.lr_mask
+        head = opts.lr_head if "lr_head" in given else scale * opts.lr_head
+        return mask, opts.lr_bn if opts.lr_bn is not None else mask, head
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        opts, scale = self.opts, self.lr_scale(self.task)
-        return param_groups(model, scale * opts.lr_mask, scale * (opts.lr_bn or opts.lr_mask), scale * opts.lr_head)
+        return param_groups(model, *self.lrs(self.task))
 
     def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=0.0)

@@ -8,7 +8,9 @@ with decay d = 0.99 and n_j the number of temporary kernels assigned to j in the
 
 Two fixes over the official code: N starts at 1 (not 0), so kernels that are not chosen at the first step stay where
 they are instead of being blown up to ~1e5 × their scale; and pool kernels that stay unused ("dead") are restarted
-on randomly chosen temporary kernels, which the official code never does.
+on randomly chosen temporary kernels, which the official code never does. Restarts must come often enough for the
+run at hand: `restart_period` derives their period from the run's length (issue 14: a 30-step run with restarts
+every 50 steps never restarted a pool kernel).
 
 The statistics of a step (which pool kernel each temporary kernel is assigned to, and their sums) depend on W and M
 only, never on the batch: every micro-batch of a step and every data-parallel rank (W and M are replicated) sees
@@ -25,6 +27,13 @@ from torch import nn
 
 from nws.convert import nws_layers
 from nws.layers import NWSLayer
+
+
+def restart_period(total_steps: int, decay: float = 0.99) -> int:
+    """Optimizer steps between dead-kernel restarts for a run of `total_steps`: ten restarts a run, and never more
+    than the EMA's memory 1 / (1 - decay) apart (100 steps at 0.99; after that long unused, a kernel's count has
+    fallen to 1/e of what it was and it will not come back by itself). 30 steps -> 3, 264 -> 26, 100k -> 100."""
+    return max(1, min(total_steps // 10, round(1 / (1 - decay))))
 
 
 @dataclass
@@ -47,6 +56,7 @@ class PoolDistiller:
         self.names = {id(layer): name for name, layer in self.layers.items()}
         self.state: dict[str, _LayerState] = {}
         self.restarts = {name: 0 for name in self.layers}
+        self.dead = {name: 0 for name in self.layers}  # pool kernels under dead_usage after the latest update
         self.steps = 0
         for name, layer in self.layers.items():
             pool = layer.pool
@@ -91,10 +101,16 @@ class PoolDistiller:
             total = st.cluster_size.sum()
             smoothed = (st.cluster_size + self.eps) / (total + st.cluster_size.numel() * self.eps) * total
             layer.pool.copy_(st.embed_sum / smoothed.unsqueeze(1))
+            self.dead[name] = int((st.cluster_size < self.dead_usage).sum())
             restarted[name] = self._restart_dead(name, layer, st) if self.steps % self.restart_every == 0 else 0
             st.counts.zero_()
             st.sums.zero_()
         return restarted
+
+    def dead_share(self) -> dict[str, float]:
+        """Per layer, the share of pool kernels whose EMA usage was under `dead_usage` after the latest update (before
+        that step's restarts, which would hide them)."""
+        return {name: self.dead[name] / layer.pool_size for name, layer in self.layers.items()}
 
     def _restart_dead(self, name: str, layer: NWSLayer, st: _LayerState) -> int:
         dead = (st.cluster_size < self.dead_usage).nonzero().flatten()
@@ -117,6 +133,7 @@ class PoolDistiller:
             out[f"{name}.cluster_size"] = st.cluster_size.detach().cpu().clone()
             out[f"{name}.embed_sum"] = st.embed_sum.detach().cpu().clone()
             out[f"{name}.restarts"] = torch.tensor(self.restarts[name])
+            out[f"{name}.dead"] = torch.tensor(self.dead[name])
         return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]):
@@ -128,3 +145,4 @@ class PoolDistiller:
                     raise ValueError(f"distiller state for layer {name!r} is missing or has the wrong shape ({key})")
                 getattr(st, key).copy_(value)
             self.restarts[name] = int(state[f"{name}.restarts"])
+            self.dead[name] = int(state.get(f"{name}.dead", 0))  # absent in checkpoints written before it existed

@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true",
                    help="exit with code 6 when a task's final accuracy is not significantly above chance (one-sided "
                         "binomial test against 1/classes, p >= 0.01) in some seed")
+    p.add_argument("--allow-degenerate", action="store_true",
+                   help="go on from pretraining outputs its health check finds degenerate (collapsed pools, accuracy "
+                        "at chance) instead of stopping there (also: pretrain.allow_degenerate=true)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=run_cli)
 
@@ -60,7 +63,7 @@ def run_cli(args) -> int:
 
     try:
         summary = run_pipeline(args.config, args.overrides, seeds=args.seed, only=args.only, start=args.start,
-                               force=args.force, runs_dir=args.runs_dir)
+                               force=args.force, runs_dir=args.runs_dir, allow_degenerate=args.allow_degenerate)
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

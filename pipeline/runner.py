@@ -80,9 +80,10 @@ def parent_run(cfg, layout: S.Layout, runs_dir: Path):
 
 def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: list[int] | None = None,
                  only: str | None = None, start: str | None = None, force: bool = False,
-                 runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict:
+                 runs_dir: str | Path = DEFAULT_RUNS_DIR, allow_degenerate: bool = False) -> dict:
     """Run (or skip) the selected stages of `config`; returns {stage label: {status "ran" | "skipped", folder,
-    seconds when it ran}}."""
+    seconds when it ran}}. A pretrain stage whose health check finds degenerate outputs stops the run (StageFailed)
+    unless `allow_degenerate`."""
     cfg = load_config(experiment_schema(), config, overrides)
     runs_dir = Path(runs_dir)
     chosen = selected(only, start)
@@ -96,7 +97,7 @@ def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: 
     summary: dict[str, dict] = {}
     with parent_run(cfg, layout, runs_dir) as parent:
         env = {PARENT_ENV: os.environ.get(PARENT_ENV) or parent.run_id or ""}
-        for stage in plan(cfg, layout, run_seeds, env, force, parent):
+        for stage in plan(cfg, layout, run_seeds, env, force, parent, allow_degenerate):
             if stage.name not in chosen:
                 continue
             summary[stage.label] = run_stage(stage, force, parent)
@@ -109,7 +110,8 @@ def stage_run(cfg, name: str, runs_dir: Path, parent_id: str | None):
                      parent=parent_id or True)
 
 
-def plan(cfg, layout: S.Layout, seeds: list[int], env: dict[str, str], force: bool, parent):
+def plan(cfg, layout: S.Layout, seeds: list[int], env: dict[str, str], force: bool, parent,
+         allow_degenerate: bool = False):
     """The stages in order; keys are computed lazily, after the stages before them ran (their output digests)."""
     data = S.data_stage(cfg, layout, force, lambda: stage_run(cfg, "data", layout.runs_dir, env[PARENT_ENV]))
     yield data
@@ -118,7 +120,7 @@ def plan(cfg, layout: S.Layout, seeds: list[int], env: dict[str, str], force: bo
     for seed in seeds:
         scfg = seed_config(cfg, seed, layout)
         seed_env = {**env, TAGS_ENV: json.dumps({"seed": str(seed)})}
-        pre = S.pretrain_stage(scfg, seed, layout, data_digest, seed_env)
+        pre = S.pretrain_stage(scfg, seed, layout, data_digest, seed_env, allow_degenerate)
         yield pre
         if not cfg.incremental.methods:  # a pool-pretraining experiment (imagenet_pools_resnet18)
             continue

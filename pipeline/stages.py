@@ -88,12 +88,17 @@ def digest(paths: list[Path]) -> str | None:
     return h.hexdigest()[:16]
 
 
+# what a stage process's exit code means, where it is not just "failed" (its own message is printed above)
+EXIT_MEANINGS = {("pretrain", 5): "degenerate pretraining outputs; pass --allow-degenerate to keep them"}
+
+
 def run_module(module: str, args: list[str], env: dict[str, str]) -> None:
     """`python -m module args` with the pipeline's environment; a non-zero exit is a StageFailed."""
     cmd = [sys.executable, "-m", module, *args]
     code = subprocess.run(cmd, env={**os.environ, **env}).returncode
     if code != 0:
-        raise StageFailed(f"`{' '.join(cmd)}` exited with code {code}")
+        meaning = EXIT_MEANINGS.get((module, code))
+        raise StageFailed(f"`{' '.join(cmd)}` exited with code {code}" + (f" ({meaning})" if meaning else ""))
 
 
 def data_stage(cfg, layout: Layout, force: bool, track: Callable) -> Stage:
@@ -130,7 +135,10 @@ def pretrain_dir(cfg, seed: int, layout: Layout) -> Path:
     return Path(cfg.pretrain.reuse) if cfg.pretrain.reuse else layout.pretrain(seed)
 
 
-def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: dict[str, str]) -> Stage:
+def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: dict[str, str],
+                   allow_degenerate: bool = False) -> Stage:
+    """`python -m pretrain` for one seed; it exits with code 5 when its health check finds degenerate outputs
+    (pretrain/health.py), which stops the pipeline, unless `allow_degenerate` (`--allow-degenerate`)."""
     out = pretrain_dir(cfg, seed, layout)
     if cfg.pretrain.reuse:
         return reused_pretrain_stage(cfg, seed, layout, out)
@@ -138,7 +146,7 @@ def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: di
     key = {"seeds": data["seeds"], "data": data["data"], "model": data["model"], "pretrain": data["pretrain"],
            "upstream": upstream}
     args = ["-c", str(layout.config(seed)), "--data", str(layout.data), "--out", str(out),
-            "--runs-dir", str(layout.runs_dir)]
+            "--runs-dir", str(layout.runs_dir)] + (["--allow-degenerate"] if allow_degenerate else [])
     return Stage("pretrain", seed, out, key, lambda: [out / "complete", out / "pretrain.json"],
                  lambda: run_module("pretrain", args, env), lambda: shutil.rmtree(out, ignore_errors=True))
 

@@ -3,6 +3,11 @@
 Launch it as it is (one process), under `deepspeed --num_gpus N` / a hostfile / torchrun, or from Slurm `srun`
 (pretrain.launch resolves the ranks). Running the same command again resumes from the latest checkpoint; a
 complete output folder with the same resolved config is left as it is.
+
+After training, the outputs are checked (pretrain/health.py): a layer whose pool collapsed (KUR under
+pretrain.health.min_kur) or a test accuracy not significantly above chance stops the stage before it is marked
+complete, naming the layers and what to change; `--allow-degenerate` keeps such outputs without training again.
+Exit codes: 0 done, 2 bad input, 3 non-finite losses, 5 degenerate outputs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>/pretrain)")
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="where the default MLflow store lives (runs/mlflow.db); MLFLOW_TRACKING_URI wins")
+    p.add_argument("--allow-degenerate", action="store_true",
+                   help="keep outputs the health check finds degenerate (collapsed pools, accuracy at chance) and mark "
+                        "the stage complete instead of exiting with code 5 (also: pretrain.allow_degenerate=true)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=run_cli)
@@ -41,19 +49,23 @@ def register(subparsers) -> None:
 def run_cli(args) -> int:
     from pipeline.config import stage_config, stage_dir
     from pretrain.guard import NonFiniteLoss
+    from pretrain.health import EXIT_CODE, DegeneratePretraining
     from pretrain.run import run
 
     try:  # a ConfigError is a ValueError: exit 2 like every other bad input
         cfg, runs = stage_config(args)
         data = stage_dir(args.data, runs, cfg.name, "data")
         out = stage_dir(args.out, runs, cfg.name, "pretrain")
-        run(cfg, data, out, runs_dir=args.runs_dir or runs)
+        run(cfg, data, out, runs_dir=args.runs_dir or runs, allow_degenerate=args.allow_degenerate)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except DegeneratePretraining as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CODE
     return 0
 
 

@@ -1,7 +1,23 @@
 """The `pretrain` section of an experiment config: pool distillation (seed 004_ §4.2, Eq. 3/4) and the plain backbone.
 
 Defaults are the official pool-pretraining settings (notes/algorithms.md §1.3): SGD Nesterov, momentum 0.9, weight
-decay 4e-5, lr 0.01, global batch 2048, 160 epochs with one step of ×0.1 at epoch 100, beta 0.5, pool decay 0.99.
+decay 4e-5, lr 0.01, global batch 2048, 160 epochs with one step of ×0.1 at epoch 100, beta 0.5, pool decay 0.99 —
+except where the official settings let a short run collapse without a word (issue 14: a config copied to a folder of
+1,400 images ended 30 steps at chance, every 3×3 layer on 1-2 of its 64 pool kernels):
+
+- `pool_init` defaults to `kmeans` (k-means++ then Lloyd over the layer's own initial temporary kernels), not the
+  paper's N(0, 1) (`normal`, still available and kept by the paper's ImageNet config). Kaiming-initialised 3×3
+  kernels have norms of ~0.1-0.5, N(0, 1) pool kernels ~3: the one pool kernel of smallest norm is the nearest to
+  every temporary kernel, the layer computes with one kernel, and only restarts can undo it (notes §1.1: the EMA
+  alone takes ~1,000 steps). Pools at the scale of the kernels they serve are fully used from the first step.
+- `distill.restart_every` defaults to a period derived from the run's length (nws.distill.restart_period: ten
+  restarts a run, at most one EMA memory apart), and `distill.dead_usage` to 1.0: at 1e-2 a pool kernel unused
+  since the start counts as dead only after log(0.01)/log(0.99) = 459 steps, longer than a short run.
+- `milestones` may be fractions of `epochs` (0.75 = at 75% of the run), as the official code's [0.5E, 0.8E].
+- `recalibrate_bn`: the BatchNorm statistics of the final NWS network are re-estimated with its final searched
+  kernels (pretrain/recalibrate.py): the running averages of training mix networks whose kernels jumped between
+  pool entries and whose pools moved after the last forward.
+- `health` / `allow_degenerate`: the check of pretrain/health.py, which stops a degenerate result.
 """
 
 from __future__ import annotations
@@ -18,8 +34,24 @@ class DistillConfig(Section):
 
     decay: float = Field(0.99, gt=0, lt=1)
     eps: float = Field(1e-5, gt=0)
-    restart_every: int = Field(100, ge=1)  # optimizer steps between dead-kernel restarts
-    dead_usage: float = Field(1e-2, ge=0)  # EMA assignment count under which a pool kernel is dead
+    # optimizer steps between dead-kernel restarts; None = nws.distill.restart_period(total steps, decay)
+    restart_every: int | None = Field(None, ge=1)
+    # EMA assignment count under which a pool kernel is dead: 1.0 = it served fewer than one temporary kernel per step
+    dead_usage: float = Field(1.0, ge=0)
+
+
+class HealthConfig(Section):
+    """Thresholds of the post-pretraining health check (pretrain/health.py). They judge the outputs and do not change
+    them: they are not part of the stage's identity, so changing them never retrains."""
+
+    # a layer is degenerate when it uses fewer than this share of the pool kernels it could use (min(1, kernels /
+    # pool size)): the collapse of issue 14 used 1-2 of 64 (0.02-0.03); the shipped demo uses >= 0.94 in every layer
+    min_kur: float = Field(0.1, ge=0, le=1)
+    # the test accuracy is at chance when a one-sided binomial test against 1/classes gives p >= alpha
+    alpha: float = Field(0.01, gt=0, lt=1)
+    # a run of fewer optimizer steps, or of less than one epoch, is a smoke test of the machinery (too short for the
+    # pools' EMA to move or a network to learn): its outputs are checked and warned about, not stopped
+    min_steps: int = Field(10, ge=0)
 
 
 class DebugConfig(Section):
@@ -43,7 +75,8 @@ class PretrainConfig(Section):
     momentum: float = Field(0.9, ge=0)
     nesterov: bool = True
     weight_decay: float = Field(4e-5, ge=0)
-    milestones: list[int] = Field(default_factory=lambda: [100])  # epochs where lr is multiplied by gamma
+    # epochs where lr is multiplied by gamma; a value below 1 is a fraction of `epochs` (0.75 of 12 = epoch 9)
+    milestones: list[int | float] = Field(default_factory=lambda: [100])
     gamma: float = Field(0.1, gt=0)
     beta: float = Field(0.5, ge=0)  # weight of the summed Eq. 2 terms
     # BatchNorm statistics over the global batch (all ranks) rather than each rank's share, so that W ranks train
@@ -52,9 +85,14 @@ class PretrainConfig(Section):
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = torch autocast through DeepSpeed (BatchNorm stays fp32)
     zero_stage: int = Field(1, ge=0, le=3)
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm; None = no clipping
-    pool_init: Literal["normal", "kmeans", "sample"] = "normal"  # normal = the paper's random pools
+    pool_init: Literal["normal", "kmeans", "sample"] = "kmeans"  # normal = the paper's random pools (see above)
     warm_start: str | None = None  # plain_backbone.safetensors whose kernels seed the pools (pool_init kmeans)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    # micro-batches per rank over which the final NWS network's BatchNorm statistics are re-estimated (0 = keep the
+    # running averages of training)
+    recalibrate_bn: int = Field(64, ge=0)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    allow_degenerate: bool = False  # keep (and hand on) outputs the health check finds degenerate
     augment: bool = True  # the loader's training augmentation
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)  # CPU threads per rank; None = torch's default (or OMP_NUM_THREADS)
@@ -70,9 +108,18 @@ class PretrainConfig(Section):
     def _check(self):
         if self.warm_start is not None and self.pool_init == "normal":
             raise ValueError("warm_start seeds the pools from a network's kernels: set pool_init to kmeans or sample")
-        if sorted(self.milestones) != self.milestones:
-            raise ValueError(f"milestones must be increasing, got {self.milestones}")
+        for m in self.milestones:
+            if m <= 0 or (isinstance(m, float) and m >= 1):
+                raise ValueError(f"a milestone is an epoch (an integer >= 1) or a fraction of the epochs in (0, 1), "
+                                 f"got {m}")
+        epochs = self.milestone_epochs()
+        if sorted(epochs) != epochs:
+            raise ValueError(f"milestones must be increasing, got {self.milestones} (epochs {epochs})")
         return self
+
+    def milestone_epochs(self) -> list[int]:
+        """The milestones as epochs: a fraction f of the run is epoch round(f × epochs)."""
+        return [m if isinstance(m, int) else round(m * self.epochs) for m in self.milestones]
 
     def kinds(self) -> list[str]:
         return ["nws", "plain"] if self.kind == "both" else [self.kind]

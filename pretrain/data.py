@@ -37,6 +37,11 @@ def eval_split(data_dir: str | Path) -> str:
     raise KeyError(f"{unit_dir(data_dir)}: no evaluation split (one of {EVAL_SPLITS}); it has {sorted(splits)}")
 
 
+def split_size(data_dir: str | Path, split: str) -> int:
+    """Images in a split of the `pretrain` unit (the manifest's count)."""
+    return int(read_unit(unit_dir(data_dir))["splits"][split]["num_samples"])
+
+
 def train_loader(data_dir, data_cfg, cfg, micro_batch: int, seed: int, rank: int, world_size: int):
     """This rank's share of each epoch, in full micro-batches (every rank takes the same number of steps)."""
     return make_loader(unit_dir(data_dir), "train", fmt=data_cfg.loader, batch_size=micro_batch, train=True,

@@ -41,8 +41,8 @@ def batch_plan(cfg: PretrainConfig, world_size: int) -> BatchPlan:
 
 
 def lr_at(cfg: PretrainConfig, epoch: int) -> float:
-    """MultiStepLR: lr × gamma^(number of milestones reached)."""
-    return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    """MultiStepLR: lr × gamma^(number of milestones reached; fractions of the run resolved to epochs)."""
+    return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs())
 
 
 def set_lr(optimizer, lr: float) -> None:

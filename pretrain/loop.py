@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nws
+from nws.distill import restart_period
 from nws.io import load_tensors
 from nws.pools import quantisation_error
 from nws.stats import kernel_utilisation
@@ -27,6 +28,10 @@ from pretrain import checkpoint, guard
 from pretrain.data import train_loader
 from pretrain.engine import batch_plan, build_engine, lr_at, set_lr
 from pretrain.global_bn import use_global_batchnorm
+from pretrain.recalibrate import recalibrate_batchnorm
+
+# the per-layer pool statistics logged to MLflow at every epoch end
+EPOCH_METRICS = ("utilisation", "quantisation_error", "relative_quantisation_error", "dead_share")
 
 
 @dataclass
@@ -76,12 +81,24 @@ def _build_model(kind: str, job: Job) -> nn.Module:
                        seed=job.seed)
 
 
-def layer_report(model: nn.Module) -> dict[str, dict[str, float]]:
-    """Per NWS layer: pool utilisation (fraction of the pool's kernels in use, §5.7) and quantisation error, for
-    the indices searched afresh in the current pools (the ones nws.export_indices stores)."""
-    return {name: {"utilisation": kernel_utilisation(layer.search_(), layer.pool_size),
-                   "quantisation_error": quantisation_error(layer.flat_weight(), layer.pool)}
-            for name, layer in nws.nws_layers(model)}
+def layer_report(model: nn.Module, distiller=None) -> dict[str, dict[str, float]]:
+    """Per NWS layer, for the indices searched afresh in the current pools (the ones nws.export_indices stores): pool
+    utilisation (KUR, the fraction of the pool's kernels in use, §5.7), the pool kernels in use, the layer's kernels
+    and pool size, the quantisation error (mean squared distance of a temporary kernel to its searched kernel) and
+    the same relative to the kernels' mean squared norm (1.0 = no better than a pool holding only the zero kernel),
+    and with the distiller the share of pool kernels its EMA counts as dead (pretrain/health.py reads them)."""
+    dead = distiller.dead_share() if distiller is not None else {}
+    report = {}
+    for name, layer in nws.nws_layers(model):
+        idx, flat = layer.search_(), layer.flat_weight().detach().float()
+        error = quantisation_error(flat, layer.pool)
+        report[name] = {"utilisation": kernel_utilisation(idx, layer.pool_size),
+                        "used": int(torch.unique(idx).numel()), "kernels": int(idx.numel()),
+                        "pool_size": layer.pool_size, "quantisation_error": error,
+                        "relative_quantisation_error": error / max(float((flat ** 2).sum(1).mean()), 1e-30)}
+        if name in dead:
+            report[name]["dead_share"] = dead[name]
+    return report
 
 
 @torch.no_grad()
@@ -140,9 +157,14 @@ class Trainer:
         if p.debug.nonfinite_steps and p.debug.nonfinite_term not in ("ce", *self.layers):
             raise ValueError(f"pretrain.debug.nonfinite_term={p.debug.nonfinite_term!r} is neither 'ce' nor an NWS "
                              f"layer ({', '.join(self.layers) or 'none in a plain network'})")
+        self.loader = train_loader(job.data_dir, job.cfg.data, p, self.plan.micro_batch, job.seed, job.rank,
+                                   job.world_size)
+        self.per_epoch = self._micro_batches_per_epoch()
+        self.total_steps = p.epochs * self.per_epoch // self.plan.accumulation
+        self.restart_every = p.distill.restart_every or restart_period(self.total_steps, p.distill.decay)
         # created after deepspeed.initialize, which may move the module: the EMA state lives with the pools
-        self.distiller = nws.PoolDistiller(self.model, **p.distill.model_dump(), seed=job.seed) if kind == "nws" \
-            else None
+        distill = {**p.distill.model_dump(), "restart_every": self.restart_every}
+        self.distiller = nws.PoolDistiller(self.model, **distill, seed=job.seed) if kind == "nws" else None
         self.ckpt_dir = checkpoint_dir(job, kind)
         state = checkpoint.load(self.engine, self.ckpt_dir, self.distiller)
         if state is not None and state.config_hash != job.config_hash:
@@ -152,9 +174,6 @@ class Trainer:
         self.guard = guard.NonFiniteGuard(p.max_consecutive_skips)
         self.guard.skipped = self.state.skipped
         self.bn = guard.batchnorm_buffers(self.model)
-        self.loader = train_loader(job.data_dir, job.cfg.data, p, self.plan.micro_batch, job.seed, job.rank,
-                                   job.world_size)
-        self.per_epoch = self._micro_batches_per_epoch()
 
     def _micro_batches_per_epoch(self) -> int:
         """Whole optimizer steps only, so no accumulation window straddles two epochs."""
@@ -175,6 +194,19 @@ class Trainer:
             if self.distiller is not None:
                 self.distiller.detach()
         return self.state
+
+    def recalibrate(self) -> int:
+        """The final NWS network's BatchNorm statistics, re-estimated on its frozen searched kernels over up to
+        `recalibrate_bn` training micro-batches per rank (pretrain/recalibrate.py); returns the batches used. The
+        same batches on every resume (the loader's order depends on the seed and the epoch only)."""
+        n = min(self.p.recalibrate_bn, self.per_epoch)
+        if self.kind != "nws" or n == 0:
+            return 0
+        self.loader.set_epoch(self.p.epochs)
+        batches = (b for i, b in zip(range(n), self.loader, strict=False))
+        used = recalibrate_batchnorm(self.model, batches, self.engine.device)
+        sync_batchnorm_statistics(self.model, self.job.world_size)
+        return used
 
     def _save(self) -> None:
         sync_batchnorm_statistics(self.model, self.job.world_size)
@@ -207,8 +239,9 @@ class Trainer:
         st.seconds += time.perf_counter() - tick
         st.epoch, st.batch = epoch + 1, 0
         if self.kind == "nws" and self.job.rank == 0:
-            self.tracker.log_metrics({f"{key}/{name}": value for name, r in layer_report(self.model).items()
-                                      for key, value in r.items()}, step=st.step)
+            self.tracker.log_metrics({f"{key}/{name}": value
+                                      for name, r in layer_report(self.model, self.distiller).items()
+                                      for key, value in r.items() if key in EPOCH_METRICS}, step=st.step)
         self._save()
 
     def _micro_step(self, x: torch.Tensor, y: torch.Tensor, window: Window) -> bool:
@@ -267,8 +300,15 @@ class Trainer:
 
 
 def train(kind: str, job: Job, tracker) -> tuple[nn.Module, checkpoint.TrainState, dict]:
-    """Train one kind to the end (resuming when checkpoints exist), logging to `tracker` (pipeline.tracking);
-    returns the trained module, the final state and the per-layer pool report (empty for `plain`)."""
+    """Train one kind to the end (resuming when checkpoints exist), logging to `tracker` (pipeline.tracking), then
+    re-estimate the NWS network's BatchNorm statistics; returns the trained module, the final state and the report:
+    the images of one epoch, and for `nws` the dead-kernel restart period, the recalibration batches and the
+    per-layer pool report."""
     trainer = Trainer(kind, job, tracker)
     state = trainer.fit()
-    return trainer.model, state, layer_report(trainer.model) if kind == "nws" else {}
+    # the images of one uncut epoch (all ranks): a run that trained on fewer is a smoke run (pretrain/health.py)
+    report = {"epoch_images": len(trainer.loader) // trainer.plan.accumulation * trainer.plan.global_batch}
+    if kind == "nws":
+        report.update(restart_every=trainer.restart_every, recalibrated_batches=trainer.recalibrate(),
+                      layers=layer_report(trainer.model, trainer.distiller))
+    return trainer.model, state, report

@@ -5,7 +5,8 @@
 - `base_model/`: the pretrained NWS network as a task artifact (indices + BatchNorm + biases, nws.artifact) that
   incremental task 0 starts from;
 - `plain_backbone.safetensors`: the float network of `kind: plain`, the baselines' starting point;
-- `summary_<kind>.json` per finished kind, then `pretrain.json` (all of them) and `complete`, written last.
+- `summary_<kind>.json` per finished kind, then `pretrain.json` (all of them, with their health: pretrain/health.py)
+  and `complete`, written last and only when the health check passed or degenerate outputs are allowed.
 """
 
 from __future__ import annotations
@@ -55,8 +56,13 @@ def is_complete(out: Path, config_hash: str) -> bool:
     return path.is_file() and json.loads(path.read_text() or "{}").get("config_hash") == config_hash
 
 
-def write_summary(out: Path, kinds: list[str], config_hash: str, extra: dict) -> dict:
-    summary = {"config_hash": config_hash, **extra, **{k: read_json(kind_summary_path(out, k)) for k in kinds}}
+def write_summary(out: Path, kinds: list[str], config_hash: str, extra: dict, updates: dict | None = None,
+                  complete: bool = True) -> dict:
+    """pretrain.json: every kind's summary (with `updates[kind]` merged in: the health judged at the end), then the
+    `complete` mark unless `complete` is false (outputs the health check stopped: kept for inspection only)."""
+    kind_summaries = {k: {**read_json(kind_summary_path(out, k)), **(updates or {}).get(k, {})} for k in kinds}
+    summary = {"config_hash": config_hash, **extra, **kind_summaries}
     atomic_write_json(Path(out) / SUMMARY, summary)
-    atomic_write_json(Path(out) / COMPLETE, {"config_hash": config_hash})
+    if complete:
+        atomic_write_json(Path(out) / COMPLETE, {"config_hash": config_hash})
     return summary

@@ -11,9 +11,9 @@
   re-estimated for the final masks after the last epoch (incremental.frozen_backbone). The head is new per task.
 - Optimizer: Adam, lr 2e-4 for the masks and BN (one official optimizer) and 2e-4 for the head, no weight decay.
   The official cosine schedule (hard-coded 30-epoch horizon) is replaced by the loop's milestones. A schedule too
-  short for a mask entry to travel `min_travel` (4) times mask_init − threshold at these lrs gets all of them
-  scaled up by one factor (incremental.mask_schedule: at the official lr no kernel turns soft in fewer than 25
-  steps); thousands of steps keep them exactly.
+  short for a mask entry to travel `min_travel` (4) times mask_init − threshold at these lrs gets the lrs left at
+  their defaults scaled up by one factor (incremental.mask_schedule: at the official lr no kernel turns soft in
+  fewer than 25 steps); thousands of steps keep them exactly.
 - Stored per task: `kernel_masks.safetensors`, the hard part at 1 bit per kernel (incremental.masks);
   `soft.safetensors`, the soft values of the kernels whose hard bit is 0 only (row-major order), at `soft_dtype`
   (float32 by default: the official code's precision, so the rebuilt model is the trained one exactly; float16 halves
@@ -55,8 +55,8 @@ class KSMOptions(Section):
     lr_head: float = Field(2e-4, gt=0)
     soft_dtype: Literal["float32", "float16"] = "float32"
     bn_batches: int = Field(DEFAULT_BATCHES, ge=0)  # batches that re-estimate BN statistics at the end; 0 = none
-    # threshold gaps (mask_init - threshold) a mask entry must be able to travel over the schedule; short schedules
-    # scale every lr up to allow it (incremental.mask_schedule); 0 = the lrs exactly as given
+    # threshold gaps (mask_init - threshold) a mask entry must be able to travel over the task's schedule; a short
+    # schedule scales the lrs left at their defaults up to allow it (incremental.mask_schedule); 0 = never
     min_travel: float = Field(MIN_TRAVEL, ge=0)
 
     @model_validator(mode="after")

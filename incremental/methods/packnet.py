@@ -6,10 +6,11 @@ task loop.
 - Task t takes every free weight (owner ← t+1) and trains only those: gradients of the others are zeroed before
   each step and after each step the others are written back (weights of tasks < t to their stored values, freed
   ones to 0), so no other task's weight ever changes, bit for bit, whatever the optimizer or weight decay does.
-- After `train_epochs` epochs (default: 2/3 of the epochs, the official 20 training + 10 retraining epochs), in
-  each layer the `prune_perc` (0.75, the official per-task ratio) of task t's weights with the smallest |w| are
-  freed (owner ← 0, value ← 0) and the remaining epochs retrain what is left. Every task is pruned, the last one
-  too (the official script keeps the last task unpruned; here a later run may still add tasks).
+- After `train_epochs` epochs (default: 2/3 of the task's epochs as incremental.schedule resolves them; the official
+  20 training + 10 retraining epochs), in each layer the `prune_perc` (0.75, the official per-task ratio) of task
+  t's weights with the smallest |w| are freed (owner ← 0, value ← 0) and the remaining epochs retrain what is left.
+  Every task is pruned, the last one too (the official script keeps the last task unpruned; here a later run may
+  still add tasks).
 - Inference for task i uses the weights owned by tasks <= i; later tasks' and free weights are 0.
 - Optimizer: the loop's SGD (the official one is SGD with momentum 0.9 too).
 - BatchNorm (option `bn`): "train" (default; the NWS paper's PackNet from the CPG code, seed 001_ appendix, "for
@@ -100,11 +101,8 @@ class PackNet(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        epochs = self.inc.epochs
-        self.train_epochs = self.opts.train_epochs or max(1, round(2 * epochs / 3))
-        if self.train_epochs > epochs:
-            raise ConfigError(f"incremental.options.packnet.train_epochs={self.train_epochs} exceeds "
-                             f"incremental.epochs={epochs}")
+        if self.inc.epochs is not None:  # an epochs budget: refuse a bad train_epochs before any work
+            self.train_epochs, self.epochs = self.epochs_of(self.inc.epochs)
         self.owners: dict[str, torch.Tensor] = {}  # uint8 owner map while training task `task`
         self.frozen: dict[str, torch.Tensor] = {}  # values of the shared network when the task started
         self.task, self.pruned = -1, False
@@ -141,6 +139,19 @@ class PackNet(Method):
 
     # ----- training -----
 
+    def epochs_of(self, epochs: int) -> tuple[int, int]:
+        """(epochs before pruning, all epochs) of a task that trains `epochs` epochs."""
+        train = self.opts.train_epochs or max(1, round(2 * epochs / 3))
+        if train > epochs:
+            raise ConfigError(f"incremental.options.packnet.train_epochs={train} exceeds the {epochs} epochs a task "
+                              "trains (incremental.epochs, or its schedule in steps)")
+        return train, epochs
+
+    def schedule(self, t: int):
+        """Task t's resolved schedule (incremental.schedule): the loop's while t trains, else from the config."""
+        sched = self.ctx.schedule
+        return sched if sched is not None and sched.task == t else self.ctx.schedule_for(t)
+
     def setup_task(self, t: int) -> nn.Module:
         if t + 1 > MAX_OWNER:
             raise ValueError(f"PackNet keeps at most {MAX_OWNER} tasks (uint8 owners)")
@@ -155,6 +166,7 @@ class PackNet(Method):
             o[later] = 0
             o[o == 0] = t + 1
         self.frozen, self.owners, self.task, self.pruned, self._dev = values, owners, t, False, None
+        self.train_epochs, self.epochs = self.epochs_of(self.schedule(t).epochs)
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(values[n])
@@ -183,7 +195,7 @@ class PackNet(Method):
         """Prune after `train_epochs` epochs; after the last epoch, BN statistics for the final weights."""
         if epoch + 1 == self.train_epochs and not self.pruned:
             self.prune(model)
-        if epoch + 1 == self.inc.epochs and self.opts.bn == "train":
+        if epoch + 1 == self.epochs and self.opts.bn == "train":
             recalibrate_task(model, self.ctx, self.task, self.opts.bn_batches)
 
     @torch.no_grad()
@@ -252,11 +264,13 @@ class PackNet(Method):
                 "owner_payload_bytes": packed_bytes({f"{n}.bit{b}": o for n, o in owners.items()
                                                      for b in range(bits)}),
                 "state_bytes": (folder / STATE).stat().st_size,
+                "train_epochs": self.epochs_of(self.schedule(t).epochs)[0],
                 "layer_owned_fraction": {n: float((o == t + 1).float().mean()) for n, o in owners.items()}}
 
     def run_report(self, reports: list[dict]) -> dict:
         return {
-            "prune_perc": self.opts.prune_perc, "train_epochs": self.train_epochs, "bn": self.opts.bn,
+            "prune_perc": self.opts.prune_perc, "bn": self.opts.bn,
+            "train_epochs_per_task": [r["train_epochs"] for r in reports],
             "owned_fraction_per_task": [r["owned_fraction"] for r in reports],
             "density_per_task": [r["density"] for r in reports],
             "free_fraction": reports[-1]["free_fraction"] if reports else 1.0,

@@ -10,8 +10,9 @@
 - Optimizer: Adam (official `--mask_adam`) with lr 1e-4 for the masks (and BN, which the official mask optimizer
   holds too) and 1e-4 for the head, no weight decay; the loop's milestones scale both (official: ×0.1 every 15 of
   30 epochs, i.e. `incremental.milestones: [15]`). A schedule too short for a mask entry to travel `min_travel`
-  (4) times mask_init − threshold at these lrs gets all of them scaled up by one factor (incremental.mask_schedule:
-  at the official lr nothing flips in fewer than 50 steps); thousands of steps keep them exactly.
+  (4) times mask_init − threshold at these lrs gets the lrs left at their defaults scaled up by one factor
+  (incremental.mask_schedule: at the official lr nothing flips in fewer than 50 steps); thousands of steps keep
+  them exactly.
 - Stored per task: `masks.safetensors`, 1 bit per masked weight (incremental.masks), and `state.safetensors`
   (BN + head). The rebuilt model is a plain network with conv weights W ⊙ mask.
 """
@@ -40,8 +41,8 @@ class PiggybackOptions(Section):
     lr_bn: float | None = Field(None, gt=0)  # None: lr_mask
     lr_head: float = Field(1e-4, gt=0)
     bn_batches: int = Field(DEFAULT_BATCHES, ge=0)  # batches that re-estimate BN statistics at the end; 0 = none
-    # threshold gaps (mask_init - threshold) a mask entry must be able to travel over the schedule; short schedules
-    # scale every lr up to allow it (incremental.mask_schedule); 0 = the lrs exactly as given
+    # threshold gaps (mask_init - threshold) a mask entry must be able to travel over the task's schedule; a short
+    # schedule scales the lrs left at their defaults up to allow it (incremental.mask_schedule); 0 = never
     min_travel: float = Field(MIN_TRAVEL, ge=0)
 
     @model_validator(mode="after")

@@ -189,3 +189,12 @@ def test_frozen_batchnorm_keeps_the_pretrained_batchnorm(digits, pretrained, tmp
     assert bn and all(torch.equal(state[k], plain[k]) for k in bn)
     assert not torch.equal(state["fc.weight"], model.fc.weight.detach() * 0)  # the head is the task's own
     assert m.run_report([m.task_report(0, m.ctx.task_dir(0))])["bn"] == "frozen"
+
+
+def test_a_step_budget_sets_the_pruning_epoch_and_the_last_epoch(digits, pretrained, tmp_path):
+    """With the budget in steps (incremental.schedule: 27 steps of 9 an epoch = 3 epochs), pruning comes after 2 of
+    the task's epochs and the statistics are re-estimated after its last."""
+    cfg = make_config(num_tasks=1, epochs=None, steps=27, milestones=[0.5])
+    doc = run(cfg, digits, pretrained, tmp_path, methods=["packnet"])["packnet"]
+    assert doc["train_epochs_per_task"] == [2] and doc["owned_fraction_per_task"] == pytest.approx([0.25], abs=0.01)
+    assert_statistics_match_weights(method_of("packnet", cfg, digits, pretrained, tmp_path), 0)

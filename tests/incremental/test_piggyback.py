@@ -9,7 +9,6 @@ import torch
 
 from incremental.frozen_backbone import STATE, masked_convs, original_weights
 from incremental.loop import run, task_list
-from incremental.mask_schedule import reach, steps_per_epoch
 from incremental.masks import load_masks, packed_bytes
 from incremental.methods import make_method
 from incremental.methods.piggyback import MASKS, ElementMask
@@ -177,11 +176,11 @@ def check_short_schedule(name, digits, pretrained, tmp_path):
     m = method_of(name, cfg, digits, pretrained, tmp_path)
     assert_statistics_match_weights(m, 0)
     margin.above(f"{name} short schedule task 0 acc", doc["acc_matrix"][0][0], 0.9)
-    steps = reach(m.ctx, 0)
-    assert steps == pytest.approx(1.1 * steps_per_epoch(m.ctx, 0)) and steps_per_epoch(m.ctx, 0) >= 8
+    sched = m.schedule(0)
+    assert sched.steps_per_epoch >= 8 and sched.reach() == pytest.approx(1.1 * sched.steps_per_epoch)
     scale = doc["lr_scale_per_task"][0]
     opts = m.opts  # the scaled mask lr lets an entry travel min_travel gaps, no more
-    assert scale * opts.lr_mask * steps == pytest.approx(opts.min_travel * (opts.mask_init - opts.threshold))
+    assert scale * opts.lr_mask * sched.reach() == pytest.approx(opts.min_travel * (opts.mask_init - opts.threshold))
 
 
 def test_official_lrs_learn_on_a_short_schedule(digits, pretrained, tmp_path):
@@ -191,7 +190,7 @@ def test_official_lrs_learn_on_a_short_schedule(digits, pretrained, tmp_path):
 @pytest.mark.parametrize("name", ["piggyback", "ksm"])
 def test_long_schedules_keep_the_official_lrs(digits, pretrained, tmp_path, name):
     """The paper's 100 epochs (×0.1 at 50 and 80): ~900 steps on a 2-digit task, lrs exactly as given; 2 epochs of
-    9 steps: one factor on every group, the same for the masks, BN and the head; min_travel 0: as given."""
+    9 steps: one factor on every lr left at its default (masks, BN, head); min_travel 0 or a given lr: as given."""
     long = method_for(name, digits, pretrained, tmp_path / "long", epochs=100, milestones=[50, 80])
     groups = long.param_groups(long.setup_task(0))
     assert [g["lr"] for g in groups] == [long.opts.lr_mask, long.opts.lr_mask, long.opts.lr_head]
@@ -200,5 +199,10 @@ def test_long_schedules_keep_the_official_lrs(digits, pretrained, tmp_path, name
     assert scale > 5
     assert [g["lr"] for g in short.param_groups(short.setup_task(0))] == [
         scale * short.opts.lr_mask, scale * short.opts.lr_mask, scale * short.opts.lr_head]
-    given = method_for(name, digits, pretrained, tmp_path / "given", epochs=2, options={name: {"min_travel": 0}})
-    assert given.lr_scale(0) == 1.0
+    off = method_for(name, digits, pretrained, tmp_path / "off", epochs=2, options={name: {"min_travel": 0}})
+    assert off.lr_scale(0) == 1.0
+    given = method_for(name, digits, pretrained, tmp_path / "given", epochs=2, options={name: {"lr_head": 1e-2}})
+    assert given.lrs(0) == (scale * given.opts.lr_mask, scale * given.opts.lr_mask, 1e-2)  # a given lr is kept
+    bn = method_for(name, digits, pretrained, tmp_path / "bn", epochs=2,
+                    options={name: {"lr_mask": 1e-3, "lr_bn": 0.1}})
+    assert bn.lrs(0)[:2] == (1e-3, 0.1)

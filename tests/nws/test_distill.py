@@ -75,3 +75,27 @@ def test_state_dict_round_trip_resumes_identically():
         dist_b.step()
     assert torch.equal(snet_a[0].pool, snet_b[0].pool)
     assert dist_a.restarts == dist_b.restarts
+
+
+def test_restart_period_follows_the_run_length():
+    """Ten restarts a run, never further apart than the EMA's memory (100 steps at decay 0.99): the issue's 30-step
+    run restarts every 3 steps (its config's 50 never fired), the demo's 264 every 26, ImageNet's 100k every 100."""
+    from nws.distill import restart_period
+
+    assert [restart_period(n) for n in (4, 30, 264, 1404, 100_000)] == [1, 3, 26, 100, 100]
+    assert restart_period(100_000, decay=0.9) == 10
+
+
+def test_dead_share_is_counted_before_the_restart_hides_it():
+    """A pool far from its kernels: after one step all but the chosen pool kernels are dead (EMA usage 0.99 < 1),
+    and the share is reported even though the same step restarted them; it survives a state_dict round trip."""
+    snet, distiller = _layer_and_distiller(restart_every=1)
+    distiller.dead_usage = 1.0
+    snet(torch.randn(1, 8, 5, 5))
+    used = snet[0].indices.unique().numel()
+    distiller.step()
+    assert sum(distiller.restarts.values()) == 16 - used
+    assert distiller.dead_share()["0"] == (16 - used) / 16
+    _, other = _layer_and_distiller(restart_every=1)
+    other.load_state_dict(distiller.state_dict())
+    assert other.dead_share() == distiller.dead_share()

@@ -36,7 +36,7 @@ def test_unknown_key_names_it_and_the_valid_ones():
 
 def test_warm_start_needs_a_data_driven_pool_init():
     with pytest.raises(ConfigError, match="warm_start"):
-        validate(PretrainConfig, {"warm_start": "plain_backbone.safetensors"})
+        validate(PretrainConfig, {"warm_start": "plain_backbone.safetensors", "pool_init": "normal"})
     assert validate(PretrainConfig, {"warm_start": "x.safetensors", "pool_init": "kmeans"}).pool_init == "kmeans"
 
 
@@ -70,3 +70,28 @@ def test_multistep_schedule_per_epoch():
     assert [lr_at(p, e) for e in (0, 99, 100, 159)] == pytest.approx([0.01, 0.01, 0.001, 0.001])
     p = PretrainConfig(lr=0.1, milestones=[2, 4])
     assert [lr_at(p, e) for e in range(6)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_milestones_may_be_fractions_of_the_run():
+    """0.75 of 12 epochs is epoch 9 (the demo's milestone), and follows `pretrain.epochs` when it is overridden."""
+    p = PretrainConfig(epochs=12, milestones=[0.5, 0.75])
+    assert p.milestone_epochs() == [6, 9]
+    assert [lr_at(p, e) for e in (5, 6, 8, 9)] == pytest.approx([0.01, 0.001, 0.001, 0.0001])
+    assert PretrainConfig(epochs=40, milestones=[0.75]).milestone_epochs() == [30]
+    assert PretrainConfig(milestones=[100]).milestones == [100]  # integers stay epochs (and ints in the config)
+    for bad in ([1.5], [0.8, 0.5], [0]):
+        with pytest.raises(ValueError, match="milestone"):
+            PretrainConfig(epochs=10, milestones=bad)
+
+
+def test_defaults_guard_against_the_short_run_collapse():
+    """Pools at the kernels' scale, restarts on the run's period and a usage threshold a short run can reach, and
+    the shipped demo and fmnist configs use them; the paper's ImageNet config keeps its N(0, 1) pools."""
+    p = PretrainConfig()
+    assert (p.pool_init, p.distill.restart_every, p.distill.dead_usage) == ("kmeans", None, 1.0)
+    assert (p.allow_degenerate, p.health.min_kur, p.health.alpha) == (False, 0.1, 0.01)
+    for name in ("demo", "fmnist"):
+        cfg = load_config(experiment_schema(), ROOT / "configs" / f"{name}.yaml").pretrain
+        assert (cfg.pool_init, cfg.distill.restart_every, cfg.recalibrate_bn > 0) == ("kmeans", None, True), name
+    assert load_config(experiment_schema(), ROOT / "configs" / "imagenet_pools_resnet18.yaml").pretrain.pool_init \
+        == "normal"

@@ -80,8 +80,36 @@ def test_warm_start_pools_come_from_the_given_network(digits, tmp_path):
     warm = build_model("nws", make_job(experiment("pretrain.pool_init=kmeans",
                                                   f"pretrain.warm_start={tmp_path / 'plain.safetensors'}"),
                                        digits, tmp_path))
-    cold = build_model("nws", base)
+    cold = build_model("nws", make_job(experiment("pretrain.pool_init=normal"), digits, tmp_path))  # random pools
     layer, ref = warm.layer1[0].conv1, plain.layer1[0].conv1
     assert torch.equal(layer.weight, ref.weight)
     err = lambda m: nws.pools.quantisation_error(ref.weight.reshape(-1, 9), m.layer1[0].conv1.pool)  # noqa: E731
     margin.below("warm / cold quantisation error", err(warm) / err(cold), 0.5)
+
+
+def test_restarts_follow_the_run_unless_set(one_rank, digits, tmp_path):
+    """restart_every unset: nws.distill.restart_period of the run's optimizer steps (3 epochs of 11 steps -> 3); an
+    explicit value wins."""
+    job = make_job(experiment("pretrain.batch_size=128", "pretrain.epochs=3", "pretrain.max_steps_per_epoch=null"),
+                   digits, tmp_path)
+    trainer = Trainer("nws", job, NullRun())
+    assert (trainer.total_steps, trainer.restart_every, trainer.distiller.restart_every) == (33, 3, 3)
+    job = make_job(experiment("pretrain.distill.restart_every=7"), digits, tmp_path / "b")
+    assert Trainer("nws", job, NullRun()).distiller.restart_every == 7
+
+
+def test_recalibrated_statistics_are_those_of_the_stored_network(one_rank, digits, tmp_path):
+    """After a short run the BatchNorm statistics are re-estimated on the frozen searched kernels: the stem's
+    BatchNorm then holds exactly the mean and (unbiased) variance of the stored network's stem output over the
+    recalibration batches — the network that pretrain/outputs.py writes and the later stages rebuild."""
+    _, trainer = _one_step(digits, tmp_path, "pretrain.recalibrate_bn=2", "pretrain.augment=false")
+    assert trainer.recalibrate() == 1  # the run's epoch is cut to one micro-batch, and so is the recalibration
+    stored = nws.materialize(trainer.model)
+    trainer.loader.set_epoch(trainer.p.epochs)
+    x, _ = next(iter(trainer.loader))
+    with torch.no_grad():
+        h = stored.conv1(x)
+    bn = trainer.model.bn1
+    torch.testing.assert_close(bn.running_mean, h.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, h.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
+    assert all(layer.mode == "frozen" for _, layer in nws.nws_layers(trainer.model))
