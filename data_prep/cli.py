@@ -22,6 +22,7 @@ EPILOG = """examples:
   nws data prepare cifar100 --root ... --out ... --tasks blocks --num-tasks 10
   nws data prepare imagenet --root ILSVRC2012 --out runs/data/imagenet --tasks all --image-size 256 --workers 8
   nws data prepare image_folder --root my_data --out runs/data/mine --option test_fraction=0.2
+  nws data prepare fashion_mnist --out runs/data/fmnist150 --per-class train=150   # 150 training images a class
 
 Re-running skips units whose files re-hash to the manifest; --force rebuilds them."""
 
@@ -47,6 +48,10 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--order", choices=("alphabetical", "source"), default=None, help="group: task order")
     g.add_argument("--explicit", default=None, metavar="A,B;C,D",
                    help="explicit: tasks separated by ';', classes (names, or ids) by ','")
+    g.add_argument("--per-class", action="append", default=[], metavar="SPLIT=N",
+                   help="keep N images of each class in SPLIT (repeatable; e.g. train=150): a seeded sample, the same "
+                        "images in every unit (--per-class-seed)")
+    g.add_argument("--per-class-seed", type=int, default=0, help="seed of the --per-class sample")
     g.add_argument("--no-pretrain-set", action="store_true", help="skip the all-classes unit `pretrain`")
     w = p.add_argument_group("writing")
     w.add_argument("--max-per-shard", type=int, default=10_000, help="samples per webdataset shard")
@@ -102,6 +107,16 @@ def _parse_options(items: list[str]) -> dict:
     return options
 
 
+def _parse_per_class(items: list[str]) -> dict[str, int]:
+    counts = {}
+    for item in items:
+        split, sep, n = item.partition("=")
+        if not sep or not split or not n.strip().isdigit():
+            raise ValueError(f"--per-class {item!r}: expected SPLIT=N, e.g. train=150")
+        counts[split] = int(n)
+    return counts
+
+
 def task_options(args, source) -> tuple[str, dict]:
     """(kind, split_tasks options) from the command-line arguments (`--explicit 'A,B;C,D'`)."""
     explicit = None
@@ -150,6 +165,7 @@ def run_prepare(args) -> int:
         if unknown or not formats:
             raise ValueError(f"--format {args.format!r}: expected a comma-separated list of wds, ffcv")
         source_options = _parse_options(args.option)
+        per_class = _parse_per_class(args.per_class)
         source = open_source(args.source, args.root, **source_options)
         kind, opts = task_options(args, source)
         summary = prepare(args.source, args.root, args.out, formats, kind, opts, source_options=source_options,
@@ -157,7 +173,8 @@ def run_prepare(args) -> int:
                           image_size=args.image_size, max_resolution=args.max_resolution,
                           image_format=args.image_format, ffcv_write_mode=args.ffcv_write_mode,
                           jpeg_quality=args.jpeg_quality, strict=args.strict, force=args.force,
-                          workers=args.workers, progress=not args.quiet, source=source)
+                          workers=args.workers, progress=not args.quiet, source=source, per_class=per_class,
+                          per_class_seed=args.per_class_seed)
     except (LayoutError, PrepareError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

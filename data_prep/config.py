@@ -26,6 +26,10 @@ class DataConfig(Section):
     root: str | None = None  # the dataset as distributed; None = the source's default
     options: dict[str, Any] = Field(default_factory=dict)  # source options, e.g. {test_fraction: 0.2, seed: 0}
     tasks: TasksConfig = Field(default_factory=TasksConfig)
+    # images kept per class in the named splits, e.g. {train: 150}: a small-data copy of any source (data_prep.subset;
+    # a seeded sample, the same images in every unit); the splits not named stay whole
+    per_class: dict[str, int] = Field(default_factory=dict)
+    per_class_seed: int = 0
     pretrain_set: bool = True  # also write the all-classes unit `pretrain` (pool pretraining data)
     formats: list[Literal["wds", "ffcv"]] = Field(default_factory=lambda: ["wds", "ffcv"])
     loader: Literal["wds", "ffcv", "memory"] = "wds"  # the format the training stages read

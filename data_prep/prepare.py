@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from data_prep import subset
 from data_prep.manifest import (
     BAD_LOG,
     FORMAT_VERSION,
@@ -317,9 +318,11 @@ def prepare(source_name: str, root, out, formats=FORMATS, task_kind: str = "bloc
             max_per_shard: int = 10_000, image_size: int | None = None, max_resolution: int | None = None,
             image_format: str = "auto", ffcv_write_mode: str = "auto", jpeg_quality: int = 90,
             shuffle_seed: int | None = 0, strict: bool = False, force: bool = False, workers: int = 1,
-            progress: bool = True, source: Source | None = None) -> dict:
+            progress: bool = True, source: Source | None = None, per_class: dict[str, int] | None = None,
+            per_class_seed: int = 0) -> dict:
     """Prepare every unit of `source_name` (at `root`) under `out`; returns the summary (also stored in the
-    manifest). `task_opts` go to data_prep.tasks.split_tasks; `source` may be given already opened."""
+    manifest). `task_opts` go to data_prep.tasks.split_tasks; `source` may be given already opened; `per_class`
+    keeps that many images of each class in the named splits (data_prep.subset, seeded by `per_class_seed`)."""
     start = time.time()
     out = Path(out)
     task_opts, source_options = dict(task_opts or {}), dict(source_options or {})
@@ -327,10 +330,15 @@ def prepare(source_name: str, root, out, formats=FORMATS, task_kind: str = "bloc
                         jpeg_quality, shuffle_seed)
     if source is None:
         source = open_source(source_name, root, **source_options)
+    per_class = dict(per_class or {})
+    if per_class:
+        source = subset.per_class(source, per_class, per_class_seed)
     units = _units(source, task_kind, task_opts, pretrain_set)
     root_text = None if root is None else str(Path(root).expanduser().resolve())
     meta = {"source": source_name, "root": root_text, "source_options": source_options, "task_kind": task_kind,
             "task_options": task_opts, "pretrain_set": pretrain_set}
+    if per_class:
+        meta["per_class"] = {"counts": per_class, "seed": per_class_seed}
     out.mkdir(parents=True, exist_ok=True)
     tasks = [t for t, kind in units if kind == "task"]
     _retire_other_tasks_file(out / TASKS, tasks, meta)
@@ -341,6 +349,8 @@ def prepare(source_name: str, root, out, formats=FORMATS, task_kind: str = "bloc
         cfg = {"format_version": FORMAT_VERSION, "source": source_name, "root": root_text,
                "source_options": source_options, "unit": task.to_dict(), "kind": kind, "write": asdict(opts),
                "splits": {s: int(len(task_records(sp, task))) for s, sp in source.splits.items()}}
+        if per_class:
+            cfg["per_class"] = meta["per_class"]
         cfg_hash = config_hash(cfg)
         entry = manifest["units"].get(task.name)
         if (not force and entry is not None and entry.get("config_hash") == cfg_hash

@@ -116,7 +116,7 @@ def data_stage(cfg, layout: Layout, force: bool, track: Callable) -> Stage:
         kind, opts = split_options(source, t.kind, t.classes_per_task, t.num_tasks, t.seed, t.order, t.explicit)
         summary = prepare(d.source, d.root, layout.data, d.formats, kind, opts, source_options=d.options,
                           pretrain_set=d.pretrain_set, max_per_shard=d.max_per_shard, strict=d.strict,
-                          force=force, source=source)
+                          force=force, source=source, per_class=d.per_class, per_class_seed=d.per_class_seed)
         print(format_summary(summary), flush=True)
         with track() as run:
             run.log_params({"data": resolved(cfg)["data"]})
