@@ -14,6 +14,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.config import check_name
+
 TEMPLATES = Path(__file__).with_name("templates")
 STAGES = ("data", "pretrain", "incremental", "report")
 PER_SEED = ("pretrain", "incremental")  # job arrays over the seeds
@@ -77,6 +79,28 @@ class JobScript:
     array: list[int] | None = None
 
 
+def one_line(value: str, what: str) -> str:
+    """`value` if it can be written into a script line; a newline, carriage return or NUL would start a shell line
+    of its own (issue 17: `--partition $'gpu\\ntouch x'` did), so such a value is refused, naming `what`."""
+    text = str(value)
+    bad = next((c for c in text if c in "\n\r\0"), None)
+    if bad is not None:
+        raise ValueError(f"{what}: {text!r} contains {bad!r}; a value written into an sbatch script must be one line")
+    return text
+
+
+def check_submission(sub: Submission) -> None:
+    """Every value that reaches a script is one line, and the experiment name is a safe folder name."""
+    check_name(sub.name, "name")
+    res = sub.resources
+    for what, value in [("--partition", res.partition), ("--time", res.time), ("config", sub.config),
+                        ("--runs-dir", sub.runs_dir), ("working directory", sub.workdir), ("python", sub.python),
+                        ("tracking URI", sub.tracking_uri), ("parent run id", sub.parent_run_id),
+                        ("stamp", sub.stamp), *((f"override {i + 1}", o) for i, o in enumerate(sub.overrides))]:
+        if value is not None:
+            one_line(value, what)
+
+
 def stage_command(sub: Submission, stage: str) -> str:
     """The contract's command for `stage`; the per-seed stages take the seed from the array task id."""
     args = [sub.python, "-m", "pipeline.cli", "pipeline", "run", "-c", str(sub.config), "--only", stage,
@@ -86,6 +110,7 @@ def stage_command(sub: Submission, stage: str) -> str:
 
 
 def sbatch_options(sub: Submission, stage: str, log: str, array: list[int] | None) -> list[str]:
+    """The #SBATCH lines; values with spaces are double-quoted (sbatch's own parser reads the quotes)."""
     res = sub.resources
     opts = [f"--job-name=nws-{sub.name}-{stage}", f"--output={log}", f"--chdir={sub.workdir}"]
     if stage == "pretrain":
@@ -103,13 +128,21 @@ def sbatch_options(sub: Submission, stage: str, log: str, array: list[int] | Non
     # and the log continues rather than starting over
     opts += ["--requeue", "--open-mode=append"] if res.requeue else ["--no-requeue"]
     opts.append("--kill-on-invalid-dep=yes")  # a failed upstream job cancels its dependants instead of stranding them
-    return [f"#SBATCH {o}" for o in opts]
+    return [f"#SBATCH {_quoted(one_line(o, 'sbatch option'))}" for o in opts]
+
+
+def _quoted(option: str) -> str:
+    key, sep, value = option.partition("=")
+    if not sep or not any(c in value for c in " \t\"'#$\\"):
+        return option
+    return f'{key}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def render_job(sub: Submission, stage: str, command: str | None = None) -> JobScript:
     """The script of one stage; `command` replaces the pipeline command (e.g. `python -m pretrain ...`)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    check_submission(sub)
     array = list(sub.seeds) if stage in PER_SEED else None
     log = str(sub.folder / "logs" / (f"{stage}-%A_%a.out" if array is not None else f"{stage}-%j.out"))
     template = TEMPLATES / ("pretrain.sbatch.tmpl" if stage == "pretrain" else "stage.sbatch.tmpl")

@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 M = TypeVar("M", bound=BaseModel)
+# an experiment name is a folder under the runs directory and a word of Slurm job names and MLflow runs: letters,
+# digits and _ . + -, no separator, no newline, not `.` or `..` (issue 17: `../x` wrote outside the runs folder,
+# a newline in it put a shell line into every sbatch script)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def check_name(name: str, key: str = "name") -> str:
+    """`name` if it is a safe experiment name (NAME), else a ValueError naming `key` and what is allowed."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{key}: {name!r} cannot name a run folder; use 1-100 letters, digits and _ . + - "
+                         "(starting with a letter or digit, no '..')")
+    return name
 
 
 class Section(BaseModel):
@@ -134,6 +147,11 @@ def experiment_schema():
         model: ModelConfig = Field(default_factory=ModelConfig)
         pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
         incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)
+
+        @field_validator("name")
+        @classmethod
+        def _safe_name(cls, value: str) -> str:
+            return check_name(value, "the experiment name")
 
     return Experiment
 

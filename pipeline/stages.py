@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import resolved
+from pipeline.config import check_name, resolved
 
 STAGES = ("data", "pretrain", "incremental", "report")
 PER_SEED = ("pretrain", "incremental")
@@ -37,6 +37,8 @@ class Layout:
 
     @property
     def root(self) -> Path:
+        """runs/<name>, refused when it would not lie inside the runs folder (a name with a separator or `..`)."""
+        check_name(self.name, "name")
         return self.runs_dir / self.name
 
     @property

@@ -130,3 +130,32 @@ def test_array_task_lists():
     assert expand_tasks("[1-2]") == [1, 2]
     assert expand_tasks("0-9%2") == list(range(10))
     assert expand_tasks("5") == [5]
+
+
+@pytest.mark.parametrize("bad", [["name=x\ntouch PWNED\n#"], ["--partition", "gpu\ntouch PWNED"],
+                                 ["--time", "1:00\rtouch PWNED"], ["name=../../escaped"], ["name=/tmp/abs"],
+                                 ["data.root=x\ntouch PWNED"]])
+def test_values_that_would_inject_a_line_or_escape_are_refused(tmp_path, capsys, monkeypatch, bad):
+    """Issue 17: a newline in the experiment name, a Slurm option or an override put `touch PWNED` on its own line
+    of every rendered script, and a name with separators wrote outside the runs folder. Now each is refused with
+    exit code 2 and a message naming the value, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    args = ["cluster", "submit", "-c", str(DEMO), "--runs-dir", "runs", "--dry-run"]
+    args += bad
+    assert nws(args) == 2
+    captured = capsys.readouterr()
+    assert "PWNED" not in captured.out and "#SBATCH" not in captured.out
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    key = {"name": "experiment name", "--partition": "--partition", "--time": "--time", "data.root": "override"}
+    assert next(v for k, v in key.items() if bad[0].startswith(k)) in captured.err
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.parent.glob("escaped*"))
+
+
+def test_values_with_spaces_are_quoted_for_sbatch(tmp_path):
+    """A working directory with a space stays one #SBATCH argument: sbatch reads the double quotes itself."""
+    sub = _submission(tmp_path / "my runs", partition="gpu")
+    text = render(sub)[0].text
+    assert f'#SBATCH --chdir="{tmp_path / "my runs"}"' in text
+    assert "#SBATCH --partition=gpu" in text
+    result = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+    assert result.returncode == 0, result.stderr
