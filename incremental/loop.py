@@ -28,7 +28,7 @@ from incremental import chance, checkpoint, memory, metrics
 from incremental.config import RESUME_NEUTRAL
 from incremental.evaluate import evaluate_stored
 from incremental.methods import Method, get_method, make_method
-from incremental.stored import is_sealed, seal_shared, seal_task, verify_shared
+from incremental.stored import is_sealed, seal_shared, seal_task, verify_shared, verify_task
 from incremental.train import train_task
 from nws.io import atomic_write_json, read_json
 from pipeline.config import config_hash, resolved
@@ -145,6 +145,8 @@ def run_method(accelerator, method: Method, runs_dir: Path, on_epoch_end=None) -
             tracker.log_params(resolved(ctx.cfg))
         for t in range(len(tasks)):
             if str(t) in progress["rows"]:
+                if main:  # an evaluated task still holds the bytes it was evaluated from (issue 17), else exit 4
+                    verify_task(ctx.task_dir(t))
                 continue
             folder = ctx.task_dir(t)
             if not is_sealed(folder):

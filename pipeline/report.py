@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from incremental import chance
-from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json
+from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json, sha256_file
 from nws.memory import MIB
 from pipeline import plots
 from pipeline.aggregate import STD_NOTE, aggregate, is_number, mean, seed_values, std
@@ -69,6 +69,19 @@ def run_folders(experiment_dir: Path, config: dict | None) -> list[tuple[int | N
     return [(cfg.get("seeds", [None])[0], experiment_dir, cfg)]
 
 
+def check_recorded(path: Path, stage_folder: Path) -> None:
+    """A metrics.json that the pipeline's stage record (stage.json) lists must still have the recorded bytes: a
+    hand-edited one is refused, not published (issue 17). Runs made by `nws incremental` alone have no record."""
+    record = stage_folder / "stage.json"
+    if not record.is_file():
+        return
+    recorded = read_json(record).get("files") or {}
+    name = str(path.relative_to(stage_folder))
+    if name in recorded and recorded[name] != sha256_file(path):
+        raise ValueError(f"{path}: changed since the incremental stage recorded it in {record}; an edited result "
+                         "is not reported (run the stage again: nws pipeline run -c CONFIG --from incremental)")
+
+
 def collect(experiment_dir: Path, config: dict | None = None) -> tuple[list[dict], dict[str, list[MethodRun]]]:
     """The resolved configs of the runs and {method: its runs, in seed order}; clear errors when nothing is there."""
     if not experiment_dir.is_dir():
@@ -81,6 +94,7 @@ def collect(experiment_dir: Path, config: dict | None = None) -> tuple[list[dict
             missing = [k for k in REQUIRED if k not in doc] if isinstance(doc, dict) else list(REQUIRED)
             if missing:
                 raise ValueError(f"{path}: not a metrics.json of the incremental stage (missing {', '.join(missing)})")
+            check_recorded(path, folder / "incremental")
             found.setdefault(doc.get("method", path.parent.name), []).append(MethodRun(seed, path, doc))
     if not found:
         raise FileNotFoundError(f"{experiment_dir}: nothing to report: no seed<S>/incremental/<method>/metrics.json "

@@ -44,12 +44,24 @@ def selected(only: str | None, start: str | None) -> list[str]:
 
 
 def up_to_date(stage: S.Stage) -> bool:
-    """stage.json says this key produced these outputs, and the outputs are still those bytes."""
+    """stage.json says this key produced these outputs, and the outputs are still those bytes (every file the stage
+    stored, re-hashed; the data shards' sizes against the manifest). A changed or missing file is named (issue 17:
+    a flipped byte in a stored indices.bin was `up to date`), and the stage runs again, which for a corrupted
+    stored task stops with the loop's checksum error instead of publishing the old accuracy."""
     path = stage.folder / RECORD
     if not path.is_file():
         return False
     record = read_json(path)
-    return record.get("key") == config_hash(stage.key) and record.get("outputs") == S.digest(stage.outputs())
+    if record.get("key") != config_hash(stage.key):
+        return False
+    outputs = stage.outputs()
+    problems = S.changed_files(record.get("files"), outputs, stage.folder) + stage.check()
+    if problems or record.get("outputs") != S.digest(outputs):
+        shown = problems[:3] or ["the stage's outputs differ from stage.json"]
+        print(f"[pipeline] {stage.label}: changed since it finished: " + "; ".join(shown)
+              + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""), flush=True)
+        return False
+    return True
 
 
 def seed_config(cfg, seed: int, layout: S.Layout):
@@ -148,6 +160,7 @@ def run_stage(stage: S.Stage, force: bool, parent) -> dict:
             raise S.StageFailed(f"{stage.label} finished without its outputs: {', '.join(missing)}")
         atomic_write_json(stage.folder / RECORD, {"stage": stage.name, "seed": stage.seed,
                                                   "key": config_hash(stage.key), "outputs": outputs,
+                                                  "files": S.file_digests(stage.outputs(), stage.folder),
                                                   "seconds": round(seconds, 3), "finished": time.time()})
         parent.log_metrics({f"seconds.{stage.name}" + ("" if stage.seed is None else f".seed{stage.seed}"): seconds})
     print(f"[pipeline] {stage.label}: done in {seconds:.1f} s", flush=True)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nws.io import sha256_file
 from pipeline.config import check_name, resolved
 
 STAGES = ("data", "pretrain", "incremental", "report")
@@ -73,6 +74,8 @@ class Stage:
     outputs: Callable[[], list[Path]]  # the files whose bytes identify what the stage produced
     execute: Callable[[], None]
     clear: Callable[[], None] = field(default=lambda: None)  # what --force removes before running
+    # problems with files the stage wrote beyond `outputs` (e.g. the data shards: sizes against the manifest)
+    check: Callable[[], list[str]] = field(default=lambda: [])
 
     @property
     def label(self) -> str:
@@ -88,6 +91,50 @@ def digest(paths: list[Path]) -> str | None:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def file_digests(paths: list[Path], base: Path) -> dict[str, str]:
+    """{path relative to `base` (else absolute): sha256} of the named files that exist. stage.json keeps it, so a
+    changed or missing file is named, and `nws report` can check a metrics.json against it."""
+    def name(p: Path) -> str:
+        return str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
+
+    return {name(p): sha256_file(p) for p in paths if p.is_file()}
+
+
+def changed_files(recorded: dict[str, str] | None, paths: list[Path], base: Path) -> list[str]:
+    """The files of `recorded` (a stage.json's `files`) that are now missing or other bytes; [] without a record."""
+    if not recorded:
+        return []
+    now = file_digests(paths, base)
+    return [f"{name} {'missing' if name not in now else 'changed'}" for name, sha in recorded.items()
+            if now.get(name) != sha]
+
+
+def tree(folder: Path, skip: tuple[str, ...] = ("checkpoints",)) -> list[Path]:
+    """Every file a stage left under `folder`, sorted: what it stored, not the resumable state it kept on the way
+    (the folders named in `skip`), hidden files or its own stage.json."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "stage.json"
+                  and not any(part in skip or part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def data_files_problems(data: Path) -> list[str]:
+    """Every file the data manifest lists, present with its recorded size (a stat each: the bytes are re-hashed by
+    `nws data prepare` and by the loaders, not on every pipeline run)."""
+    from data_prep.manifest import load_manifest, split_files
+
+    problems = []
+    for unit, entry in load_manifest(data).get("units", {}).items():
+        for split in entry["splits"].values():
+            for rec in split_files(split):
+                path = data / unit / rec["path"]
+                if not path.is_file():
+                    problems.append(f"{path}: missing")
+                elif path.stat().st_size != rec["bytes"]:
+                    problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {rec['bytes']}")
+    return problems
 
 
 # what a stage process's exit code means, where it is not just "failed" (its own message is printed above)
@@ -129,7 +176,8 @@ def data_stage(cfg, layout: Layout, force: bool, track: Callable) -> Stage:
             run.log_artifact(layout.data / "tasks.json")
 
     return Stage("data", None, layout.data, {"data": resolved(cfg)["data"]},
-                 lambda: [layout.data / "manifest.json", layout.data / "tasks.json"], execute)
+                 lambda: [layout.data / "manifest.json", layout.data / "tasks.json"], execute,
+                 check=lambda: data_files_problems(layout.data))
 
 
 def pretrain_dir(cfg, seed: int, layout: Layout) -> Path:
@@ -149,7 +197,7 @@ def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: di
            "upstream": upstream}
     args = ["-c", str(layout.config(seed)), "--data", str(layout.data), "--out", str(out),
             "--runs-dir", str(layout.runs_dir)] + (["--allow-degenerate"] if allow_degenerate else [])
-    return Stage("pretrain", seed, out, key, lambda: [out / "complete", out / "pretrain.json"],
+    return Stage("pretrain", seed, out, key, lambda: pretrain_outputs(out),
                  lambda: run_module("pretrain", args, env), lambda: shutil.rmtree(out, ignore_errors=True))
 
 
@@ -162,7 +210,13 @@ def reused_pretrain_stage(cfg, seed: int, layout: Layout, out: Path) -> Stage:
                                     "`complete` file); run that experiment's pretrain stage first")
 
     return Stage("pretrain", seed, layout.pretrain(seed), {"reuse": str(out.resolve())},
-                 lambda: [out / "complete", out / "pretrain.json"], execute)
+                 lambda: pretrain_outputs(out), execute)
+
+
+def pretrain_outputs(out: Path) -> list[Path]:
+    """`complete` and pretrain.json first (a run that did not finish has no digest), then every stored file."""
+    first = [out / "complete", out / "pretrain.json"]
+    return first + [p for p in tree(out) if p not in first]
 
 
 def incremental_stage(cfg, seed: int, layout: Layout, upstream: list[str | None], env: dict[str, str]) -> Stage:
@@ -176,8 +230,11 @@ def incremental_stage(cfg, seed: int, layout: Layout, upstream: list[str | None]
         drop_changed_methods(cfg, out)
         run_module("incremental", args, env)
 
-    return Stage("incremental", seed, out, key,
-                 lambda: [out / m / "metrics.json" for m in cfg.incremental.methods], execute,
+    def outputs() -> list[Path]:  # each method's metrics.json (absent: not finished), then every file it stored
+        metrics = [out / m / "metrics.json" for m in cfg.incremental.methods]
+        return metrics + [p for m in cfg.incremental.methods for p in tree(out / m) if p not in metrics]
+
+    return Stage("incremental", seed, out, key, outputs, execute,
                  lambda: shutil.rmtree(out, ignore_errors=True))
 
 

@@ -106,6 +106,58 @@ def test_outputs_changed_on_disk_are_redone(pipeline_run):
     assert report.read_text().startswith("# ")
 
 
+def test_stored_files_changed_after_the_run_are_noticed(pipeline_run, capfd):
+    """Issue 17: a flipped byte in a stored indices.bin left the stage `up to date` and `nws report` published a
+    hand-edited metrics.json. Now the stage is not up to date, its rerun stops on the loop's checksum check (exit 4
+    of the stage, naming the file), a missing data shard is named, and the report refuses the edited file. Every
+    file is put back afterwards and the run is up to date again."""
+    from pipeline import stages as S
+    from pipeline.report_cli import main as report_main
+    from pipeline.runner import up_to_date
+
+    config, runs, _ = pipeline_run
+    exp = runs / "tiny"
+    indices = exp / "seed1" / "incremental" / "nws" / "task01_task01" / "indices.bin"
+    original = indices.read_bytes()
+    indices.write_bytes(bytes([original[0] ^ 1]) + original[1:])
+    args = ["run", "-c", str(config), "--runs-dir", str(runs), "--seed", "1", "--only", "incremental"]
+    try:
+        assert cli_main(args) == 1
+    finally:
+        indices.write_bytes(original)
+    out = capfd.readouterr()
+    assert "incremental (seed 1): changed since it finished: nws/task01_task01/indices.bin changed" in out.out
+    assert f"{indices}: checksum mismatch" in out.err
+    assert cli_main(args) == 0 and "0 stage(s) ran, 1 up to date" in capfd.readouterr().out
+
+    shard = exp / "data" / "task01" / "test-000000.tar"
+    moved = shard.with_name("moved.tar")
+    shard.rename(moved)
+    try:
+        cfg = yaml.safe_load(config.read_text())
+        from pipeline.config import experiment_schema
+
+        stage = S.data_stage(experiment_schema().model_validate(cfg), S.Layout(runs, "tiny"), False, None)
+        assert not up_to_date(stage)
+        assert f"data: changed since it finished: {shard}: missing" in capfd.readouterr().out
+    finally:
+        moved.rename(shard)
+    assert up_to_date(stage)
+
+    metrics = exp / "seed0" / "incremental" / "finetune" / "metrics.json"
+    kept = metrics.read_text()
+    doc = read_json(metrics)
+    metrics.write_text(kept.replace(f'"final_avg_acc": {doc["final_avg_acc"]}', '"final_avg_acc": 0.999'))
+    try:
+        assert metrics.read_text() != kept
+        assert report_main(["--dir", str(exp), "--out", str(exp / "edited"), "--no-track"]) == 2
+        err = capfd.readouterr().err
+        assert f"{metrics}: changed since the incremental stage recorded it" in err
+        assert not (exp / "edited" / "results.md").exists()
+    finally:
+        metrics.write_text(kept)
+
+
 def test_bad_requests_name_what_is_wrong(pipeline_run, tmp_path, capsys):
     config, runs, _ = pipeline_run
     with pytest.raises(ConfigError, match="unknown stage 'train'"):
