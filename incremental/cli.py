@@ -8,7 +8,7 @@ last epoch checkpoint. Defaults: runs/<name>/data, runs/<name>/pretrain, runs/<n
 At the end every method's final task accuracies are printed, a task accuracy that is not significantly above chance
 (incremental.chance: one-sided binomial test against 1/classes) marked `*`, with a WARNING line on stderr; with
 --strict such a task is an error: exit code 6 (after everything is written). Other exit codes: 2 bad input,
-3 non-finite loss, 4 corrupted artifact.
+3 non-finite loss, 4 corrupted artifact, 7 another process writes the output folder (its pid named).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def run_cli(args) -> int:
     from incremental.loop import run
     from incremental.train import NonFiniteLoss
     from nws.artifact import ArtifactError
+    from nws.lock import EXIT_CODE as LOCKED, FolderLocked, folder_lock, is_rank_zero
     from pipeline.config import ConfigError, stage_config, stage_dir
 
     try:
@@ -94,17 +95,21 @@ def run_cli(args) -> int:
         data = stage_dir(args.data, runs, cfg.name, "data")
         pretrain = stage_dir(args.pretrain, runs, cfg.name, "pretrain")
         out = stage_dir(args.out, runs, cfg.name, "incremental")
-        results = run(cfg, data, pretrain, out, methods=args.method, runs_dir=args.runs_dir or runs)
-        inferred = {}
-        if args.task_inference and PartialState().is_main_process:
-            from incremental.task_inference import evaluate_run
+        with folder_lock(out, enabled=is_rank_zero()):  # one writer of the output folder (nws.lock)
+            results = run(cfg, data, pretrain, out, methods=args.method, runs_dir=args.runs_dir or runs)
+            inferred = {}
+            if args.task_inference and PartialState().is_main_process:
+                from incremental.task_inference import evaluate_run
 
-            inferred = evaluate_run(cfg, data, pretrain, out, list(results), args.task_inference_batch_size,
-                                    args.task_inference_samples)
+                inferred = evaluate_run(cfg, data, pretrain, out, list(results), args.task_inference_batch_size,
+                                        args.task_inference_samples)
         PartialState().destroy_process_group()  # a launched run leaves its process group cleanly
     except ArtifactError as e:
         print(f"error: {e}", file=sys.stderr)
         return 4
+    except FolderLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return LOCKED
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -8,7 +8,8 @@ runs/<name>/: data/, seed<S>/{config.yaml, pretrain/, incremental/<method>/}, re
 
 The results table at the end marks `*` a task accuracy that is not significantly above chance (incremental.chance)
 and names it in a WARNING line on stderr. Exit codes: 1 a stage failed, 2 bad input, 6 with --strict when a task is
-at chance (every stage ran and the report is written first).
+at chance (every stage ran and the report is written first), 7 another process writes the run's folder (nws.lock:
+a whole run locks runs/<name>/, each stage its own folder; the message names the holder's pid, host and command).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def register(subparsers) -> None:
 
 def run_cli(args) -> int:
     from nws.artifact import ArtifactError
+    from nws.lock import EXIT_CODE, FolderLocked
     from pipeline.config import ConfigError
     from pipeline.runner import run_pipeline
     from pipeline.stages import StageFailed
@@ -67,6 +69,9 @@ def run_cli(args) -> int:
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except FolderLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CODE
     except (ConfigError, ArtifactError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from nws.io import atomic_write_bytes, atomic_write_json, read_json
+from nws.lock import folder_lock, is_rank_zero
 from pipeline import stages as S
 from pipeline.config import ConfigError, config_hash, experiment_schema, load_config, resolved
 from pipeline.tracking import DEFAULT_RUNS_DIR, PARENT_ENV, TAGS_ENV, attach_run, start_run
@@ -29,7 +30,7 @@ PIPELINE = "pipeline.json"
 
 def is_main_rank() -> bool:
     """Rank 0 of a launcher or of srun (every rank runs `--only pretrain` under srun; only rank 0 records)."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    return is_rank_zero()
 
 
 def selected(only: str | None, start: str | None) -> list[str]:
@@ -107,7 +108,10 @@ def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: 
     layout = S.Layout(runs_dir, cfg.name)
     layout.root.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict] = {}
-    with parent_run(cfg, layout, runs_dir) as parent:
+    # a whole run holds the experiment folder too (one MLflow parent, one writer of pipeline.json); `--only` jobs,
+    # such as Slurm's concurrent array tasks of one stage, lock just the stage folders they write
+    with folder_lock(layout.root, enabled=is_main_rank() and only is None), \
+            parent_run(cfg, layout, runs_dir) as parent:
         env = {PARENT_ENV: os.environ.get(PARENT_ENV) or parent.run_id or ""}
         for stage in plan(cfg, layout, run_seeds, env, force, parent, allow_degenerate):
             if stage.name not in chosen:
@@ -144,6 +148,12 @@ def plan(cfg, layout: S.Layout, seeds: list[int], env: dict[str, str], force: bo
 
 
 def run_stage(stage: S.Stage, force: bool, parent) -> dict:
+    """The stage, unless up to date; its folder locked meanwhile (nws.lock: one writer, handed to its child)."""
+    with folder_lock(stage.folder, enabled=is_main_rank()):
+        return _run_stage(stage, force, parent)
+
+
+def _run_stage(stage: S.Stage, force: bool, parent) -> dict:
     if not force and up_to_date(stage):
         print(f"[pipeline] {stage.label}: up to date, skipped ({stage.folder})", flush=True)
         return {"status": "skipped", "folder": str(stage.folder)}

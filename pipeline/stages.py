@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nws.io import sha256_file
+from nws.lock import child_options
 from pipeline.config import check_name, resolved
 
 STAGES = ("data", "pretrain", "incremental", "report")
@@ -144,7 +145,8 @@ EXIT_MEANINGS = {("pretrain", 5): "degenerate pretraining outputs; pass --allow-
 def run_module(module: str, args: list[str], env: dict[str, str]) -> None:
     """`python -m module args` with the pipeline's environment; a non-zero exit is a StageFailed."""
     cmd = [sys.executable, "-m", module, *args]
-    code = subprocess.run(cmd, env={**os.environ, **env}).returncode
+    options = child_options()  # the stage folder's lock handed down; the child dies with this process
+    code = subprocess.run(cmd, **{**options, "env": {**options["env"], **env}}).returncode
     if code != 0:
         meaning = EXIT_MEANINGS.get((module, code))
         raise StageFailed(f"`{' '.join(cmd)}` exited with code {code}" + (f" ({meaning})" if meaning else ""))

@@ -4,6 +4,8 @@ run with a child per stage, seed and method."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
@@ -156,6 +158,29 @@ def test_stored_files_changed_after_the_run_are_noticed(pipeline_run, capfd):
         assert not (exp / "edited" / "results.md").exists()
     finally:
         metrics.write_text(kept)
+
+
+def test_one_writer_per_run_folder(pipeline_run, capfd):
+    """Issue 17: two `nws pipeline run` of one config both trained in one folder. A whole run locks runs/<name>/
+    and each stage its folder; another writer is refused with exit 7 naming the holder, and changes nothing."""
+    from nws.lock import folder_lock
+    from incremental.cli import main as incremental_main
+
+    config, runs, _ = pipeline_run
+    exp = runs / "tiny"
+    before = {p: p.read_bytes() for p in exp.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
+    with folder_lock(exp):
+        assert cli_main(["run", "-c", str(config), "--runs-dir", str(runs)]) == 7
+        assert f"error: {exp}: in use by pid {os.getpid()}" in capfd.readouterr().err
+    with folder_lock(exp / "seed0" / "incremental"):
+        args = ["run", "-c", str(config), "--runs-dir", str(runs), "--only", "incremental", "--seed", "0"]
+        assert cli_main(args) == 7
+        assert f"{exp / 'seed0' / 'incremental'}: in use by pid" in capfd.readouterr().err
+        assert incremental_main(["-c", str(exp / "seed0" / "config.yaml"), "--data", str(exp / "data"),
+                                 "--pretrain", str(exp / "seed0" / "pretrain"),
+                                 "--out", str(exp / "seed0" / "incremental"), "--runs-dir", str(runs)]) == 7
+    after = {p: p.read_bytes() for p in exp.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
+    assert after == before  # (seed0/config.yaml is rewritten with the same bytes before the stage lock is tried)
 
 
 def test_bad_requests_name_what_is_wrong(pipeline_run, tmp_path, capsys):
