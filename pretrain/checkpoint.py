@@ -6,14 +6,22 @@ state of the pool update) and `state.json` (where the data loop stands). DeepSpe
 `latest.json` is written atomically by rank 0 only after every rank has finished writing, so a run killed while
 saving resumes from the previous checkpoint. Tags name the data position (`e0003-b000120`), so two saves never
 write into the same folder.
+
+No pickle runs on the way back in (issue 17: DeepSpeed loads its `.pt` files with `torch.load(weights_only=False)`,
+so a crafted file in a checkpoint folder ran code on resume). The engine's checkpoint loader is replaced by one that
+reads with `weights_only=True`, allowing only the three DeepSpeed classes its ZeRO files hold (DEEPSPEED_GLOBALS).
+A file that is refused or unreadable is named, and the previous complete checkpoint is tried.
 """
 
 from __future__ import annotations
 
+import pickle
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from nws.io import atomic_write_json, load_tensors, read_json, save_tensors
@@ -39,6 +47,36 @@ class TrainState:
     @property
     def tag(self) -> str:
         return f"e{self.epoch:04d}-b{self.batch:06d}"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is refused (it needs more than tensors and the allowed classes) or cannot be read."""
+
+
+def deepspeed_globals() -> list:
+    """The classes DeepSpeed's ZeRO checkpoint files pickle beside tensors (found by loading bf16 and fp32, stage 1
+    checkpoints with weights_only=True); nothing else is constructed when one is read."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path, map_location=None):
+    """torch.load with weights_only=True and DeepSpeed's classes allowed: the replacement of the engine's loader."""
+    try:
+        with torch.serialization.safe_globals(deepspeed_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Unsupported global" in text:  # the weights-only unpickler met a class or function it does not allow
+            what = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), "")
+            raise CheckpointError(f"{path}: refused, it holds more than tensors and DeepSpeed's own classes (a "
+                                  f"crafted or foreign file; nothing of it ran): {what}") from None
+        raise CheckpointError(f"{path}: unreadable (not a torch checkpoint, or truncated)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
 
 
 def _barrier():
@@ -80,15 +118,36 @@ def latest_tag(folder: Path) -> str | None:
     return tag
 
 
+def candidates(folder: Path, newest: str) -> list[str]:
+    """`newest`, then the older complete checkpoints (state.json written), newest first."""
+    older = sorted((p.name for p in Path(folder).iterdir() if p.is_dir() and p.name[:1] == "e" and p.name < newest
+                    and (p / STATE).is_file()), reverse=True)
+    return [newest, *older]
+
+
 def load(engine, folder: Path, distiller=None) -> TrainState | None:
-    """Restore the latest checkpoint into `engine` (and `distiller`); None when there is none yet."""
+    """Restore the latest readable checkpoint into `engine` (and `distiller`); None when there is none yet. A refused
+    or unreadable checkpoint is named on stderr and the previous one is tried; CheckpointError when none loads."""
     folder = Path(folder)
     tag = latest_tag(folder)
     if tag is None:
         return None
-    path, _ = engine.load_checkpoint(str(folder), tag=tag)
-    if path is None:
-        raise FileNotFoundError(f"{folder / tag}: DeepSpeed could not load this checkpoint")
-    if distiller is not None:
-        distiller.load_state_dict(load_tensors(folder / tag / DISTILLER))
-    return TrainState(**read_json(folder / tag / STATE))
+    engine.checkpoint_engine.load = safe_load  # no pickle: see the module docstring
+    problems = []
+    for tag in candidates(folder, tag):
+        try:
+            path, _ = engine.load_checkpoint(str(folder), tag=tag)
+            if path is None:
+                raise CheckpointError(f"{folder / tag}: DeepSpeed could not load this checkpoint")
+            if distiller is not None:
+                try:
+                    distiller.load_state_dict(load_tensors(folder / tag / DISTILLER))
+                except Exception as e:  # safetensors' own errors name no file
+                    raise CheckpointError(f"{folder / tag / DISTILLER}: unreadable ({e})") from None
+        except CheckpointError as e:
+            problems.append(str(e))
+            print(f"[pretrain] warning: {e}; trying the checkpoint before it", file=sys.stderr, flush=True)
+            continue
+        return TrainState(**read_json(folder / tag / STATE))
+    raise CheckpointError("no checkpoint under " + str(folder) + " could be loaded: " + "; ".join(problems)
+                          + "; delete the folder to train from the start")

@@ -7,8 +7,8 @@ complete output folder with the same resolved config is left as it is.
 After training, the outputs are checked (pretrain/health.py): a layer whose pool collapsed (KUR under
 pretrain.health.min_kur) or a test accuracy not significantly above chance stops the stage before it is marked
 complete, naming the layers and what to change; `--allow-degenerate` keeps such outputs without training again.
-Exit codes: 0 done, 2 bad input, 3 non-finite losses, 5 degenerate outputs, 7 another process writes the output
-folder (its pid, host and command named).
+Exit codes: 0 done, 2 bad input, 3 non-finite losses, 4 no checkpoint loads, 5 degenerate outputs, 7 another
+process writes the output folder (its pid, host and command named).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def register(subparsers) -> None:
 def run_cli(args) -> int:
     from nws.lock import EXIT_CODE as LOCKED, FolderLocked, folder_lock, is_rank_zero
     from pipeline.config import stage_config, stage_dir
+    from pretrain.checkpoint import CheckpointError
     from pretrain.guard import NonFiniteLoss
     from pretrain.health import EXIT_CODE, DegeneratePretraining
     from pretrain.run import run
@@ -63,6 +64,9 @@ def run_cli(args) -> int:
     except FolderLocked as e:
         print(f"error: {e}", file=sys.stderr)
         return LOCKED
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

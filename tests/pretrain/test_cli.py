@@ -141,6 +141,50 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_pools(reference, digits, t
     assert [s for s, _ in _history(tmp_path, out, "nws", "loss")] == list(range(1, 21))
 
 
+class _Crafted:
+    """What a hostile checkpoint holds: unpickling it would create the file named."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_runs_nothing_and_a_bad_one_falls_back(reference, digits, tmp_path):
+    """Issue 17: DeepSpeed read checkpoints with torch.load(weights_only=False), so a crafted .pt in a checkpoint
+    folder ran code on resume, and a corrupt one raised `Invalid magic number` naming no file. Now the crafted file
+    is refused without running (named on stderr), the previous checkpoint is resumed from, and the pools are the
+    uninterrupted run's; with no loadable checkpoint left the run stops with exit 4 naming the files."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference / "out" / "checkpoints", out / "checkpoints")
+    ckpt = out / "checkpoints" / "nws"
+    latest = read_json(ckpt / "latest.json")["tag"]
+    older = sorted(p.name for p in ckpt.iterdir() if p.is_dir() and p.name < latest)[-1]
+    marker = tmp_path / "PWNED"
+    torch.save({"module": _Crafted(str(marker))}, ckpt / latest / "mp_rank_00_model_states.pt")
+    proc = _ok(run_pretrain(tmp_path, digits, out, *RUN, "pretrain.kind=both"))
+    assert not marker.exists(), "unpickling the crafted checkpoint ran its code"
+    assert f"{ckpt / latest / 'mp_rank_00_model_states.pt'}: refused" in proc.stderr
+    assert "trying the checkpoint before it" in proc.stderr
+    ref = load_tensors(reference / "out" / "pools.safetensors")
+    got = load_tensors(out / "pools.safetensors")
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+    out = tmp_path / "out2"
+    shutil.copytree(reference / "out" / "checkpoints" / "nws", out / "checkpoints" / "nws")
+    ckpt = out / "checkpoints" / "nws"
+    (ckpt / older / "mp_rank_00_model_states.pt").write_bytes(b"not a checkpoint")
+    torch.save({"module": _Crafted(str(marker))}, ckpt / latest / "mp_rank_00_model_states.pt")
+    proc = run_pretrain(tmp_path, digits, out, *RUN, "pretrain.kind=both")
+    assert proc.returncode == 4 and not marker.exists()
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"error: no checkpoint under {ckpt} could be loaded")
+    assert f"{ckpt / older / 'mp_rank_00_model_states.pt'}: unreadable" in err and "Traceback" not in proc.stderr
+
+
 # N(0, 1) pools: pools at the kernels' scale (the default k-means) put many temporary kernels near a tie between two
 # pool kernels, and the first argmin flip between 1 and 2 ranks then comes at step 3 (measured: 6e-5, 2e-3 at step 4)
 FP32 = ["pretrain.kind=nws", "pretrain.precision=fp32", "pretrain.distill.restart_every=1000",
