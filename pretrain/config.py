@@ -82,7 +82,9 @@ class PretrainConfig(Section):
     # BatchNorm statistics over the global batch (all ranks) rather than each rank's share, so that W ranks train
     # the network of 1 rank (pretrain/global_bn.py); off = the usual DDP BatchNorm (per-rank statistics)
     sync_batchnorm: bool = False
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = torch autocast through DeepSpeed (BatchNorm stays fp32)
+    # bf16 = torch autocast through DeepSpeed (BatchNorm stays fp32); auto = bf16 where the device computes it
+    # natively (pretrain.engine.native_bf16), else fp32: on a CPU without bf16 instructions autocast emulates it
+    precision: Literal["auto", "bf16", "fp32"] = "bf16"
     zero_stage: int = Field(1, ge=0, le=3)
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm; None = no clipping
     pool_init: Literal["normal", "kmeans", "sample"] = "kmeans"  # normal = the paper's random pools (see above)

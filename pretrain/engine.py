@@ -50,6 +50,26 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 natively: a CUDA device that supports it, or a CPU with AVX512-BF16 or
+    AMX-BF16. Elsewhere bf16 autocast is emulated: on a 2-core AMD EPYC (AVX2) a Fashion-MNIST pretraining step of
+    configs/fmnist.yaml took 4.2 s in bf16 and 0.24 s in fp32 (same run otherwise, issue 14's benchmarks)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def precision_of(cfg: PretrainConfig) -> str:
+    """The precision a run uses: `cfg.precision`, with `auto` resolved on this machine (native_bf16)."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if native_bf16() else "fp32"
+
+
 def ds_config(cfg: PretrainConfig, plan: BatchPlan) -> dict:
     config = {
         "train_batch_size": plan.global_batch,
@@ -61,7 +81,7 @@ def ds_config(cfg: PretrainConfig, plan: BatchPlan) -> dict:
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
-    if cfg.precision == "bf16":
+    if precision_of(cfg) == "bf16":
         config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16",
                                     "lower_precision_safe_modules": BF16_GRAD_MODULES}
     return config

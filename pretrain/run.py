@@ -16,6 +16,7 @@ from nws.io import atomic_write_json, read_json
 from pipeline.config import config_hash, resolved
 from pipeline.tracking import DEFAULT_RUNS_DIR, start_run
 from pretrain import data, health, outputs
+from pretrain.engine import precision_of
 from pretrain.evaluate import accuracy, rebuild_nws, rebuild_plain
 from pretrain.launch import init_distributed
 from pretrain.loop import Job, checkpoint_dir, train
@@ -45,8 +46,13 @@ def run(cfg, data_dir: str | Path, out_dir: str | Path, runs_dir: str | Path = D
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     num_classes = data.num_classes(data_dir)  # a missing or incomplete data folder fails before any group forms
     # the stage's identity: its resolved config and the data it reads (a changed unit is a new run)
-    digest = config_hash({"config": identity(cfg), "data": data.data_hash(data_dir)})
+    auto = {"precision": precision_of(cfg.pretrain)} if cfg.pretrain.precision == "auto" else {}  # as resolved here
+    digest = config_hash({"config": identity(cfg), "data": data.data_hash(data_dir), **auto})
     rank, world_size = init_distributed()
+    if auto and rank == 0:
+        why = "this machine computes bf16 natively" if auto["precision"] == "bf16" else (
+            "no native bf16 here: autocast would emulate it, many times slower")
+        print(f"[pretrain] precision auto -> {auto['precision']} ({why})", flush=True)
     if cfg.pretrain.threads:
         torch.set_num_threads(cfg.pretrain.threads)
     if outputs.is_complete(out_dir, digest):
@@ -112,7 +118,8 @@ def _train_kind(kind: str, job: Job) -> None:
             "steps": state.step, "skipped_steps": state.skipped, "epochs": state.epoch, "images": state.images,
             "train_seconds": round(state.seconds, 3), "images_per_s": state.images / max(state.seconds, 1e-9),
             "eval_seconds": round(time.perf_counter() - start, 3), "world_size": job.world_size,
-            "global_batch": cfg.pretrain.batch_size, "precision": cfg.pretrain.precision,
+            "global_batch": cfg.pretrain.batch_size, "precision": precision_of(cfg.pretrain),
+            "precision_setting": cfg.pretrain.precision,
             "mlflow_run_id": tracker.run_id, "layers": layers,
         }
         if kind == "nws":

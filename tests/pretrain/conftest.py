@@ -18,6 +18,7 @@ DEMO = ROOT / "configs" / "demo.yaml"
 TINY = ["model.width=0.125", "model.pool_size=16", "data.image_size=32", "pretrain.batch_size=32",
         "pretrain.epochs=1", "pretrain.max_steps_per_epoch=4", "pretrain.log_every=1", "pretrain.kind=nws",
         "pretrain.eval_batch_size=512", "pretrain.checkpoint_every=0", f"pretrain.threads={THREADS}",
+        "pretrain.precision=bf16",  # the paper's precision, whatever the demo config resolves to on this machine
         f"seeds=[{SEED}]"]
 
 
