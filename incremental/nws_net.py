@@ -31,14 +31,16 @@ def check_pretrain_meta(path: Path, model_cfg) -> dict[str, str]:
     return meta
 
 
-def build(model_cfg, num_classes: int, pools: dict[str, torch.Tensor], float_head: bool) -> nn.Module:
+def build(model_cfg, num_classes: int, pools: dict[str, torch.Tensor], float_head: bool,
+          source: str = "pools") -> nn.Module:
     """The configured network as an NWS network (every conv, and the head unless `float_head`) with the stored
-    pools loaded; temporary kernels and indices still to be set from a task artifact."""
+    pools loaded (errors start with `source`, the pools file); temporary kernels and indices still to be set from a
+    task artifact."""
     net = model_cfg.build(num_classes)
     net = nws.convert(net, pool_size=model_cfg.pool_size, linear_group_size=model_cfg.linear_group_size,
                       skip=("fc",) if float_head else ())
     names = [name for name, _ in nws.nws_layers(net)]
-    return nws.load_pools(net, {name: pools[name] for name in names if name in pools})
+    return nws.load_pools(net, {name: pools[name] for name in names if name in pools}, source)
 
 
 def head_weight(head: nn.Module) -> torch.Tensor:

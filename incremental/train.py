@@ -24,6 +24,34 @@ from incremental.checkpoint import Progress
 from incremental.methods import trainable
 
 
+def nonfinite_where(model: nn.Module, x: torch.Tensor) -> str:
+    """Where a non-finite loss comes from (issue 17: the guard named no layer): the first parameter or buffer
+    holding NaN/inf, else the first module whose output on this batch is non-finite (found by running the batch
+    again with hooks; BatchNorm statistics are put back), else the loss term itself."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"{name} holds NaN/inf"
+    found: list[str] = []
+
+    def hook(module, args, out, name=""):
+        if not found and isinstance(out, torch.Tensor) and not bool(torch.isfinite(out).all()):
+            found.append(name)
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    saved = [b.detach().clone() for _, b in model.named_buffers()]
+    handles = [m.register_forward_hook(lambda mod, a, o, n=n: hook(mod, a, o, n)) for n, m in leaves]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for (_, b), v in zip(model.named_buffers(), saved, strict=True):
+                b.copy_(v)
+    return f"first non-finite output at {found[0]}" if found else "every layer's output is finite (the loss term)"
+
+
 class NonFiniteLoss(RuntimeError):
     """Too many consecutive non-finite losses: the task stops instead of training on garbage."""
 
@@ -104,9 +132,11 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
                 progress.skipped += 1
                 consecutive += 1
                 optimizer.zero_grad(set_to_none=True)
-                log(f"task {t} epoch {epoch} step {i}: non-finite loss (ce {loss.item()}), step skipped")
+                where = nonfinite_where(model, x)
+                log(f"task {t} epoch {epoch} step {i}: non-finite loss (ce {loss.item()}; {where}), step skipped")
                 if consecutive >= inc.max_consecutive_skips:
-                    raise NonFiniteLoss(f"task {t}: {consecutive} non-finite losses in a row at epoch {epoch}")
+                    raise NonFiniteLoss(f"task {t}: {consecutive} non-finite losses in a row at epoch {epoch}: {where}; "
+                                        "lower incremental.lr or check the data (the last epoch checkpoint is intact)")
                 continue
             consecutive = 0
             accelerator.backward(total)

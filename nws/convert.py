@@ -156,15 +156,20 @@ def export_pools(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def load_pools(model: nn.Module, pools: dict[str, torch.Tensor]) -> nn.Module:
-    """Copy stored pools into the model; a pool that does not match its layer is an error naming the layer."""
-    layers = _layers_matching(model, pools, "pools")
+def load_pools(model: nn.Module, pools: dict[str, torch.Tensor], source: str = "pools") -> nn.Module:
+    """Copy stored pools into the model. `source` (the file) starts every error: a pool set that does not cover
+    the model's NWS layers, a pool of the wrong shape, or one holding NaN or inf (a pretraining that diverged)."""
+    layers = _layers_matching(model, pools, f"{source}: the pools")
     for name, layer in layers.items():
         if tuple(pools[name].shape) != tuple(layer.pool.shape):
             raise ValueError(
-                f"layer {name!r}: stored pool has shape {tuple(pools[name].shape)}, the layer needs "
+                f"{source}: layer {name!r}: stored pool has shape {tuple(pools[name].shape)}, the layer needs "
                 f"{tuple(layer.pool.shape)} (pool size × kernel size): pools from another architecture?"
             )
+        bad = int((~torch.isfinite(pools[name])).sum())
+        if bad:
+            raise ValueError(f"{source}: layer {name!r}: the stored pool holds {bad} non-finite value(s) (NaN or "
+                             "inf): the pretraining that wrote it diverged; pretrain again")
         layer.pool.copy_(pools[name])
         layer.forget_search()
     return model

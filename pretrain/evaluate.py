@@ -32,7 +32,8 @@ def rebuild_nws(out_dir: Path, model_cfg, num_classes: int) -> nn.Module:
     kernels (what task 0 of the incremental stage starts from and what inference runs)."""
     net = nws.convert(model_cfg.build(num_classes), pool_size=model_cfg.pool_size,
                       linear_group_size=model_cfg.linear_group_size)
-    nws.load_pools(net, load_tensors(Path(out_dir) / "pools.safetensors"))
+    path = Path(out_dir) / "pools.safetensors"
+    nws.load_pools(net, load_tensors(path), str(path))
     load_task(Path(out_dir) / "base_model", net)
     return nws.materialize(nws.set_mode(net, "frozen"))
 

@@ -122,7 +122,8 @@ class NWS(Method):
         folder = self.ctx.task_dir(t)
         manifest = read_manifest(folder)
         float_head = manifest["meta"]["head"] == "float"
-        net = nws_net.build(self.ctx.cfg.model, self.ctx.tasks[t].num_classes, self.pools(), float_head)
+        net = nws_net.build(self.ctx.cfg.model, self.ctx.tasks[t].num_classes, self.pools(), float_head,
+                            str(self.pools_path))
         prev = self.reference(t) if manifest["codec"] in nws.codec.NEEDS_PREV else None
         load_task(folder, net, prev=prev)
         return net
@@ -131,7 +132,7 @@ class NWS(Method):
         if t == 0:
             manifest = read_manifest(self.base_dir)
             num = nws_net.base_num_classes(manifest, self.base_dir)
-            net = nws_net.build(self.ctx.cfg.model, num, self.pools(), float_head=False)
+            net = nws_net.build(self.ctx.cfg.model, num, self.pools(), float_head=False, source=str(self.pools_path))
             load_task(self.base_dir, net)
         else:
             net = self.load(t - 1)

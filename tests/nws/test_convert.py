@@ -111,6 +111,19 @@ def test_load_pools_names_the_mismatched_layer():
     assert all(torch.equal(a, b) for a, b in zip(nws.export_pools(same).values(), pools.values(), strict=True))
 
 
+def test_load_pools_names_the_file_and_refuses_non_finite_pools():
+    """Issue 17: pools holding NaN loaded without complaint, and the mismatch errors named no file."""
+    snet = nws.convert(_narrow_resnet(), pool_size=16, seed=0)
+    pools = nws.export_pools(snet)
+    broken = {**pools, "layer1.0.conv1": pools["layer1.0.conv1"].clone()}
+    broken["layer1.0.conv1"][3, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"^runs/x/pools.safetensors: layer 'layer1.0.conv1': .* 1 non-finite"):
+        nws.load_pools(snet, broken, "runs/x/pools.safetensors")
+    partial = {k: v for k, v in pools.items() if k != "fc"}
+    with pytest.raises(ValueError, match=r"^runs/x/pools.safetensors: the pools do not match .* missing \['fc'\]"):
+        nws.load_pools(snet, partial, "runs/x/pools.safetensors")
+
+
 def test_kmeans_pool_quantises_trained_like_kernels_better_than_random():
     """Trained-like kernels: smooth oriented edge/blob filters with varied gain plus noise, at kaiming scale."""
     gen = torch.Generator().manual_seed(SEED)
