@@ -200,7 +200,7 @@ def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: di
     key = {"seeds": data["seeds"], "data": data["data"], "model": data["model"], "pretrain": data["pretrain"],
            "upstream": upstream}
     args = ["-c", str(layout.config(seed)), "--data", str(layout.data), "--out", str(out),
-            "--runs-dir", str(layout.runs_dir)] + (["--allow-degenerate"] if allow_degenerate else [])
+            "--runs-dir", str(layout.runs_dir), "--replace-changed"] + (["--allow-degenerate"] if allow_degenerate else [])
     return Stage("pretrain", seed, out, key, lambda: pretrain_outputs(out),
                  lambda: run_module("pretrain", args, env), lambda: shutil.rmtree(out, ignore_errors=True))
 

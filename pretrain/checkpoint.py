@@ -118,6 +118,15 @@ def latest_tag(folder: Path) -> str | None:
     return tag
 
 
+def stored_hash(folder: Path) -> str | None:
+    """The config hash of the latest checkpoint under `folder` (None when there is none or it cannot be read)."""
+    try:
+        tag = latest_tag(folder)
+        return None if tag is None else read_json(Path(folder) / tag / STATE).get("config_hash")
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+
+
 def candidates(folder: Path, newest: str) -> list[str]:
     """`newest`, then the older complete checkpoints (state.json written), newest first."""
     older = sorted((p.name for p in Path(folder).iterdir() if p.is_dir() and p.name[:1] == "e" and p.name < newest

@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-degenerate", action="store_true",
                    help="keep outputs the health check finds degenerate (collapsed pools, accuracy at chance) and mark "
                         "the stage complete instead of exiting with code 5 (also: pretrain.allow_degenerate=true)")
+    p.add_argument("--replace-changed", action="store_true",
+                   help="checkpoints left in --out by another configuration are removed and that training starts "
+                        "over, instead of the run being refused (nws pipeline run passes it: there the config is "
+                        "the truth)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=run_cli)
@@ -60,7 +64,8 @@ def run_cli(args) -> int:
         data = stage_dir(args.data, runs, cfg.name, "data")
         out = stage_dir(args.out, runs, cfg.name, "pretrain")
         with folder_lock(out, enabled=is_rank_zero()):  # one writer of the output folder (nws.lock)
-            run(cfg, data, out, runs_dir=args.runs_dir or runs, allow_degenerate=args.allow_degenerate)
+            run(cfg, data, out, runs_dir=args.runs_dir or runs, allow_degenerate=args.allow_degenerate,
+                replace_changed=args.replace_changed)
     except FolderLocked as e:
         print(f"error: {e}", file=sys.stderr)
         return LOCKED

@@ -47,6 +47,7 @@ class Job:
     rank: int = 0
     world_size: int = 1
     runs_dir: Path = Path("runs")
+    replace_changed: bool = False  # checkpoints of another config are removed (the pipeline), not refused
     seed: int = field(init=False)
 
     def __post_init__(self):

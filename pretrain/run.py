@@ -5,6 +5,7 @@ stage with the same config does nothing; re-running a stage stopped by the healt
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch.distributed as dist
 from nws.io import atomic_write_json, read_json
 from pipeline.config import config_hash, resolved
 from pipeline.tracking import DEFAULT_RUNS_DIR, start_run
-from pretrain import data, health, outputs
+from pretrain import checkpoint, data, health, outputs
 from pretrain.engine import precision_of
 from pretrain.evaluate import accuracy, rebuild_nws, rebuild_plain
 from pretrain.launch import init_distributed
@@ -39,10 +40,11 @@ def identity(cfg) -> dict:
 
 
 def run(cfg, data_dir: str | Path, out_dir: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR,
-        allow_degenerate: bool = False) -> dict:
+        allow_degenerate: bool = False, replace_changed: bool = False) -> dict:
     """Pretrain as `cfg.pretrain.kind` says; returns the summary that `pretrain.json` holds. Raises
     health.DegeneratePretraining (after writing pretrain.json, without `complete`) when the health check finds a
-    degenerate kind, unless `allow_degenerate` or `pretrain.allow_degenerate`."""
+    degenerate kind, unless `allow_degenerate` or `pretrain.allow_degenerate`. Checkpoints left by another
+    configuration are refused, or with `replace_changed` removed (training that kind starts over)."""
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     num_classes = data.num_classes(data_dir)  # a missing or incomplete data folder fails before any group forms
     # the stage's identity: its resolved config and the data it reads (a changed unit is a new run)
@@ -60,7 +62,8 @@ def run(cfg, data_dir: str | Path, out_dir: str | Path, runs_dir: str | Path = D
             print(f"[pretrain] {out_dir} is complete for this config and data; nothing to do", flush=True)
         return read_json(out_dir / outputs.SUMMARY)
     job = Job(cfg=cfg, data_dir=data_dir, out_dir=out_dir, num_classes=num_classes,
-              config_hash=digest, resolved=resolved(cfg), rank=rank, world_size=world_size, runs_dir=Path(runs_dir))
+              config_hash=digest, resolved=resolved(cfg), rank=rank, world_size=world_size, runs_dir=Path(runs_dir),
+              replace_changed=replace_changed)
     if rank == 0:
         atomic_write_json(out_dir / "config.json", job.resolved)
     for kind in cfg.pretrain.kinds():
@@ -90,6 +93,13 @@ def run(cfg, data_dir: str | Path, out_dir: str | Path, runs_dir: str | Path = D
 
 def _train_kind(kind: str, job: Job) -> None:
     cfg, rank = job.cfg, job.rank
+    stale = checkpoint.stored_hash(checkpoint_dir(job, kind))
+    if job.replace_changed and stale not in (None, job.config_hash):
+        if rank == 0:
+            print(f"[pretrain {kind}] {checkpoint_dir(job, kind)} holds checkpoints of another configuration "
+                  f"(hash {stale}, now {job.config_hash}): removed, training starts over", flush=True)
+            shutil.rmtree(checkpoint_dir(job, kind))
+        _barrier(job.world_size)
     run_file = checkpoint_dir(job, kind) / "mlflow_run.json"
     resume_id = read_json(run_file).get("run_id") if run_file.is_file() else None
     tracker = start_run(cfg.name, f"pretrain-{kind}", runs_dir=job.runs_dir, enabled=rank == 0,

@@ -114,6 +114,13 @@ def test_changed_config_refuses_the_old_checkpoints(reference, digits, tmp_path)
     shutil.copytree(reference / "out" / "checkpoints", out / "checkpoints")
     proc = run_pretrain(reference, digits, out, *RUN, "pretrain.kind=both", "pretrain.lr=0.02")
     assert proc.returncode == 2 and "checkpoints of another config" in proc.stderr
+    # what the pipeline passes (its config is the truth; following the health check's advice to train longer
+    # used to stop here): the old checkpoints go, training starts over, and the result is that config's
+    proc = _ok(run_pretrain(reference, digits, out, *RUN, "pretrain.kind=nws", "pretrain.epochs=1",
+                            "--replace-changed"))
+    assert "holds checkpoints of another configuration" in proc.stdout and "removed, training starts over" in proc.stdout
+    summary = read_json(out / "pretrain.json")
+    assert summary["nws"]["steps"] == 10 and summary["nws"]["epochs"] == 1
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_same_pools(reference, digits, tmp_path):
