@@ -28,7 +28,17 @@ from incremental import chance, checkpoint, memory, metrics
 from incremental.config import RESUME_NEUTRAL
 from incremental.evaluate import evaluate_stored
 from incremental.methods import Method, get_method, make_method
-from incremental.stored import is_sealed, seal_shared, seal_task, verify_shared, verify_task
+from incremental.stored import (
+    STORED,
+    is_sealed,
+    promote,
+    roll_forward,
+    seal_shared,
+    seal_task,
+    staged_records,
+    verify_shared,
+    verify_task,
+)
 from incremental.train import train_task
 from nws.io import atomic_write_json, read_json
 from pipeline.config import config_hash, resolved
@@ -130,6 +140,8 @@ def run_method(accelerator, method: Method, runs_dir: Path, on_epoch_end=None) -
         f"precision {ctx.cfg.incremental.precision}, output {method_dir}")
     if main:
         method_dir.mkdir(parents=True, exist_ok=True)
+        # a run killed while storing a task: finish promoting its sealed shared files, or drop unsealed ones
+        roll_forward(method_dir, [ctx.task_dir(t) for t in range(len(tasks))], method.shared_files())
         verify_shared(method_dir)  # the shared files the stored tasks were rebuilt with are still intact
         method.prepare()
         seal_shared(method_dir, method.shared_files())
@@ -193,7 +205,11 @@ def _train_and_store(accelerator, method: Method, t: int, tracker, log, on_epoch
             "task": method.ctx.tasks[t].name, "train_seconds": prog.seconds, "epochs": prog.epoch,
             "steps": prog.step, "skipped_steps": prog.skipped, "last_epoch_loss": prog.last_loss,
             "world_size": accelerator.num_processes})
-        seal_task(folder, {"method": method.name, "task": method.ctx.tasks[t].name, "index": t})
+        # the seal is the one atomic switch: it records the staged shared files (stored.py), which are promoted
+        # after it; a kill before it retrains the task, a kill after it rolls forward on the next start
+        staged = staged_records(method_dir, method.shared_files())
+        seal_task(folder, {"method": method.name, "task": method.ctx.tasks[t].name, "index": t, "staged": staged})
+        promote(method_dir, staged, folder / STORED)
         seal_shared(method_dir, method.shared_files())
         checkpoint.clear(checkpoint.task_checkpoints(method_dir, t))
     accelerator.wait_for_everyone()

@@ -1,9 +1,17 @@
 """Checksums of stored files, whatever the method: a task folder is complete when `stored.json` lists every file
 in it with its size and sha256 (written last), and nothing is rebuilt from a folder or shared file whose bytes no
-longer match (DESIGN §5: a corrupted task artifact is a clear error naming the file)."""
+longer match (DESIGN §5: a corrupted task artifact is a clear error naming the file).
+
+A method that updates shared files when it stores a task (PackNet's network and owner map) writes the new versions
+beside the old ones (`staged_path`: `<file>.next`) and the task's seal records their checksums. Sealing is the one
+atomic switch: the staged files are then promoted (renamed over the old ones) and shared.json rewritten, and a run
+killed anywhere in between rolls forward on its next start (`roll_forward`); a kill before the seal leaves the old
+shared files intact and the unsealed task is trained again (issue 17: a kill between the shared files' rewrite and
+their seal made every rerun exit 4)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nws.artifact import ArtifactError
@@ -83,3 +91,65 @@ def share_copy(src: Path, dst: Path, what: str, stored: list[int], missing_ok: b
         raise ValueError(f"{src} differs from {dst}, the {what} tasks {stored} were stored with; use another "
                          "output folder for a new pretrained model")
     atomic_write_bytes(dst, src.read_bytes())
+
+
+STAGED = ".next"
+
+
+def staged_path(path: Path) -> Path:
+    """Where a method writes the new version of shared file `path` while storing a task."""
+    return Path(path).with_name(Path(path).name + STAGED)
+
+
+def staged_records(method_dir: Path, files: dict[str, list[Path]]) -> dict[str, dict]:
+    """{shared file name (relative to method_dir): size and sha256 of its staged version} for the staged files
+    present: what the task's seal records."""
+    method_dir = Path(method_dir)
+    return {str(Path(p).relative_to(method_dir)): {"bytes": staged_path(p).stat().st_size,
+                                                   "sha256": sha256_file(staged_path(p))}
+            for group in files.values() for p in group if staged_path(p).is_file()}
+
+
+def promote(method_dir: Path, staged: dict[str, dict], listed_in: Path) -> None:
+    """Rename every staged file over its shared file, after checking its bytes against the seal; idempotent (a
+    file already promoted must have the recorded bytes)."""
+    method_dir = Path(method_dir)
+    for name, info in staged.items():
+        final = method_dir / name
+        nxt = staged_path(final)
+        if nxt.is_file():
+            _verify({str(nxt.relative_to(method_dir)): info}, method_dir, listed_in)
+            os.replace(nxt, final)
+        else:
+            _verify({name: info}, method_dir, listed_in)
+
+
+def roll_forward(method_dir: Path, task_dirs: list[Path], files: dict[str, list[Path]]) -> bool:
+    """On start: finish the promotion of the last sealed task's staged shared files (a run killed after the seal),
+    then drop staged files no seal names (a run killed before it: the task is trained again). True when shared.json
+    was rewritten."""
+    method_dir = Path(method_dir)
+    sealed = [d for d in task_dirs if is_sealed(d)]
+    done = False
+    if sealed:
+        path = Path(sealed[-1]) / STORED
+        staged = read_json(path).get("meta", {}).get("staged") or {}
+        # shared.json not yet naming the sealed task's files: the promotion did not finish (staged files present
+        # then are that task's; once it finished, staged files can only be an unsealed later task's)
+        if staged and not _sealed_as(method_dir, staged):
+            promote(method_dir, staged, path)
+            seal_shared(method_dir, files)
+            done = True
+    for group in files.values():
+        for p in group:
+            staged_path(p).unlink(missing_ok=True)
+    return done
+
+
+def _sealed_as(method_dir: Path, staged: dict[str, dict]) -> bool:
+    """shared.json already records the promoted files with the staged checksums."""
+    path = Path(method_dir) / SHARED
+    if not path.is_file():
+        return False
+    recorded = read_json(path)["files"]
+    return all(recorded.get(name, {}).get("sha256") == info["sha256"] for name, info in staged.items())

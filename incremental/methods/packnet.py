@@ -48,7 +48,7 @@ from incremental.bn_stats import DEFAULT_BATCHES, freeze_batchnorm, recalibrate_
 from incremental.masked_net import assemble, masked_params, task_state
 from incremental.masks import load_masks, packed_bytes, save_masks
 from incremental.methods import Method
-from incremental.stored import is_sealed
+from incremental.stored import is_sealed, staged_path
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors
 from pipeline.config import ConfigError, Section
@@ -234,8 +234,10 @@ class PackNet(Method):
             network[n] = torch.where(o == me, w, torch.where(earlier, self.frozen[n], torch.zeros(())))
         meta = {"task": self.ctx.tasks[t].name, "num_classes": str(self.ctx.tasks[t].num_classes)}
         save_tensors(folder / STATE, task_state(model), metadata=meta)
-        save_tensors(self.network_path, network, metadata={"content": "shared masked weights", "tasks": str(me)})
-        save_owners(self.owners_path, self.owners)
+        # the new shared files go beside the old ones; the loop promotes them once the task is sealed (stored.py)
+        save_tensors(staged_path(self.network_path), network,
+                     metadata={"content": "shared masked weights", "tasks": str(me)})
+        save_owners(staged_path(self.owners_path), self.owners)
 
     def rebuild(self, t: int, folder: Path) -> nn.Module:
         if Path(folder) != self.ctx.task_dir(t):

@@ -3,6 +3,7 @@ pruning frees the smallest weights of the task, task i computes only with weight
 stored at a few bits per weight, and a rebuilt task predicts exactly as the trained one."""
 
 import json
+import os
 import math
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from incremental.loop import run
 from incremental.masked_net import masked_params
 from incremental.methods.packnet import NETWORK, OWNERS, STATE, load_owners, save_owners
+from incremental.stored import promote, staged_records
 from nws.io import load_tensors, save_tensors
 from pipeline.config import ConfigError
 from tests import margin
@@ -25,12 +27,18 @@ def packnet(digits, pretrained, tmp_path, epochs=2, weight_decay=1e-5, **options
                       options={"packnet": options})
 
 
+def store(m, model, t):
+    """write_artifact, then what the loop does once the task is sealed: promote the staged shared files."""
+    m.write_artifact(model, t, m.ctx.task_dir(t))
+    promote(m.ctx.method_dir, staged_records(m.ctx.method_dir, m.shared_files()), m.ctx.task_dir(t))
+
+
 def train_task(m, t, steps=4):
     """Train, prune (after_epoch of the last training epoch), retrain, store: one PackNet task."""
     model = train_steps(m, m.setup_task(t), t, steps)
     m.after_epoch(model, m.train_epochs - 1)
     model = train_steps(m, model.train(), t, steps)
-    m.write_artifact(model, t, m.ctx.task_dir(t))
+    store(m, model, t)
     return model
 
 
@@ -82,7 +90,7 @@ def test_packnet_never_changes_another_tasks_weights(digits, pretrained, tmp_pat
     assert any(not torch.equal(changed[n][owners0[n] == 0], stored0[n][owners0[n] == 0]) for n in changed)
     m.after_epoch(model, 0)
     train_steps(m, model.train(), 1, 3, check)
-    m.write_artifact(model, 1, m.ctx.task_dir(1))
+    store(m, model, 1)
     stored1, owners1 = load_tensors(m.network_path), load_owners(m.owners_path)
     for n in owners0:
         mine = owners0[n] == 1
@@ -182,7 +190,7 @@ def test_frozen_batchnorm_keeps_the_pretrained_batchnorm(digits, pretrained, tmp
         assert torch.equal(model.train()(x), model.eval()(x))
     model = train_task(m, 0, steps=3)
     m.after_epoch(model, m.inc.epochs - 1)  # the last epoch: no re-estimation of frozen statistics
-    m.write_artifact(model, 0, m.ctx.task_dir(0))
+    store(m, model, 0)
     plain = load_tensors(pretrained / "plain_backbone.safetensors")
     state = load_tensors(m.ctx.task_dir(0) / STATE)
     bn = [k for k in state if not k.startswith("fc.")]
@@ -198,3 +206,64 @@ def test_a_step_budget_sets_the_pruning_epoch_and_the_last_epoch(digits, pretrai
     doc = run(cfg, digits, pretrained, tmp_path, methods=["packnet"])["packnet"]
     assert doc["train_epochs_per_task"] == [2] and doc["owned_fraction_per_task"] == pytest.approx([0.25], abs=0.01)
     assert_statistics_match_weights(method_of("packnet", cfg, digits, pretrained, tmp_path), 0)
+
+
+CRASH_CFG = {"num_tasks": 2, "epochs": 2, "max_steps_per_epoch": 9, "options": {"packnet": {"train_epochs": 1}}}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits, pretrained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("packnet_whole")
+    return out, run(make_config(**CRASH_CFG), digits, pretrained, out, methods=["packnet"])["packnet"]
+
+
+@pytest.mark.parametrize("point", ["before the seal", "after the seal", "between the renames",
+                                   "before shared.json"])
+def test_a_kill_while_storing_a_task_resumes(digits, pretrained, tmp_path, monkeypatch, uninterrupted, point):
+    """Issue 17: PackNet rewrote its shared network and owner map before the task was sealed, and a kill in that
+    window made every rerun exit 4. Now the new shared files are staged beside the old ones and the seal is the one
+    switch: killed at each write point of task 1's storing, the rerun finishes with the uninterrupted run's files
+    and accuracies, and no staged file is left."""
+    import incremental.loop as loop
+    import incremental.stored as stored
+
+    cfg, out = make_config(**CRASH_CFG), tmp_path / "a"
+    task1 = out / "packnet" / "task01_task01"
+
+    def crash_if_task1(real, when=lambda: True):
+        def wrapped(*args, **kwargs):
+            if task1.exists() and when():
+                raise Interrupt(point)
+            return real(*args, **kwargs)
+        return wrapped
+
+    if point == "before the seal":
+        monkeypatch.setattr(loop, "seal_task", crash_if_task1(loop.seal_task))
+    elif point == "after the seal":
+        monkeypatch.setattr(loop, "promote", crash_if_task1(loop.promote, lambda: stored.is_sealed(task1)))
+    elif point == "between the renames":
+        real_replace, renamed = os.replace, []
+
+        def replace(src, dst):
+            if stored.is_sealed(task1):
+                if renamed:
+                    raise Interrupt(point)
+                renamed.append(dst)
+            real_replace(src, dst)
+
+        monkeypatch.setattr(stored, "os", type("os", (), {"replace": staticmethod(replace)}))
+    else:
+        monkeypatch.setattr(loop, "seal_shared", crash_if_task1(loop.seal_shared, lambda: stored.is_sealed(task1)))
+    with pytest.raises(Interrupt):
+        run(cfg, digits, pretrained, out, methods=["packnet"])
+    monkeypatch.undo()
+    staged = sorted(p.name for p in (out / "packnet").glob("*" + stored.STAGED))
+    assert staged == ([] if point == "before shared.json" else
+                      [NETWORK + ".next", OWNERS + ".next"] if point in ("before the seal", "after the seal") else
+                      [OWNERS + ".next"])
+    resumed = run(cfg, digits, pretrained, out, methods=["packnet"])["packnet"]
+    ref_dir, ref = uninterrupted
+    assert resumed["acc_matrix"] == ref["acc_matrix"]
+    for name in (NETWORK, OWNERS, "task01_task01/" + STATE):
+        assert same_content(out / "packnet" / name, ref_dir / "packnet" / name), name
+    assert not list((out / "packnet").glob("*" + stored.STAGED))
