@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.manifest import split_files
 from data_prep.types import LayoutError
 
 TASK_KINDS = ("auto", "group", "blocks", "random", "explicit", "all")
@@ -76,6 +77,7 @@ def build_parser(prog: str = "python -m data_prep") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="The data stage: sources -> task shards.")
     sub = parser.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
     _add_prepare(sub)
+    _add_verify(sub)
     return parser
 
 
@@ -85,6 +87,7 @@ def register(subparsers) -> None:
                                  description="The data stage: sources -> task shards.")
     sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
     _add_prepare(sub)
+    _add_verify(sub)
 
 
 def _add_prepare(sub) -> None:
@@ -95,6 +98,40 @@ def _add_prepare(sub) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_prepare_arguments(p)
     p.set_defaults(func=run_prepare)
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="re-hash every shard and .beton against manifest.json",
+                       description="Re-hash every file of every prepared unit against the sha256 and size that "
+                                   "manifest.json records. Exit 0 when all match, 4 when a file is missing or "
+                                   "damaged (each one named; `nws data prepare` with the same arguments rebuilds "
+                                   "those units), 2 when the folder holds no manifest.")
+    p.add_argument("dir", type=Path, help="the prepared data folder (runs/<name>/data)")
+    p.set_defaults(func=run_verify)
+
+
+def run_verify(args) -> int:
+    from data_prep.manifest import MANIFEST, load_manifest, verify_unit
+
+    if not (args.dir / MANIFEST).is_file():
+        print(f"error: {args.dir / MANIFEST}: file not found; not a folder written by `nws data prepare`",
+              file=sys.stderr)
+        return 2
+    try:
+        units = load_manifest(args.dir)["units"]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    problems, files = [], 0
+    for name, entry in sorted(units.items()):
+        found = verify_unit(args.dir / name, entry)
+        files += sum(len(split_files(s)) for s in entry["splits"].values())
+        problems += found
+        print(f"{name}: {'ok' if not found else f'{len(found)} problem(s)'}")
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    print(f"{args.dir}: {len(units)} unit(s), {files} file(s) re-hashed, {len(problems)} problem(s)")
+    return 4 if problems else 0
 
 
 def _parse_options(items: list[str]) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from data_prep.augment import EVAL_CROP_RATIO, BatchTransform, crop_to_size, policy_for
-from data_prep.manifest import read_unit
+from data_prep.manifest import read_unit, split_files, verify_files
 from data_prep.write_ffcv import keep_torch_threads
 from data_prep.write_wds import decode_image
 
@@ -78,6 +78,7 @@ class UnitLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.split, self.split_entry = split, self.entry["splits"][split]
+        check_sizes(self.unit_dir, self.split_entry)
         self.total = int(self.split_entry["num_samples"])
         self.batch_size, self.train, self.seed, self.epoch = batch_size, train, seed, epoch
         self.augment = train if augment is None else augment
@@ -135,6 +136,18 @@ class UnitLoader:
             yield positions[start:start + self.batch_size]
 
 
+def check_sizes(unit_dir: Path, split_entry: dict) -> None:
+    """Every file of the split present with the size the manifest records (a stat each, on every loader: a
+    truncated or missing shard is named before anything is read); `nws data verify` re-hashes them all."""
+    for rec in split_files(split_entry):
+        path = Path(unit_dir) / rec["path"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (listed in {Path(unit_dir).parent / 'manifest.json'})")
+        if path.stat().st_size != rec["bytes"]:
+            raise ValueError(f"{path}: {path.stat().st_size} bytes, the manifest says {rec['bytes']}: the file is "
+                             "damaged; prepare the data again (nws data prepare re-hashes and rebuilds the unit)")
+
+
 def read_all(unit_dir, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of a unit's split, in write order, as one uint8 NxHxWx3 tensor, and the labels; decoded from
     the webdataset shards (or the .beton when the unit has no shards). Needs fixed-size images."""
@@ -148,6 +161,11 @@ def read_all(unit_dir, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.empty(n, h, w, 3, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.int64)
     if "wds" in split_entry:
+        # the whole split is read anyway: its shards are re-hashed against the manifest first (issue 17)
+        problems = verify_files(unit_dir, split_entry["wds"]["shards"])
+        if problems:
+            raise ValueError(f"{problems[0]}: the data is damaged; prepare it again (nws data prepare rebuilds the "
+                             "unit)" + (f" ({len(problems) - 1} more)" if len(problems) > 1 else ""))
         pos = 0
         for sample in _read_shards([unit_dir / s["path"] for s in split_entry["wds"]["shards"]]):
             images[pos].numpy()[:] = sample[0]

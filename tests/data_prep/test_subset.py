@@ -69,3 +69,31 @@ def test_cli_per_class_on_digits(tmp_path, capsys):
     assert units["pretrain"]["splits"]["train"]["num_samples"] == 150
     assert units["task02"]["splits"]["train"]["num_samples"] == 30
     assert units["pretrain"]["splits"]["test"]["num_samples"] == len(source.splits["test"])
+
+
+def test_damaged_shards_are_named_by_the_loaders_and_by_nws_data_verify(tmp_path, capsys):
+    """Issue 17: shards were read without checking the manifest. Every loader checks sizes, the memory loader
+    (which reads the whole split) re-hashes it, and `nws data verify` re-hashes every unit (exit 4)."""
+    import pytest as _pytest
+
+    from pipeline.cli import main as nws
+
+    assert main(["prepare", "digits", "--out", str(tmp_path), "--quiet", "--format", "wds"]) == 0
+    assert nws(["data", "verify", str(tmp_path)]) == 0
+    assert "6 unit(s), 12 file(s) re-hashed, 0 problem(s)" in capsys.readouterr().out
+    shard = tmp_path / "task01" / "train-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only a re-hash sees it
+    shard.write_bytes(bytes(data))
+    with _pytest.raises(ValueError, match=rf"{shard}: sha256 differs from the manifest: the data is damaged"):
+        make_loader(tmp_path / "task01", "train", "memory", batch_size=32)
+    assert nws(["data", "verify", str(tmp_path)]) == 4
+    captured = capsys.readouterr()
+    assert f"error: {shard}: sha256 differs from the manifest" in captured.err
+    assert "task01: 1 problem(s)" in captured.out and "task00: ok" in captured.out
+    shard.write_bytes(bytes(data[:-100]))
+    with _pytest.raises(ValueError, match=rf"{shard}: {len(data) - 100} bytes, the manifest says {len(data)}"):
+        make_loader(tmp_path / "task01", "train", "wds", batch_size=32)
+    shard.unlink()
+    with _pytest.raises(FileNotFoundError, match=rf"{shard}: missing"):
+        make_loader(tmp_path / "task01", "train", "wds", batch_size=32)
