@@ -87,7 +87,8 @@ def run_cli(args) -> int:
     from incremental.loop import run
     from incremental.train import NonFiniteLoss
     from nws.artifact import ArtifactError
-    from nws.lock import EXIT_CODE as LOCKED, FolderLocked, folder_lock, is_rank_zero
+    from nws.lock import EXIT_CODE as LOCKED
+    from nws.lock import FolderLocked, folder_lock, is_rank_zero
     from pipeline.config import ConfigError, stage_config, stage_dir
 
     try:

@@ -135,8 +135,9 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
                 where = nonfinite_where(model, x)
                 log(f"task {t} epoch {epoch} step {i}: non-finite loss (ce {loss.item()}; {where}), step skipped")
                 if consecutive >= inc.max_consecutive_skips:
-                    raise NonFiniteLoss(f"task {t}: {consecutive} non-finite losses in a row at epoch {epoch}: {where}; "
-                                        "lower incremental.lr or check the data (the last epoch checkpoint is intact)")
+                    raise NonFiniteLoss(f"task {t}: {consecutive} non-finite losses in a row at epoch {epoch}: "
+                                        f"{where}; lower incremental.lr or check the data (the last epoch checkpoint "
+                                        "is intact)")
                 continue
             consecutive = 0
             accelerator.backward(total)

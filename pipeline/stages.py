@@ -10,7 +10,6 @@ commands a user or a Slurm job runs, so a stage behaves the same in the pipeline
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -200,7 +199,8 @@ def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: di
     key = {"seeds": data["seeds"], "data": data["data"], "model": data["model"], "pretrain": data["pretrain"],
            "upstream": upstream}
     args = ["-c", str(layout.config(seed)), "--data", str(layout.data), "--out", str(out),
-            "--runs-dir", str(layout.runs_dir), "--replace-changed"] + (["--allow-degenerate"] if allow_degenerate else [])
+            "--runs-dir", str(layout.runs_dir), "--replace-changed"]
+    args += ["--allow-degenerate"] if allow_degenerate else []
     return Stage("pretrain", seed, out, key, lambda: pretrain_outputs(out),
                  lambda: run_module("pretrain", args, env), lambda: shutil.rmtree(out, ignore_errors=True))
 

@@ -138,12 +138,12 @@ def load(engine, folder: Path, distiller=None) -> TrainState | None:
     """Restore the latest readable checkpoint into `engine` (and `distiller`); None when there is none yet. A refused
     or unreadable checkpoint is named on stderr and the previous one is tried; CheckpointError when none loads."""
     folder = Path(folder)
-    tag = latest_tag(folder)
-    if tag is None:
+    newest = latest_tag(folder)
+    if newest is None:
         return None
     engine.checkpoint_engine.load = safe_load  # no pickle: see the module docstring
     problems = []
-    for tag in candidates(folder, tag):
+    for tag in candidates(folder, newest):
         try:
             path, _ = engine.load_checkpoint(str(folder), tag=tag)
             if path is None:

@@ -52,7 +52,8 @@ def register(subparsers) -> None:
 
 
 def run_cli(args) -> int:
-    from nws.lock import EXIT_CODE as LOCKED, FolderLocked, folder_lock, is_rank_zero
+    from nws.lock import EXIT_CODE as LOCKED
+    from nws.lock import FolderLocked, folder_lock, is_rank_zero
     from pipeline.config import stage_config, stage_dir
     from pretrain.checkpoint import CheckpointError
     from pretrain.guard import NonFiniteLoss

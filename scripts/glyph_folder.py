@@ -41,7 +41,8 @@ def render(letter: str, font: Path, rng: np.random.Generator, size: int) -> Imag
     x = (big - (right - left)) / 2 - left + rng.uniform(-0.12, 0.12) * big
     y = (big - (bottom - top)) / 2 - top + rng.uniform(-0.12, 0.12) * big
     draw.text((x, y), letter, font=face, fill=tuple(int(v) for v in ink))
-    image = image.rotate(rng.uniform(-20, 20), resample=Image.Resampling.BILINEAR, fillcolor=tuple(int(v) for v in paper))
+    image = image.rotate(rng.uniform(-20, 20), resample=Image.Resampling.BILINEAR,
+                         fillcolor=tuple(int(v) for v in paper))
     pixels = np.asarray(image.resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32)
     pixels += rng.normal(0, 8, pixels.shape)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))

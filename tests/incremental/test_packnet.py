@@ -3,8 +3,8 @@ pruning frees the smallest weights of the task, task i computes only with weight
 stored at a few bits per weight, and a rebuilt task predicts exactly as the trained one."""
 
 import json
-import os
 import math
+import os
 
 import pytest
 import torch

@@ -163,8 +163,8 @@ def test_stored_files_changed_after_the_run_are_noticed(pipeline_run, capfd):
 def test_one_writer_per_run_folder(pipeline_run, capfd):
     """Issue 17: two `nws pipeline run` of one config both trained in one folder. A whole run locks runs/<name>/
     and each stage its folder; another writer is refused with exit 7 naming the holder, and changes nothing."""
-    from nws.lock import folder_lock
     from incremental.cli import main as incremental_main
+    from nws.lock import folder_lock
 
     config, runs, _ = pipeline_run
     exp = runs / "tiny"

@@ -118,7 +118,8 @@ def test_changed_config_refuses_the_old_checkpoints(reference, digits, tmp_path)
     # used to stop here): the old checkpoints go, training starts over, and the result is that config's
     proc = _ok(run_pretrain(reference, digits, out, *RUN, "pretrain.kind=nws", "pretrain.epochs=1",
                             "--replace-changed"))
-    assert "holds checkpoints of another configuration" in proc.stdout and "removed, training starts over" in proc.stdout
+    assert "holds checkpoints of another configuration" in proc.stdout
+    assert "removed, training starts over" in proc.stdout
     summary = read_json(out / "pretrain.json")
     assert summary["nws"]["steps"] == 10 and summary["nws"]["epochs"] == 1
 
