@@ -32,7 +32,7 @@ bench: $(STAMP)  ## run the benchmarks and print their tables (see BENCHMARKS.md
 CONFIG ?= configs/demo.yaml
 ARGS ?=
 RUNS ?= runs
-demo: $(STAMP)  ## the whole pipeline on the embedded digits (configs/demo.yaml): about 5 min on 2 CPU cores
+demo: $(STAMP)  ## the whole pipeline on the embedded digits (configs/demo.yaml): about 6 min on 2 CPU cores
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pipeline run -c configs/demo.yaml --runs-dir $(RUNS) $(ARGS)
 
 pipeline: $(STAMP)  ## every stage of CONFIG, skipping unchanged ones (ARGS="--seed 1 --from incremental key=value")
