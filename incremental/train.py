@@ -113,6 +113,7 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
         raise RuntimeError(f"task {t}: the loader gives {len(loader)} batches an epoch, the schedule expects "
                            f"{per_epoch} (incremental.schedule.steps_per_epoch and data_prep.loaders disagree)")
     every = max(1, sched.epochs // 100)  # epoch lines: every epoch up to 100 epochs, then about 100 in all
+    first, seconds_before = progress.epoch, progress.seconds  # this run's pace: resumed epochs are not counted
     for epoch in range(progress.epoch, sched.epochs):
         start, losses, consecutive = time.perf_counter(), [], 0
         model.train()
@@ -156,8 +157,10 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
         tracker.log_metrics({f"task{t:02d}/train_loss": progress.last_loss or float("nan"),
                              f"task{t:02d}/lr": optimizer.param_groups[0]["lr"]}, step=epoch)
         if (epoch + 1) % every == 0 or epoch + 1 == sched.epochs:
-            log(f"task {t} epoch {epoch + 1}/{sched.epochs}: loss {progress.last_loss}, {len(losses)} steps, "
-                f"{progress.seconds:.1f} s")
+            left = (progress.seconds - seconds_before) / (epoch + 1 - first) * (sched.epochs - epoch - 1)
+            loss_text = "n/a" if progress.last_loss is None else f"{progress.last_loss:.4f}"
+            log(f"task {t} epoch {epoch + 1}/{sched.epochs}: loss {loss_text}, {len(losses)} steps, "
+                f"{progress.seconds:.1f} s, about {left:.0f} s left in the task")
         if on_epoch_end is not None:
             on_epoch_end(t, epoch)
     sync_batchnorm(raw, accelerator)

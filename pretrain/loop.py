@@ -122,6 +122,9 @@ def pool_update(distiller) -> None:
     distiller.step()
 
 
+PROGRESS_SECONDS = 30.0  # the least time between two progress lines on the console
+
+
 class Window:
     """Sums over a logging window (loss, ce, search, correct, samples), reduced over ranks when logged."""
 
@@ -173,6 +176,7 @@ class Trainer:
                              f"{job.config_hash}); use another --out or delete that folder to start over")
         self.state = state or checkpoint.TrainState(config_hash=job.config_hash)
         self.guard = guard.NonFiniteGuard(p.max_consecutive_skips)
+        self._printed = -float("inf")  # when the last progress line was printed (rank 0)
         self.guard.skipped = self.state.skipped
         self.bn = guard.batchnorm_buffers(self.model)
 
@@ -298,6 +302,27 @@ class Trainer:
             metrics["utilisation_mean"] = sum(kernel_utilisation(v.indices, v.pool_size)
                                               for v in self.layers.values()) / len(self.layers)
         self.tracker.log_metrics(metrics, step=self.state.step)
+        self._progress(metrics, epoch)
+
+    def _progress(self, metrics: dict[str, float], epoch: int) -> None:
+        """A console line on rank 0 at log points, at most every PROGRESS_SECONDS (issue 19: a pretraining printed
+        nothing between its start and its final accuracy, for hours in a Slurm log): step, epoch, loss, training
+        accuracy, throughput and the time left at this run's pace."""
+        now, st = time.perf_counter(), self.state
+        if self.job.rank != 0 or (now - self._printed < PROGRESS_SECONDS and st.step < self.total_steps):
+            return
+        self._printed = now
+        left = (self.total_steps - st.step) * self.plan.global_batch / max(metrics["images_per_s"], 1e-9)
+        print(f"[pretrain {self.kind}] step {st.step}/{self.total_steps} (epoch {epoch + 1}/{self.p.epochs}): "
+              f"loss {metrics['loss']:.4f}, ce {metrics['ce']:.4f}, train acc {100 * metrics['train_acc']:.1f}%, "
+              f"{metrics['images_per_s']:.0f} img/s, lr {metrics['lr']:.3g}, about {_duration(left)} left",
+              flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def train(kind: str, job: Job, tracker) -> tuple[nn.Module, checkpoint.TrainState, dict]:
