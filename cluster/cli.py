@@ -38,6 +38,13 @@ def _add_submit(sub) -> None:
     p.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's default)")
     p.add_argument("--time", default=None, help="time limit of each job, in Slurm's format (e.g. 1-12:00:00)")
     p.add_argument("--requeue", action="store_true", help="let Slurm requeue preempted jobs (they resume)")
+    p.add_argument("--account", default=None, help="Slurm account to charge (default: yours)")
+    p.add_argument("--qos", default=None, help="Slurm quality of service")
+    p.add_argument("--mem", default=None, help="memory per node, in Slurm's format (e.g. 64G)")
+    p.add_argument("--constraint", default=None, help="node features the jobs need (e.g. a100)")
+    p.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                   help="any other sbatch option for every job, e.g. --sbatch=--exclusive --sbatch=--gres=gpu:a100:4 "
+                        "(repeatable)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="runs folder (default runs/)")
     p.add_argument("--python", default=sys.executable, help="interpreter the jobs run (default: this one)")
@@ -82,7 +89,8 @@ def build_submission(args, parent_run_id: str, tracking_uri: str, stamp: str) ->
     overrides = list(args.overrides) + ([f"seeds={seeds}".replace(" ", "")] if args.seeds is not None else [])
     res = Resources(nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
                     cpus_per_task=args.cpus_per_task, partition=args.partition, time=args.time,
-                    requeue=args.requeue)
+                    requeue=args.requeue, account=args.account, qos=args.qos, mem=args.mem,
+                    constraint=args.constraint, extra=tuple(args.sbatch))
     return Submission(config=args.config.resolve(), name=cfg.name, seeds=seeds, runs_dir=args.runs_dir.resolve(),
                       workdir=Path.cwd(), python=args.python, tracking_uri=tracking_uri,
                       parent_run_id=parent_run_id, stamp=stamp, overrides=overrides,

@@ -41,6 +41,11 @@ class Resources:
     partition: str | None = None
     time: str | None = None  # Slurm's time format (minutes, HH:MM:SS, D-HH:MM:SS)
     requeue: bool = False
+    account: str | None = None
+    qos: str | None = None
+    mem: str | None = None  # per node, Slurm's format (e.g. 64G)
+    constraint: str | None = None  # node features (e.g. a100)
+    extra: tuple[str, ...] = ()  # any other sbatch options, "--name=value" or "--flag", added to every job
 
     def ranks_per_node(self) -> int:
         return self.tasks_per_node or self.gpus_per_node or CPU_RANKS
@@ -93,7 +98,13 @@ def check_submission(sub: Submission) -> None:
     """Every value that reaches a script is one line, and the experiment name is a safe folder name."""
     check_name(sub.name, "name")
     res = sub.resources
-    for what, value in [("--partition", res.partition), ("--time", res.time), ("config", sub.config),
+    for option in res.extra:
+        if not option.startswith("--") or option.startswith("---") or len(option) < 3:
+            raise ValueError(f"--sbatch {option!r}: expected an sbatch option such as --gres=gpu:a100:4 or "
+                             "--exclusive")
+    for what, value in [("--partition", res.partition), ("--time", res.time), ("--account", res.account),
+                        ("--qos", res.qos), ("--mem", res.mem), ("--constraint", res.constraint),
+                        *(("--sbatch", o) for o in res.extra), ("config", sub.config),
                         ("--runs-dir", sub.runs_dir), ("working directory", sub.workdir), ("python", sub.python),
                         ("tracking URI", sub.tracking_uri), ("parent run id", sub.parent_run_id),
                         ("stamp", sub.stamp), *((f"override {i + 1}", o) for i, o in enumerate(sub.overrides))]:
@@ -124,6 +135,9 @@ def sbatch_options(sub: Submission, stage: str, log: str, array: list[int] | Non
         opts.append("--array=" + ",".join(map(str, array)))
     opts += [f"--partition={res.partition}"] if res.partition else []
     opts += [f"--time={res.time}"] if res.time else []
+    opts += [f"--{key}={value}" for key, value in (("account", res.account), ("qos", res.qos), ("mem", res.mem),
+                                                   ("constraint", res.constraint)) if value]
+    opts += list(res.extra)
     # a requeued job (preemption, node failure) runs the script again: the stages resume from their checkpoints,
     # and the log continues rather than starting over
     opts += ["--requeue", "--open-mode=append"] if res.requeue else ["--no-requeue"]

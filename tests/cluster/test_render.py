@@ -159,3 +159,23 @@ def test_values_with_spaces_are_quoted_for_sbatch(tmp_path):
     assert "#SBATCH --partition=gpu" in text
     result = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_account_qos_mem_constraint_and_any_other_sbatch_option(tmp_path, capsys, monkeypatch):
+    """Issue 19: no --account, --qos, --mem, --constraint or pass-through; each reaches every job's #SBATCH lines,
+    and a pass-through that is not an option (or spans lines) is refused naming it."""
+    jobs = render(_submission(tmp_path, account="lab-a", qos="high", mem="64G", constraint="a100",
+                              extra=("--exclusive", "--gres=gpu:a100:4")))
+    for job in jobs:
+        assert {"--account=lab-a", "--qos=high", "--mem=64G", "--constraint=a100", "--exclusive",
+                "--gres=gpu:a100:4"} <= set(_options(job.text))
+    monkeypatch.chdir(tmp_path)
+    args = ["cluster", "submit", "-c", str(DEMO), "--runs-dir", "runs", "--dry-run", "--account", "lab-b",
+            "--sbatch=--exclusive"]
+    assert nws(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("#SBATCH --account=lab-b") == 4 and out.count("#SBATCH --exclusive") == 4
+    for bad in ("exclusive", "--mail-user=a\ntouch PWNED"):
+        assert nws([*args[:-1], f"--sbatch={bad}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --sbatch") and "PWNED" not in capsys.readouterr().out
