@@ -139,13 +139,12 @@ class UnitLoader:
 def check_sizes(unit_dir: Path, split_entry: dict) -> None:
     """Every file of the split present with the size the manifest records (a stat each, on every loader: a
     truncated or missing shard is named before anything is read); `nws data verify` re-hashes them all."""
-    for rec in split_files(split_entry):
-        path = Path(unit_dir) / rec["path"]
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (listed in {Path(unit_dir).parent / 'manifest.json'})")
-        if path.stat().st_size != rec["bytes"]:
-            raise ValueError(f"{path}: {path.stat().st_size} bytes, the manifest says {rec['bytes']}: the file is "
-                             "damaged; prepare the data again (nws data prepare re-hashes and rebuilds the unit)")
+    problems = verify_files(unit_dir, split_files(split_entry), rehash=False)
+    if problems and problems[0].endswith(": missing"):
+        raise FileNotFoundError(f"{problems[0]} (listed in {Path(unit_dir).parent / 'manifest.json'})")
+    if problems:
+        raise ValueError(f"{problems[0]}: the file is damaged; prepare the data again (nws data prepare re-hashes "
+                         "and rebuilds the unit)")
 
 
 def read_all(unit_dir, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,9 +55,9 @@ def up_to_date(stage: S.Stage) -> bool:
     record = read_json(path)
     if record.get("key") != config_hash(stage.key):
         return False
-    outputs = stage.outputs()
-    problems = S.changed_files(record.get("files"), outputs, stage.folder) + stage.check()
-    if problems or record.get("outputs") != S.digest(outputs):
+    outputs, files = S.output_hashes(stage.outputs(), stage.folder)
+    problems = S.changed_files(record.get("files"), files) + stage.check()
+    if problems or record.get("outputs") != outputs:
         shown = problems[:3] or ["the stage's outputs differ from stage.json"]
         print(f"[pipeline] {stage.label}: changed since it finished: " + "; ".join(shown)
               + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""), flush=True)
@@ -164,13 +164,13 @@ def _run_stage(stage: S.Stage, force: bool, parent) -> dict:
     stage.execute()
     seconds = time.perf_counter() - began
     if is_main_rank():
-        outputs = S.digest(stage.outputs())
+        outputs, files = S.output_hashes(stage.outputs(), stage.folder)
         if outputs is None:
             missing = [str(p) for p in stage.outputs() if not p.is_file()]
             raise S.StageFailed(f"{stage.label} finished without its outputs: {', '.join(missing)}")
         atomic_write_json(stage.folder / RECORD, {"stage": stage.name, "seed": stage.seed,
                                                   "key": config_hash(stage.key), "outputs": outputs,
-                                                  "files": S.file_digests(stage.outputs(), stage.folder),
+                                                  "files": files,
                                                   "seconds": round(seconds, 3), "finished": time.time()})
         parent.log_metrics({f"seconds.{stage.name}" + ("" if stage.seed is None else f".seed{stage.seed}"): seconds})
     print(f"[pipeline] {stage.label}: done in {seconds:.1f} s", flush=True)

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nws.io import sha256_file
 from nws.lock import child_options
 from pipeline.config import check_name, resolved
 
@@ -93,20 +92,29 @@ def digest(paths: list[Path]) -> str | None:
     return h.hexdigest()[:16]
 
 
-def file_digests(paths: list[Path], base: Path) -> dict[str, str]:
-    """{path relative to `base` (else absolute): sha256} of the named files that exist. stage.json keeps it, so a
-    changed or missing file is named, and `nws report` can check a metrics.json against it."""
-    def name(p: Path) -> str:
-        return str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
+def output_hashes(paths: list[Path], base: Path) -> tuple[str | None, dict[str, str]]:
+    """`digest(paths)` and {path relative to `base` (else absolute): sha256} of the named files that exist, from one
+    read of each file. stage.json keeps both: the per-file hashes name a changed or missing file, and `nws report`
+    checks a metrics.json against them."""
+    h, files, complete = hashlib.sha256(), {}, True
+    for path in paths:
+        if not path.is_file():
+            complete = False
+            continue
+        data = path.read_bytes()
+        if complete:
+            h.update(path.name.encode())
+            h.update(data)
+        name = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+        files[name] = hashlib.sha256(data).hexdigest()
+    return (h.hexdigest()[:16] if complete else None), files
 
-    return {name(p): sha256_file(p) for p in paths if p.is_file()}
 
-
-def changed_files(recorded: dict[str, str] | None, paths: list[Path], base: Path) -> list[str]:
-    """The files of `recorded` (a stage.json's `files`) that are now missing or other bytes; [] without a record."""
+def changed_files(recorded: dict[str, str] | None, now: dict[str, str]) -> list[str]:
+    """The files of `recorded` (a stage.json's `files`) that are now missing or other bytes (`now`, from
+    output_hashes); [] without a record."""
     if not recorded:
         return []
-    now = file_digests(paths, base)
     return [f"{name} {'missing' if name not in now else 'changed'}" for name, sha in recorded.items()
             if now.get(name) != sha]
 
@@ -123,18 +131,10 @@ def tree(folder: Path, skip: tuple[str, ...] = ("checkpoints",)) -> list[Path]:
 def data_files_problems(data: Path) -> list[str]:
     """Every file the data manifest lists, present with its recorded size (a stat each: the bytes are re-hashed by
     `nws data prepare` and by the loaders, not on every pipeline run)."""
-    from data_prep.manifest import load_manifest, split_files
+    from data_prep.manifest import load_manifest, verify_unit
 
-    problems = []
-    for unit, entry in load_manifest(data).get("units", {}).items():
-        for split in entry["splits"].values():
-            for rec in split_files(split):
-                path = data / unit / rec["path"]
-                if not path.is_file():
-                    problems.append(f"{path}: missing")
-                elif path.stat().st_size != rec["bytes"]:
-                    problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {rec['bytes']}")
-    return problems
+    return [p for unit, entry in load_manifest(data).get("units", {}).items()
+            for p in verify_unit(data / unit, entry, rehash=False)]
 
 
 # what a stage process's exit code means, where it is not just "failed" (its own message is printed above)
