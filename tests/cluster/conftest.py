@@ -11,9 +11,15 @@ from pathlib import Path
 import pytest
 
 from cluster import local
+from tests.pretrain.conftest import cli_env, pretrain_command
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
+# the pretraining of the job tests: two short epochs, a checkpoint every 2 steps, no augmentation (deterministic
+# on CPU)
+RUN = ["pretrain.epochs=2", "pretrain.max_steps_per_epoch=10", "pretrain.checkpoint_every=2",
+       "pretrain.augment=false", "pretrain.kind=nws"]
+STEPS = 20
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +56,13 @@ def queued(env: dict[str, str]) -> list[str]:
     """Ids of the jobs the test cluster holds that have not ended."""
     out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=env, check=True)
     return out.stdout.split()
+
+
+@pytest.fixture(scope="session")
+def reference(digits, tmp_path_factory):
+    """The local 2-rank run: torchrun --nproc_per_node 2 with DS_ACCELERATOR=cpu."""
+    tmp = tmp_path_factory.mktemp("torchrun")
+    proc = subprocess.run(pretrain_command(digits, tmp / "out", *RUN, ranks=2), cwd=ROOT, env=cli_env(tmp),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "out"

@@ -8,71 +8,16 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
-import torch
-
-from cluster.parent import open_parent
-from cluster.render import Submission, render_job
-from cluster.status import wait
+from cluster.render import render_job
 from cluster.submit import record, submit_jobs
-from nws.io import load_tensors, read_json
+from nws.io import read_json
 from pipeline.cli import main as nws
-from tests.cluster.conftest import DEMO, ROOT
-from tests.pretrain.conftest import cli_env, pretrain_command
-
-# two short epochs, a checkpoint every 2 steps, no augmentation: deterministic on CPU
-RUN = ["pretrain.epochs=2", "pretrain.max_steps_per_epoch=10", "pretrain.checkpoint_every=2",
-       "pretrain.augment=false", "pretrain.kind=nws"]
-STEPS = 20
-
-
-@pytest.fixture(scope="module")
-def reference(digits, tmp_path_factory):
-    """The local 2-rank run: torchrun --nproc_per_node 2 with DS_ACCELERATOR=cpu."""
-    tmp = tmp_path_factory.mktemp("torchrun")
-    proc = subprocess.run(pretrain_command(digits, tmp / "out", *RUN, ranks=2), cwd=ROOT, env=cli_env(tmp),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "out"
-
-
-def _submission(tmp, uri: str, parent: str) -> Submission:
-    return Submission(config=DEMO, name="demo", seeds=[0], runs_dir=tmp / "runs", workdir=ROOT, python=sys.executable,
-                      tracking_uri=uri, parent_run_id=parent, stamp=time.strftime("%Y%m%d-%H%M%S"))
-
-
-def _pretrain_job(tmp, digits, out):
-    """The pretrain template with `python -m pretrain ...` as its command, under a fresh MLflow parent run."""
-    from pipeline.config import experiment_schema, load_config
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
-        parent, uri = open_parent(load_config(experiment_schema(), DEMO), tmp / "runs", "test")
-    sub = _submission(tmp, uri, parent)
-    command = " ".join(map(shlex.quote, pretrain_command(digits, out, *RUN)))
-    return sub, render_job(sub, "pretrain", command=command)
-
-
-def _same_pools(a_dir, b_dir) -> None:
-    a, b = load_tensors(a_dir / "pools.safetensors"), load_tensors(b_dir / "pools.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    assert (a_dir / "base_model" / "indices.bin").read_bytes() == (b_dir / "base_model" / "indices.bin").read_bytes()
-
-
-def _log(sub: Submission, job_id: str) -> str:
-    return (sub.folder / "logs" / f"pretrain-{job_id}_0.out").read_text()
-
-
-def _ended(sub: Submission, job_id: str, env, state: str = "COMPLETED", timeout: float = 600) -> None:
-    """Wait for the job (array of one task, seed 0) to end in `state`; its log is the failure message."""
-    states = wait([job_id], env, timeout=timeout)
-    assert states == {f"{job_id}_0": state}, (states, _log(sub, job_id)[-3000:])
+from tests.cluster.conftest import RUN, STEPS
+from tests.cluster.pretrain_jobs import ended, job_log, pretrain_job, same_pools
+from tests.pretrain.conftest import pretrain_command
 
 
 def _resumed(uri: str, out, tag: str) -> None:
@@ -97,14 +42,14 @@ def test_srun_tasks_give_the_pools_of_the_local_two_rank_run(slurm, slurm_env, d
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "out"
-    sub, job = _pretrain_job(tmp_path, digits, out)
+    sub, job = pretrain_job(tmp_path, digits, out)
     [(_, job_id)] = submit_jobs([job], slurm_env)
-    _ended(sub, job_id, slurm_env)
-    log = _log(sub, job_id)
-    assert f"2 tasks on {slurm.node}, master {slurm.node}:" in log, log[-2000:]
+    ended(sub, job_id, slurm_env)
+    log = job_log(sub, job_id)
+    assert f"2 tasks on {slurm.node}, master 127.0.0.1:" in log, log[-2000:]
     summary = read_json(out / "pretrain.json")
     assert summary["world_size"] == 2 and summary["nws"]["steps"] == STEPS
-    _same_pools(reference, out)
+    same_pools(reference, out)
     # the job's stage run is a child of the parent run the script exported
     run = MlflowClient(sub.tracking_uri).get_run(summary["nws"]["mlflow_run_id"])
     assert run.data.tags["mlflow.parentRunId"] == sub.parent_run_id
@@ -113,7 +58,7 @@ def test_srun_tasks_give_the_pools_of_the_local_two_rank_run(slurm, slurm_env, d
 def test_cancelled_job_submitted_again_resumes_from_its_checkpoint(slurm_env, digits, reference, tmp_path,
                                                                    capsys):
     out = tmp_path / "out"
-    sub, job = _pretrain_job(tmp_path, digits, out)
+    sub, job = pretrain_job(tmp_path, digits, out)
     first = submit_jobs([job], slurm_env)
     record(sub, first)
     job_id = first[0][1]
@@ -123,13 +68,13 @@ def test_cancelled_job_submitted_again_resumes_from_its_checkpoint(slurm_env, di
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.05)
     subprocess.run(["scancel", job_id], check=True, env=slurm_env)
-    _ended(sub, job_id, slurm_env, "CANCELLED", timeout=120)
+    ended(sub, job_id, slurm_env, "CANCELLED", timeout=120)
     tag = read_json(latest)["tag"]
     assert not (out / "complete").exists() and tag < "e0002", tag  # cancelled mid-pretraining
     second = submit_jobs([job], slurm_env)  # the very same script, submitted again
     record(sub, second)
-    _ended(sub, second[0][1], slurm_env)
-    _same_pools(reference, out)
+    ended(sub, second[0][1], slurm_env)
+    same_pools(reference, out)
     _resumed(sub.tracking_uri, out, tag)  # the same MLflow run continued from the checkpoint
     # `nws cluster status` shows both submissions with their states and logs
     capsys.readouterr()
@@ -144,7 +89,7 @@ def test_requeued_job_resumes_and_appends_to_its_log(slurm_env, digits, referenc
     """--requeue: Slurm itself restarts the job (here `scontrol requeue`, as preemption would); the script runs
     again, the stage resumes from its checkpoint, and the log goes on in the same file."""
     out = tmp_path / "out"
-    sub, _ = _pretrain_job(tmp_path, digits, out)
+    sub, _ = pretrain_job(tmp_path, digits, out)
     sub.resources.requeue = True
     job = render_job(sub, "pretrain", command=" ".join(map(shlex.quote, pretrain_command(digits, out, *RUN))))
     [(_, job_id)] = submit_jobs([job], slurm_env)
@@ -154,12 +99,12 @@ def test_requeued_job_resumes_and_appends_to_its_log(slurm_env, digits, referenc
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.05)
     subprocess.run(["scontrol", "requeue", f"{job_id}_0"], check=True, env=slurm_env)
-    while "restart 1" not in _log(sub, job_id):  # the second run has started: the first one has ended
+    while "restart 1" not in job_log(sub, job_id):  # the second run has started: the first one has ended
         assert time.time() < deadline, "the requeued job did not start again"
         time.sleep(0.2)
     tag = read_json(latest)["tag"]
-    _ended(sub, job_id, slurm_env, timeout=900)
-    _same_pools(reference, out)
+    ended(sub, job_id, slurm_env, timeout=900)
+    same_pools(reference, out)
     _resumed(sub.tracking_uri, out, tag)
-    log = _log(sub, job_id)
+    log = job_log(sub, job_id)
     assert "restart 0" in log and "restart 1" in log, log[-2000:]
