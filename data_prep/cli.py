@@ -195,6 +195,7 @@ def split_options(source, kind: str, classes_per_task: int | None = None, num_ta
 def run_prepare(args) -> int:
     from data_prep.prepare import PrepareError, prepare
     from data_prep.sources import open_source
+    from nws.io import DiskFull
 
     try:
         formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -215,6 +216,9 @@ def run_prepare(args) -> int:
     except (LayoutError, PrepareError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DiskFull as e:
+        print(f"error: {e}", file=sys.stderr)
+        return DiskFull.EXIT_CODE
     print(format_summary(summary))
     return 0
 

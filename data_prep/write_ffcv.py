@@ -5,20 +5,24 @@ loaders of either format can name every sample the same way (the cross-format te
 FFCV's DatasetWriter writes in place and waits for its worker processes by polling a counter: a worker that
 raises would leave a half-written file and hang the parent. So the file is written under a temp name and
 renamed when complete, and reading errors inside workers are caught, logged to a side file and re-raised
-here after the writer returns.
+here after the writer returns. A worker can still die writing its pages (a full disk: issue 17); `_watch_workers`
+sees it, stops the wait and the other workers, and names the file (DiskFull when the disk is full).
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import functools
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from data_prep.manifest import file_record
 from data_prep.write_wds import LOSSLESS_MAX_PIXELS
+from nws.io import NEARLY_FULL, DiskFull, free_bytes, writing
 
 WRITE_MODES = ("auto", "raw", "jpg", "smart", "proportion")
 
@@ -103,6 +107,52 @@ def _progress(desc: str, enabled: bool):
         ffcv.writer.tqdm = original
 
 
+@contextlib.contextmanager
+def _watch_workers(path: Path, period: float = 0.2):
+    """FFCV's writer polls a counter its workers raise and waits forever for one that died. The worker processes
+    it starts are recorded (ffcv.writer.Process replaced for the block); a thread that sees one end with an error
+    interrupts the wait, the other workers are stopped, and the error names `path`."""
+    import ffcv.writer
+
+    started: list = []
+    original = ffcv.writer.Process
+
+    class Recorded(original):
+        def start(self):
+            started.append(self)
+            super().start()
+
+    died: list[int] = []
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(period):
+            codes = [w.exitcode for w in started if w.exitcode not in (None, 0)]
+            if codes:
+                died.extend(codes)
+                _thread.interrupt_main()
+                return
+
+    ffcv.writer.Process = Recorded
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not died:
+            raise
+        for w in started:
+            w.terminate()
+        if (free_bytes(path) or 0) < NEARLY_FULL:
+            raise DiskFull(path) from None
+        raise RuntimeError(f"{path}: an FFCV writer process died (exit code {died[0]}); its error is printed "
+                           "above") from None
+    finally:
+        done.set()
+        watcher.join()
+        ffcv.writer.Process = original
+
+
 def write_beton(path: Path, dataset, *, write_mode: str = "auto", max_resolution: int | None = None,
                 jpeg_quality: int = 90, max_image_bytes: int = 0, num_workers: int = 1,
                 desc: str = "ffcv", progress: bool = True) -> dict:
@@ -127,8 +177,14 @@ def write_beton(path: Path, dataset, *, write_mode: str = "auto", max_resolution
         # every writer process fills pages of its own (2 MiB at least): small splits get fewer processes
         writers = max(1, min(num_workers, len(dataset) // 2000))
         writer = DatasetWriter(str(tmp), fields, page_size=page_size_for(max_image_bytes), num_workers=writers)
-        with _progress(desc, progress):
-            writer.from_indexed_dataset(_Guarded(dataset, errors))
+        try:
+            with _progress(desc, progress), writing(path), _watch_workers(path):  # a full disk names the .beton
+                writer.from_indexed_dataset(_Guarded(dataset, errors))
+        except BaseException:
+            with contextlib.suppress(Exception):  # the header's shared memory FFCV frees only when it finishes
+                writer.metadata_sm.close()
+                writer.metadata_sm.unlink()
+            raise
         if errors.is_file() and errors.stat().st_size:
             first = errors.read_text().splitlines()[0]
             raise RuntimeError(f"{path}: reading a sample failed while writing the .beton ({first})")

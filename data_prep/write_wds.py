@@ -16,6 +16,7 @@ import webdataset as wds
 from PIL import Image
 
 from data_prep.manifest import file_record
+from nws.io import writing
 
 try:
     import cv2
@@ -84,22 +85,24 @@ class ShardWriter:
         return self.folder / f"{self.split}-{index:06d}.tar"
 
     def write(self, key: str, ext: str, data: bytes, label: int) -> None:
-        if self._tar is None:
-            final = self._path(len(self.records))
-            self._tmp = final.with_name(f".{final.name}.tmp")
-            self._file = open(self._tmp, "wb")
-            self._tar = wds.TarWriter(self._file, mtime=0)  # int: a float mtime costs a PAX header per member
-            self._count = 0
-        self._tar.write({"__key__": check_key(key), ext: data, "cls": str(int(label)).encode()})
-        self._count += 1
-        if self._count >= self.max_per_shard:
-            self._finish()
+        with writing(self._path(len(self.records))):  # a full disk names the shard
+            if self._tar is None:
+                final = self._path(len(self.records))
+                self._tmp = final.with_name(f".{final.name}.tmp")
+                self._file = open(self._tmp, "wb")
+                self._tar = wds.TarWriter(self._file, mtime=0)  # int: a float mtime costs a PAX header per member
+                self._count = 0
+            self._tar.write({"__key__": check_key(key), ext: data, "cls": str(int(label)).encode()})
+            self._count += 1
+            if self._count >= self.max_per_shard:
+                self._finish()
 
     def _finish(self) -> None:
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        with writing(self._path(len(self.records))):
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
         final = self._path(len(self.records))
         os.replace(self._tmp, final)
         self.records.append({**file_record(final, self.folder), "num_samples": self._count})
@@ -115,7 +118,12 @@ class ShardWriter:
         if self._tar is not None:
             try:
                 self._tar.close()
+            except OSError:  # closing writes the tar's end blocks: on a full disk that fails too, and is moot
+                pass
             finally:
-                self._file.close()
+                try:
+                    self._file.close()
+                except OSError:
+                    pass
                 self._tmp.unlink(missing_ok=True)
             self._tar = self._file = self._tmp = None

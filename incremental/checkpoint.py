@@ -3,7 +3,8 @@ checkpoint"), written with accelerate's `save_state` (model, optimizer, RNG stat
 
 Layout: `<method>/checkpoints/task{t:02d}/epoch{e:03d}/` holds the state after e finished epochs (plus the
 method's extra tensors in `method_state.safetensors`); `latest.json` names the newest complete one and is written
-only after that folder is complete, so an interruption during a save leaves the previous checkpoint in force.
+only after that folder is complete, so an interruption during a save leaves the previous checkpoint in force (and
+a save that meets a full disk removes its half-written folder).
 The task's checkpoints are deleted once its artifact is sealed.
 """
 
@@ -13,7 +14,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nws.io import atomic_write_json, load_tensors, read_json, save_tensors
+from nws.io import DiskFull, atomic_write_json, load_tensors, read_json, save_tensors, writing
 
 LATEST = "latest.json"
 METHOD_STATE = "method_state.safetensors"
@@ -38,10 +39,16 @@ def save(accelerator, root: Path, progress: Progress, method_state: dict) -> Non
     """Checkpoint after `progress.epoch` epochs (call on every process)."""
     folder = Path(root) / f"epoch{progress.epoch:03d}"
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(folder), safe_serialization=True)
-    if accelerator.is_main_process:
-        if method_state:
+    try:
+        with writing(folder):
+            accelerator.save_state(str(folder), safe_serialization=True)
+        if accelerator.is_main_process and method_state:
             save_tensors(folder / METHOD_STATE, method_state)
+    except DiskFull:  # the half-written folder is not counted (latest.json does not name it): free its space
+        if not (Path(root) / LATEST).is_file() or read_json(Path(root) / LATEST).get("folder") != folder.name:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if accelerator.is_main_process:
         atomic_write_json(Path(root) / LATEST, {"folder": folder.name, **asdict(progress)})
         for old in Path(root).glob("epoch*"):
             if old.is_dir() and old.name != folder.name:

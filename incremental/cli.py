@@ -8,7 +8,8 @@ last epoch checkpoint. Defaults: runs/<name>/data, runs/<name>/pretrain, runs/<n
 At the end every method's final task accuracies are printed, a task accuracy that is not significantly above chance
 (incremental.chance: one-sided binomial test against 1/classes) marked `*`, with a WARNING line on stderr; with
 --strict such a task is an error: exit code 6 (after everything is written). Other exit codes: 2 bad input,
-3 non-finite loss, 4 corrupted artifact, 7 another process writes the output folder (its pid named).
+3 non-finite loss, 4 corrupted artifact, 7 another process writes the output folder (its pid named), 8 no space left
+on device (the file named).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def run_cli(args) -> int:
     from incremental.loop import run
     from incremental.train import NonFiniteLoss
     from nws.artifact import ArtifactError
+    from nws.io import DiskFull
     from nws.lock import EXIT_CODE as LOCKED
     from nws.lock import FolderLocked, folder_lock, is_rank_zero
     from pipeline.config import ConfigError, stage_config, stage_dir
@@ -114,6 +116,9 @@ def run_cli(args) -> int:
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except DiskFull as e:
+        print(f"error: {e}", file=sys.stderr)
+        return DiskFull.EXIT_CODE
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -159,6 +159,8 @@ def run_method(accelerator, method: Method, runs_dir: Path, on_epoch_end=None) -
             if str(t) in progress["rows"]:
                 if main:  # an evaluated task still holds the bytes it was evaluated from (issue 17), else exit 4
                     verify_task(ctx.task_dir(t))
+                log(f"task {t} ({tasks[t].name}) stored and evaluated by an earlier run, kept: R[{t}] = "
+                    + " ".join(f"{a:.4f}" for a in progress["rows"][str(t)]))
                 continue
             folder = ctx.task_dir(t)
             if not is_sealed(folder):

@@ -3,7 +3,8 @@
 runs/<name>/report/ (results.json, results.md, plots/).
 
 A task accuracy that is not significantly above chance (incremental.chance) is marked `*` in the table and named in
-a WARNING line on stderr; with --strict it is an error: exit code 6, after the report is written and logged.
+a WARNING line on stderr; with --strict it is an error: exit code 6, after the report is written and logged. Exit
+2: bad input; 8: no space left on device (the file named).
 
 The report is logged to an existing MLflow run: --run-id, else the pipeline's parent run ($NWS_MLFLOW_PARENT_RUN_ID,
 else parent_run_id of runs/<name>/pipeline.json); with none of them it is only written to disk.
@@ -86,6 +87,7 @@ def warn_chance(results: dict, strict: bool) -> int:
 
 
 def run_cli(args) -> int:
+    from nws.io import DiskFull, disk_full
     from pipeline.config import ConfigError, resolved, stage_config
     from pipeline.report import PLOTS, REPORT, RESULTS_MD, make_report
 
@@ -104,6 +106,12 @@ def run_cli(args) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        full = disk_full(e, args.out or "the report folder")
+        if full is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
+        return DiskFull.EXIT_CODE
     out = args.out or experiment / REPORT
     print((out / RESULTS_MD).read_text())
     print(f"report: {out / RESULTS_MD}, {out / 'results.json'}, {len(results['plots'])} plots in {out / PLOTS}")

@@ -9,7 +9,8 @@ runs/<name>/: data/, seed<S>/{config.yaml, pretrain/, incremental/<method>/}, re
 The results table at the end marks `*` a task accuracy that is not significantly above chance (incremental.chance)
 and names it in a WARNING line on stderr. Exit codes: 1 a stage failed, 2 bad input, 6 with --strict when a task is
 at chance (every stage ran and the report is written first), 7 another process writes the run's folder (nws.lock:
-a whole run locks runs/<name>/, each stage its own folder; the message names the holder's pid, host and command).
+a whole run locks runs/<name>/, each stage its own folder; the message names the holder's pid, host and command),
+8 no space left on device (the file named; run again after freeing space: it resumes).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def register(subparsers) -> None:
 
 def run_cli(args) -> int:
     from nws.artifact import ArtifactError
+    from nws.io import DiskFull, disk_full
     from nws.lock import EXIT_CODE, FolderLocked
     from pipeline.config import ConfigError
     from pipeline.runner import run_pipeline
@@ -72,6 +74,12 @@ def run_cli(args) -> int:
     except FolderLocked as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CODE
+    except OSError as e:  # the data and report stages and the stage records are written by this process
+        full = disk_full(e, args.runs_dir or "the runs folder")
+        if full is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
+        return DiskFull.EXIT_CODE
     except (ConfigError, ArtifactError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

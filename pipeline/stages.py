@@ -140,7 +140,9 @@ def data_files_problems(data: Path) -> list[str]:
 # what a stage process's exit code means, where it is not just "failed" (its own message is printed above)
 EXIT_MEANINGS = {("pretrain", 5): "degenerate pretraining outputs; pass --allow-degenerate to keep them",
                  ("pretrain", 4): "no checkpoint of the run could be loaded", ("incremental", 4): "corrupted artifact",
-                 ("pretrain", 7): "its folder is in use", ("incremental", 7): "its folder is in use"}
+                 ("pretrain", 7): "its folder is in use", ("incremental", 7): "its folder is in use",
+                 ("pretrain", 8): "no space left on device; free some and run again to resume",
+                 ("incremental", 8): "no space left on device; free some and run again to resume"}
 
 
 def run_module(module: str, args: list[str], env: dict[str, str]) -> None:

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nws.io import writing
+
 PARENT_ENV = "NWS_MLFLOW_PARENT_RUN_ID"
 TAGS_ENV = "NWS_MLFLOW_TAGS"  # JSON object of tags every run of this process gets (the pipeline sets {"seed": ...})
 DEFAULT_RUNS_DIR = "runs"
@@ -58,38 +60,50 @@ class NullRun:
 
 
 class Run(NullRun):
-    """An MLflow run driven through MlflowClient (no global active-run state, so stages and tests can hold several)."""
+    """An MLflow run driven through MlflowClient (no global active-run state, so stages and tests can hold several).
+    A store on a full disk is named (DiskFull, exit 8): SQLite says only "database or disk is full"."""
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, store: str = ""):
+        self.client, self.run_id, self.store = client, run_id, store or "the MLflow store"
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in flatten(params).items()]
-        for i in range(0, len(items), BATCH):
-            self.client.log_batch(self.run_id, params=items[i:i + BATCH])
+        with writing(self.store):
+            for i in range(0, len(items), BATCH):
+                self.client.log_batch(self.run_id, params=items[i:i + BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        for i in range(0, len(items), BATCH):
-            self.client.log_batch(self.run_id, metrics=items[i:i + BATCH])
+        with writing(self.store):
+            for i in range(0, len(items), BATCH):
+                self.client.log_batch(self.run_id, metrics=items[i:i + BATCH])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        with writing(self.store):
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_dict(self, obj: Any, name: str) -> None:
-        self.client.log_dict(self.run_id, obj, name)
+        with writing(self.store):
+            self.client.log_dict(self.run_id, obj, name)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+        with writing(self.store):
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, str(value))
 
     def end(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+        with writing(self.store):
+            self.client.set_terminated(self.run_id, status)
+
+
+def store_path(uri: str) -> str:
+    """What a full-disk error names: the SQLite file of a `sqlite:///` store, else the URI."""
+    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
 
 
 def open_client(runs_dir: str | Path = DEFAULT_RUNS_DIR):
@@ -109,7 +123,8 @@ def open_client(runs_dir: str | Path = DEFAULT_RUNS_DIR):
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             c = MlflowClient(uri)
-            c.search_experiments(max_results=1)  # opens the store: creates/migrates the schema now, under the lock
+            with writing(db):
+                c.search_experiments(max_results=1)  # opens the store: creates/migrates the schema now, under the lock
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return c
@@ -147,7 +162,7 @@ class AttachedRun(Run):
 def attach_run(run_id: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Run:
     c = open_client(runs_dir)
     c.get_run(run_id)  # fails clearly when the store does not have it
-    return AttachedRun(c, run_id)
+    return AttachedRun(c, run_id, store_path(tracking_uri(runs_dir)))
 
 
 def env_tags() -> dict[str, str]:
@@ -174,12 +189,12 @@ def start_run(experiment: str, run_name: str, *, runs_dir: str | Path = DEFAULT_
     from mlflow.exceptions import MlflowException
 
     runs_dir = Path(runs_dir)
-    client = open_client(runs_dir)
+    client, store = open_client(runs_dir), store_path(tracking_uri(runs_dir))
     if resume_run_id:
         try:
             client.get_run(resume_run_id)
             client.update_run(resume_run_id, status="RUNNING")
-            return Run(client, resume_run_id)
+            return Run(client, resume_run_id, store)
         except MlflowException:
             pass  # the store was reset: start a new run
     tags = {**env_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
@@ -188,5 +203,6 @@ def start_run(experiment: str, run_name: str, *, runs_dir: str | Path = DEFAULT_
     parent_id = os.environ.get(PARENT_ENV) if parent is True else parent or None
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id
-    run = client.create_run(_experiment_id(client, experiment, runs_dir), run_name=run_name, tags=tags)
-    return Run(client, run.info.run_id)
+    with writing(store):
+        run = client.create_run(_experiment_id(client, experiment, runs_dir), run_name=run_name, tags=tags)
+    return Run(client, run.info.run_id, store)

@@ -4,8 +4,8 @@ One checkpoint is a folder `<dir>/<tag>/` with DeepSpeed's files (weights, buffe
 statistics are buffers —, optimizer state; every rank writes its own ZeRO shard), `distiller.safetensors` (the EMA
 state of the pool update) and `state.json` (where the data loop stands). DeepSpeed's own `latest` file is not used:
 `latest.json` is written atomically by rank 0 only after every rank has finished writing, so a run killed while
-saving resumes from the previous checkpoint. Tags name the data position (`e0003-b000120`), so two saves never
-write into the same folder.
+saving resumes from the previous checkpoint, and a save that meets a full disk removes its half-written folder
+(DiskFull). Tags name the data position (`e0003-b000120`), so two saves never write into the same folder.
 
 No pickle runs on the way back in (issue 17: DeepSpeed loads its `.pt` files with `torch.load(weights_only=False)`,
 so a crafted file in a checkpoint folder ran code on resume). The engine's checkpoint loader is replaced by one that
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nws.io import atomic_write_json, load_tensors, read_json, save_tensors
+from nws.io import DiskFull, atomic_write_json, load_tensors, read_json, save_tensors, writing
 
 LATEST = "latest.json"
 STATE = "state.json"
@@ -88,17 +88,32 @@ def save(engine, folder: Path, state: TrainState, distiller=None, keep: int = 2,
     """Save on every rank (DeepSpeed needs all of them); returns the tag."""
     folder = Path(folder)
     tag = state.tag
-    engine.save_checkpoint(str(folder), tag=tag, client_state={"train_state": asdict(state)}, save_latest=False)
-    if rank == 0:
-        if distiller is not None:
-            save_tensors(folder / tag / DISTILLER, distiller.state_dict())
-        atomic_write_json(folder / tag / STATE, asdict(state))
+    try:
+        with writing(folder / tag):  # torch.save says only "unexpected pos" or "iostream error" on a full disk
+            engine.save_checkpoint(str(folder), tag=tag, client_state={"train_state": asdict(state)},
+                                   save_latest=False)
+        if rank == 0:
+            if distiller is not None:
+                save_tensors(folder / tag / DISTILLER, distiller.state_dict())
+            atomic_write_json(folder / tag / STATE, asdict(state))
+    except DiskFull:
+        _discard(folder, tag)
+        raise
     _barrier()
     if rank == 0:
         atomic_write_json(folder / LATEST, {"tag": tag})
         _prune(folder, keep, tag)
     _barrier()
     return tag
+
+
+def _discard(folder: Path, tag: str) -> None:
+    """Remove the half-written checkpoint `tag` (never counted: latest.json does not name it), freeing its space;
+    the complete checkpoint latest.json names is kept."""
+    latest = folder / LATEST
+    if latest.is_file() and read_json(latest).get("tag") == tag:
+        return
+    shutil.rmtree(folder / tag, ignore_errors=True)
 
 
 def _prune(folder: Path, keep: int, newest: str) -> None:

@@ -8,7 +8,7 @@ After training, the outputs are checked (pretrain/health.py): a layer whose pool
 pretrain.health.min_kur) or a test accuracy not significantly above chance stops the stage before it is marked
 complete, naming the layers and what to change; `--allow-degenerate` keeps such outputs without training again.
 Exit codes: 0 done, 2 bad input, 3 non-finite losses, 4 no checkpoint loads, 5 degenerate outputs, 7 another
-process writes the output folder (its pid, host and command named).
+process writes the output folder (its pid, host and command named), 8 no space left on device (the file named).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def register(subparsers) -> None:
 
 
 def run_cli(args) -> int:
+    from nws.io import DiskFull
     from nws.lock import EXIT_CODE as LOCKED
     from nws.lock import FolderLocked, folder_lock, is_rank_zero
     from pipeline.config import stage_config, stage_dir
@@ -73,6 +74,9 @@ def run_cli(args) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 4
+    except DiskFull as e:
+        print(f"error: {e}", file=sys.stderr)
+        return DiskFull.EXIT_CODE
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

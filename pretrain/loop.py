@@ -175,6 +175,9 @@ class Trainer:
             raise ValueError(f"{self.ckpt_dir}: checkpoints of another config (hash {state.config_hash}, now "
                              f"{job.config_hash}); use another --out or delete that folder to start over")
         self.state = state or checkpoint.TrainState(config_hash=job.config_hash)
+        if state is not None and job.rank == 0:
+            print(f"[pretrain {kind}] resumed from checkpoint {state.tag} (step {state.step}/{self.total_steps})",
+                  flush=True)
         self.guard = guard.NonFiniteGuard(p.max_consecutive_skips)
         self._printed = -float("inf")  # when the last progress line was printed (rank 0)
         self.guard.skipped = self.state.skipped
