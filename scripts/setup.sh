@@ -47,6 +47,9 @@ DS_ACCELERATOR=cpu "$VENV/bin/python" -c \
   "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()" >/dev/null 2>&1 \
   || echo ">> note: DeepSpeed's CPU communication op did not prebuild; it will build on first use"
 "$VENV/bin/python" - <<'PY'
-import torch, ffcv, webdataset, constriction, deepspeed, mlflow, nws  # noqa: F401 — fail here, not in the tests
-print(f">> setup ok: torch {torch.__version__}, ffcv {ffcv.__version__}")
+from importlib.metadata import version
+import torch, ffcv, webdataset, constriction, deepspeed, mlflow, accelerate, nws  # noqa: F401 — fail here, not in the tests
+# versions from the installed metadata: FFCV 1.0.2's own ffcv.__version__ still says 0.0.3rc1
+names = ["torch", "deepspeed", "ffcv", "webdataset", "accelerate", "mlflow"]
+print(">> setup ok: " + ", ".join(f"{n} {version(n)}" for n in names))
 PY

@@ -1,8 +1,12 @@
 """environment.yml (the cluster users' conda environment) lists every dependency of pyproject.toml with the same
-version constraint, and installs the project itself."""
+version constraint, pins PyTorch to the version `make setup` installs, and installs the project itself; setup
+reports the versions the installed packages' metadata give."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import tomllib
 
 import yaml
@@ -31,6 +35,29 @@ def test_environment_matches_pyproject():
     listed = {**_requirements(conda), **_requirements(pip)}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {Requirement(d).name.lower(): str(Requirement(d).specifier) for d in project["dependencies"]}
+    torch = next(d for d in conda if d.split("#")[0].strip().startswith("pytorch"))
+    pinned = re.fullmatch(r"pytorch=(\S+)", torch.split("#")[0].strip())
+    assert pinned and pinned.group(1) == _setup_torch(), torch  # the same PyTorch as `make setup`
+    assert Requirement(f"torch{wanted.pop('torch')}").specifier.contains(pinned.group(1))
     assert {name: listed.get(name) for name in wanted} == wanted
     assert any(line.startswith("-e .") for line in pip)  # the project itself, editable
     assert "python=3.11" in conda and project["requires-python"] == ">=3.11"
+
+
+def _setup_torch() -> str:
+    """The torch version scripts/setup.sh installs (its TORCH_SPEC default, torch==X)."""
+    spec = re.search(r"TORCH_SPEC=\$\{TORCH_SPEC:-torch==([^}]+)\}", (ROOT / "scripts" / "setup.sh").read_text())
+    assert spec, "scripts/setup.sh no longer sets TORCH_SPEC=${TORCH_SPEC:-torch==X}"
+    return spec.group(1)
+
+
+def test_setup_reports_the_installed_versions():
+    """The check at the end of scripts/setup.sh, run as setup runs it: FFCV's version is the installed
+    distribution's (1.0.2), not its stale ffcv.__version__ (0.0.3rc1)."""
+    from importlib.metadata import version
+
+    script = (ROOT / "scripts" / "setup.sh").read_text()
+    check = re.search(r"<<'PY'\n(.*?)\nPY\n", script, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert f"ffcv {version('ffcv')}" in out and "0.0.3rc1" not in out, out
+    assert f"torch {version('torch')}" in out and f"deepspeed {version('deepspeed')}" in out, out
