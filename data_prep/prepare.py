@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from data_prep import subset
 from data_prep.manifest import (
@@ -37,6 +36,7 @@ from data_prep.manifest import (
     verify_files,
     verify_unit,
 )
+from data_prep.progress import bar as progress_bar
 from data_prep.sources import open_source
 from data_prep.tasks import Task, load_tasks, save_tasks, split_tasks, task_records
 from data_prep.types import BadImage, Source, Split
@@ -179,7 +179,7 @@ def write_split(split: Split, task: Task, unit: str, split_name: str, folder: Pa
     encoder = _Encoder(split, task, opts, encode="wds" in opts.formats)
     sink = ShardWriter(folder, split_name, opts.max_per_shard) if "wds" in opts.formats else None
     good, bad, sizes, stats = [], [], set(), PixelStats()
-    bar = tqdm(total=len(order), desc=f"{unit}/{split_name}", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(order), desc=f"{unit}/{split_name}", enabled=progress)
     encoded = _encoded(encoder, [order[s:s + CHUNK] for s in range(0, len(order), CHUNK)], workers)
     try:
         for results, chunk_stats in encoded:

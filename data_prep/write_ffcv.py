@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.manifest import file_record
+from data_prep.progress import bar as progress_bar
 from data_prep.write_wds import LOSSLESS_MAX_PIXELS
 from nws.io import NEARLY_FULL, DiskFull, free_bytes, writing
 
@@ -96,11 +97,12 @@ def keep_torch_threads():
 
 @contextlib.contextmanager
 def _progress(desc: str, enabled: bool):
-    """FFCV's writer draws its own tqdm bar; name it after the unit/split (or silence it)."""
+    """FFCV's writer draws its own tqdm bar; name it after the unit/split, as plain lines in a log (data_prep.progress),
+    or silence it."""
     import ffcv.writer
 
     original = ffcv.writer.tqdm
-    ffcv.writer.tqdm = functools.partial(original, desc=desc, disable=not enabled, leave=False)
+    ffcv.writer.tqdm = functools.partial(progress_bar, desc=desc, enabled=enabled)  # FFCV calls tqdm(total=n)
     try:
         yield
     finally:
