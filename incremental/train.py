@@ -116,6 +116,7 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
     first, seconds_before = progress.epoch, progress.seconds  # this run's pace: resumed epochs are not counted
     for epoch in range(progress.epoch, sched.epochs):
         start, losses, consecutive = time.perf_counter(), [], 0
+        hits = torch.zeros(2, device=device)  # correct predictions, images: the epoch's training accuracy
         model.train()
         loader.set_epoch(epoch)
         for i, (x, y) in enumerate(loader):
@@ -125,7 +126,8 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
             for g in optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * factor
             x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
             extra = method.extra_loss(model)
             total = loss if extra is None else loss + extra
             bad = accelerator.reduce(torch.tensor(float(not torch.isfinite(total)), device=device), "sum")
@@ -148,6 +150,7 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
             progress.step += 1
             method.after_step(model, progress.step)
             losses.append(total.item())
+            hits += torch.stack([(logits.detach().argmax(1) == y).sum(), torch.tensor(len(y), device=device)])
             if progress.step % inc.log_every == 0:
                 tracker.log_metrics({f"task{t:02d}/train_loss_step": losses[-1]}, step=progress.step)
         method.after_epoch(model, epoch)
@@ -156,11 +159,13 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
         checkpoint.save(accelerator, root, progress, method.checkpoint_state())
         tracker.log_metrics({f"task{t:02d}/train_loss": progress.last_loss or float("nan"),
                              f"task{t:02d}/lr": optimizer.param_groups[0]["lr"]}, step=epoch)
+        correct, seen = accelerator.reduce(hits, "sum").tolist()  # every process's batches
         if (epoch + 1) % every == 0 or epoch + 1 == sched.epochs:
             left = (progress.seconds - seconds_before) / (epoch + 1 - first) * (sched.epochs - epoch - 1)
             loss_text = "n/a" if progress.last_loss is None else f"{progress.last_loss:.4f}"
-            log(f"task {t} epoch {epoch + 1}/{sched.epochs}: loss {loss_text}, {len(losses)} steps, "
-                f"{progress.seconds:.1f} s, about {left:.0f} s left in the task")
+            acc_text = f", train acc {100 * correct / seen:.1f}%" if seen else ""
+            log(f"task {t} ({t + 1}/{len(ctx.tasks)}) epoch {epoch + 1}/{sched.epochs}: loss {loss_text}{acc_text}, "
+                f"{len(losses)} steps, {progress.seconds:.1f} s, about {left:.0f} s left in the task")
         if on_epoch_end is not None:
             on_epoch_end(t, epoch)
     sync_batchnorm(raw, accelerator)

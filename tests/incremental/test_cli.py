@@ -1,6 +1,7 @@
 """`nws incremental` and `python -m incremental`: the same code, config + overrides, clear errors, exit codes."""
 
 import json
+import re
 
 import yaml
 
@@ -35,6 +36,8 @@ def test_cli_runs_a_method_with_overrides(digits, pretrained, tmp_path, capsys):
     assert doc["tasks"] == ["task00"] and doc["epochs"] == 2
     captured = capsys.readouterr()
     assert "finetune: final average accuracy" in captured.out
+    # progress: the task among all, the epoch, the rounded loss and the epoch's training accuracy
+    assert re.search(r"task 0 \(1/1\) epoch 2/2: loss \d+\.\d{4}, train acc \d+\.\d%, \d+ steps", captured.out)
     row = next(line for line in captured.out.splitlines() if line.startswith("finetune "))
     assert row.split()[1:] == [f"{100 * doc['acc_matrix'][0][0]:.1f}", f"{100 * doc['final_avg_acc']:.1f}"]
     assert LEGEND not in captured.out and "WARNING" not in captured.err

@@ -46,7 +46,7 @@ def test_a_full_disk_is_named_and_the_run_goes_on_from_the_stored_tasks(digits, 
         assert main([*args, "--out", str(out)]) == 0
         second = capsys.readouterr()
         assert "task 0 (task00) stored and evaluated by an earlier run, kept: R[0]" in second.out
-        assert "task 0 epoch" not in second.out and "task 1 epoch 1/1" in second.out
+        assert "task 0 (1/2) epoch" not in second.out and "task 1 (2/2) epoch 1/1" in second.out
         resumed = json.loads((out / "nws" / "metrics.json").read_text())
     assert resumed["acc_matrix"] == reference["acc_matrix"]
     assert resumed["memory_bytes"] == reference["memory_bytes"]
