@@ -124,10 +124,12 @@ def layer_heatmap(path: Path, values: list[list[float | None]], layers: list[str
 
 def index_distributions(path: Path, counts: dict[str, np.ndarray], title: str) -> Path:
     """Appendix §6: one panel per layer, x the pool index, y its selection rate SR_i = h_i / d (d = kernels in
-    the layer), so every panel sums to 1."""
+    the layer), so every panel sums to 1. Margins are fixed in inches (the title above the first row's panel
+    titles, the x labels below the last panel of each column): tight_layout over ~20 panels is slow."""
     cols = min(4, len(counts))
     rows = math.ceil(len(counts) / cols)
-    height = 1.9 * rows + 0.6
+    top, bottom = 0.9, 0.6  # inches
+    height = 1.9 * rows + top + bottom
     fig = Figure(figsize=(3.2 * cols, height))
     for k, (layer, h) in enumerate(counts.items()):
         ax = fig.add_subplot(rows, cols, k + 1)
@@ -137,7 +139,9 @@ def index_distributions(path: Path, counts: dict[str, np.ndarray], title: str) -
         ax.set_xlim(-0.5, len(h) - 0.5)
         ax.tick_params(labelsize=6)
         if k % cols == 0:
-            ax.set_ylabel("SR", fontsize=7)
-    fig.suptitle(title)
-    fig.subplots_adjust(hspace=0.7, wspace=0.3, top=1 - 0.5 / height)  # fixed: tight_layout over ~20 panels is slow
+            ax.set_ylabel("selection rate SR", fontsize=7)
+        if k + cols >= len(counts):  # the lowest panel of its column
+            ax.set_xlabel("kernel index in the layer's pool", fontsize=7)
+    fig.suptitle(title, y=1 - 0.25 / height, va="top")
+    fig.subplots_adjust(hspace=0.75, wspace=0.3, top=1 - top / height, bottom=bottom / height)
     return save(fig, path)
