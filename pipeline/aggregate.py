@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-STD_NOTE = "sample standard deviation over seeds (n - 1), as the appendix tables of seed 004_"
+PAPER = '"Neural Weight Search for Scalable Task Incremental Learning" (Jiang & Celiktutan, WACV 2023)'
+STD_NOTE = f"sample standard deviation over seeds (n - 1), as the appendix tables of {PAPER}"
 
 
 def is_number(value: Any) -> bool:

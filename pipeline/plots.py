@@ -4,7 +4,8 @@ no global backend or figure state) and written atomically as PNG.
 Figures follow seed 004_: task-wise accuracy per method (Fig. 3), layer-wise kernel utilisation ratio and layer
 sparsity as layers x tasks heatmaps (Fig. 4), and the per-layer distributions of selected kernel indices, the
 selection rate SR_i = h_i / d of every pool index (appendix §6 of 001_). Added for the report: the accuracy
-matrix R of each method and its memory against the number of learned tasks.
+matrix R of each method, its memory and its average accuracy against the number of learned tasks, and every method
+as one point of accuracy against memory (the data of the last two: pipeline.headline).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from nws.io import atomic_write_bytes
+from pipeline.headline import Point
 
 DPI = 120
 
@@ -93,14 +95,60 @@ def memory_vs_tasks(path: Path, curves: dict[str, tuple[list[float], list[float 
         x = np.arange(1, len(mean) + 1)
         err = None if all(s is None for s in std) else [s or 0.0 for s in std]
         ax.errorbar(x, mean, yerr=err, marker="o", capsize=2, label=method)
-    highs = [max(m) for m, _ in curves.values() if m]
-    lows = [min(m) for m, _ in curves.values() if m]
-    if lows and min(lows) > 0 and max(highs) / min(lows) > 30:
+    if _wide([v for m, _ in curves.values() for v in m]):
         ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("number of learned tasks")
     ax.set_ylabel("memory (MiB)")
     ax.set_title("Memory against the number of tasks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def _wide(values: list[float], ratio: float = 30.0) -> bool:
+    """A log scale shows values spread over more than `ratio`x (Finetune's memory against NWS's)."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > ratio
+
+
+def accuracy_vs_memory(path: Path, points: dict[str, Point]) -> Path:
+    """Every method as one point: final average accuracy against the total memory of its stored files, with the
+    std over seeds as error bars; up and to the left is better."""
+    fig = Figure(figsize=(5.5, 4.0))
+    ax = fig.add_subplot()
+    for method, p in points.items():
+        ax.errorbar([p.memory_mib], [100 * p.accuracy], xerr=None if p.memory_std is None else [p.memory_std],
+                    yerr=None if p.accuracy_std is None else [100 * p.accuracy_std], marker="o", capsize=3,
+                    label=method)
+        ax.annotate(method, (p.memory_mib, 100 * p.accuracy), xytext=(5, 5), textcoords="offset points",
+                    fontsize=8)
+    if _wide([p.memory_mib for p in points.values()]):
+        ax.set_xscale("log")
+    ax.set_xlabel("memory (MiB, measured from the stored files)")
+    ax.set_ylabel("final average accuracy (%)")
+    ax.set_title("Accuracy against memory")
+    ax.grid(alpha=0.3)
+    return save(fig, path)
+
+
+def avg_accuracy_vs_tasks(path: Path, curves: dict[str, tuple[list[float], list[float | None]]],
+                          tasks: list[str]) -> Path:
+    """After each task, the average accuracy over the tasks learned so far, one line per method with a band of ±
+    the std over seeds; the x ticks name the task just learned."""
+    fig = Figure(figsize=(max(5.5, 0.7 * len(tasks) + 2), 3.8))
+    ax = fig.add_subplot()
+    for method, (mean, std) in curves.items():
+        x, y = np.arange(1, len(mean) + 1), 100 * np.array(mean)
+        (line,) = ax.plot(x, y, marker="o", label=method)
+        if any(s is not None for s in std):
+            band = 100 * np.array([s or 0.0 for s in std])
+            ax.fill_between(x, y - band, y + band, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xticks(range(1, len(tasks) + 1), [f"{t + 1}\n{name}" for t, name in enumerate(tasks)],
+                  fontsize=7 if len(tasks) > 8 else None)
+    ax.set_xlabel("number of learned tasks (the last one)")
+    ax.set_ylabel("average accuracy so far (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Average accuracy against the number of tasks")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save(fig, path)
@@ -124,10 +172,12 @@ def layer_heatmap(path: Path, values: list[list[float | None]], layers: list[str
 
 def index_distributions(path: Path, counts: dict[str, np.ndarray], title: str) -> Path:
     """Appendix §6: one panel per layer, x the pool index, y its selection rate SR_i = h_i / d (d = kernels in
-    the layer), so every panel sums to 1."""
+    the layer), so every panel sums to 1. Margins are fixed in inches (the title above the first row's panel
+    titles, the x labels below the last panel of each column): tight_layout over ~20 panels is slow."""
     cols = min(4, len(counts))
     rows = math.ceil(len(counts) / cols)
-    height = 1.9 * rows + 0.6
+    top, bottom = 0.9, 0.6  # inches
+    height = 1.9 * rows + top + bottom
     fig = Figure(figsize=(3.2 * cols, height))
     for k, (layer, h) in enumerate(counts.items()):
         ax = fig.add_subplot(rows, cols, k + 1)
@@ -137,7 +187,9 @@ def index_distributions(path: Path, counts: dict[str, np.ndarray], title: str) -
         ax.set_xlim(-0.5, len(h) - 0.5)
         ax.tick_params(labelsize=6)
         if k % cols == 0:
-            ax.set_ylabel("SR", fontsize=7)
-    fig.suptitle(title)
-    fig.subplots_adjust(hspace=0.7, wspace=0.3, top=1 - 0.5 / height)  # fixed: tight_layout over ~20 panels is slow
+            ax.set_ylabel("selection rate SR", fontsize=7)
+        if k + cols >= len(counts):  # the lowest panel of its column
+            ax.set_xlabel("kernel index in the layer's pool", fontsize=7)
+    fig.suptitle(title, y=1 - 0.25 / height, va="top")
+    fig.subplots_adjust(hspace=0.75, wspace=0.3, top=1 - top / height, bottom=bottom / height)
     return save(fig, path)

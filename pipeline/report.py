@@ -1,4 +1,5 @@
-"""The report of an experiment (issue 7): results.json, results.md and plots/, aggregated over its seeds.
+"""The report of an experiment (issue 7): results.json, results.md, results.csv, results.tex and plots/, aggregated
+over its seeds.
 
 Reads what the incremental stage wrote for every seed run (runs/<name>/seed<S>/incremental/<method>/metrics.json,
 with that run's resolved config.yaml) and writes runs/<name>/report/:
@@ -6,8 +7,12 @@ with that run's resolved config.yaml) and writes runs/<name>/report/:
   (pipeline.aggregate: numbers -> mean and std, lists elementwise);
 - results.md: the layout of seed 004_ Tables 1 and 2 (method, task-wise accuracy, average accuracy, memory), with
   forgetting, BWT and training time added, mean ± std over seeds; and the appendix tables' per-seed rows;
-- plots/: pipeline.plots' figures (accuracy matrices, task-wise accuracy, memory against the number of tasks, and
-  for NWS Fig. 4's heatmaps and the appendix §6 index distributions from the stored histogram files).
+- results.csv, results.tex: the rows of that table for spreadsheets and papers (pipeline.export);
+- plots/: pipeline.plots' figures (accuracy matrices, task-wise accuracy, memory and average accuracy against the
+  number of tasks, accuracy against memory, and for NWS Fig. 4's heatmaps and the appendix §6 index distributions
+  from the stored histogram files).
+Tasks are labelled by their classes where the data folder's tasks.json knows them (pipeline.task_labels): results
+.json keeps the task names under `tasks` and the labels under `task_labels`.
 A standalone `nws incremental` run (runs/<name>/incremental/<method>/metrics.json, no seed folders) is reported as
 one run, with the experiment config given by the caller. Methods that were not run do not appear.
 
@@ -29,8 +34,9 @@ import yaml
 from incremental import chance
 from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json, sha256_file
 from nws.memory import MIB
-from pipeline import plots
-from pipeline.aggregate import STD_NOTE, aggregate, is_number, mean, seed_values, std
+from pipeline import export, headline, plots
+from pipeline.aggregate import PAPER, STD_NOTE, aggregate, is_number, mean, seed_values, std
+from pipeline.task_labels import task_labels
 
 REPORT, RESULTS_JSON, RESULTS_MD, PLOTS = "report", "results.json", "results.md", "plots"
 REQUIRED = ("tasks", "acc_matrix", "final_avg_acc", "forgetting", "bwt", "memory_bytes", "train_seconds")
@@ -118,10 +124,13 @@ def common_tasks(found: dict[str, list[MethodRun]]) -> list[str]:
 
 
 def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, tracker=None,
-                config: dict | None = None) -> dict:
-    """Write results.json, results.md and plots/ (default runs/<name>/report) and return results.json's content;
-    with a tracker (pipeline.tracking.Run) they are logged as artifacts and the headline numbers as metrics."""
+                config: dict | None = None, data_dir: str | Path | None = None) -> dict:
+    """Write results.json, results.md, results.csv, results.tex and plots/ (default runs/<name>/report) and return
+    results.json's content; with a tracker (pipeline.tracking.Run) they are logged as artifacts and the headline
+    numbers as metrics. Task labels come from <data_dir>/tasks.json (default runs/<name>/data, where the pipeline
+    prepares the data)."""
     experiment_dir = Path(experiment_dir)
+    data_dir = Path(data_dir) if data_dir is not None else experiment_dir / "data"
     configs, found = collect(experiment_dir, config)
     out = Path(out_dir) if out_dir is not None else experiment_dir / REPORT
     order = method_order(configs, found)
@@ -131,7 +140,8 @@ def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, t
         "benchmark": cfg.get("data", {}).get("source"),
         "data": cfg.get("data"),
         "seeds": sorted({r.seed for runs in found.values() for r in runs if r.seed is not None}),
-        "tasks": common_tasks(found),
+        "tasks": (tasks := common_tasks(found)),
+        "task_labels": task_labels(tasks, data_dir / "tasks.json"),
         "std": STD_NOTE,
         # one seed: its metrics.json as it is; several: every number as mean/std/n/values (pipeline.aggregate)
         "methods": {m: aggregate([r.doc for r in found[m]]) if len(found[m]) > 1 else found[m][0].doc
@@ -147,6 +157,7 @@ def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, t
         stale.unlink()  # a figure of an earlier report whose method or task is gone
     atomic_write_json(out / RESULTS_JSON, results)
     atomic_write_bytes(out / RESULTS_MD, markdown(results).encode())
+    export.write(results, out)
     if tracker is not None:
         log(tracker, results, out)
     return results
@@ -186,7 +197,7 @@ def network_order(model: dict | None, layers: list[str]) -> list[str]:
 
 
 def draw(results: dict, found: dict[str, list[MethodRun]], folder: Path, model: dict | None = None) -> list[Path]:
-    tasks, methods = results["tasks"], results["methods"]
+    tasks, methods = results["task_labels"], results["methods"]
     out = []
     for name, doc in methods.items():
         out.append(plots.accuracy_matrix(folder / f"acc_matrix_{_file_name(name)}.png", mean(doc["acc_matrix"]),
@@ -200,6 +211,9 @@ def draw(results: dict, found: dict[str, list[MethodRun]], folder: Path, model: 
               for name, doc in methods.items() if doc.get("memory_bytes_cumulative")}
     if curves:
         out.append(plots.memory_vs_tasks(folder / "memory_vs_tasks.png", curves))
+    out.append(plots.accuracy_vs_memory(folder / "accuracy_vs_memory.png", headline.memory_accuracy(methods)))
+    out.append(plots.avg_accuracy_vs_tasks(folder / "avg_accuracy_vs_tasks.png",
+                                           headline.avg_accuracy_curves(methods), tasks))
     for name, doc in methods.items():
         if doc.get("kur") and doc.get("layer_sparsity"):
             layers = network_order(model, list(doc["kur"]))
@@ -224,9 +238,9 @@ def index_figures(folder: Path, name: str, run: MethodRun, tasks: list[str], lay
         counts = {k: v.numpy() for k, v in load_tensors(run.path.parent / rel).items()}
         order = [layer for layer in layers if layer in counts]
         counts = {layer: counts[layer] for layer in order + sorted(set(counts) - set(order))}
-        seed = "" if run.seed is None else f", seed {run.seed}"
+        seed = "" if run.seed is None else f" (seed {run.seed})"
         out.append(plots.index_distributions(folder / f"{_file_name(name)}_index_distribution_{t:02d}.png", counts,
-                                             f"{name}: selected kernel indices, {tasks[t]}{seed}"))
+                                             f"{name}: selected kernel indices of task {tasks[t]}{seed}"))
     return out
 
 
@@ -278,13 +292,13 @@ def chance_lines(results: dict) -> list[str]:
     """The legend of the `*` marks and the flagged cells (every seed), and the runs that could not be tested."""
     test = results.get("chance") or {}
     cells, untested = test.get("flagged", []), test.get("not_tested", [])
-    lines = []
+    lines, label = [], dict(zip(results["tasks"], export.labels(results), strict=True))
     if cells:
         lines += ["", f"`{chance.MARK}` marks a task accuracy that is not significantly above chance in at least one "
                   f"seed ({test['test']}, p >= {test['alpha']}):", "",
                   "| Method | Seed | Task | Acc (%) | Test images | Classes | Chance (%) | p |",
                   "|---|---|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {c['method']} | {'–' if c['seed'] is None else c['seed']} | {c['task']} | "
+        lines += [f"| {c['method']} | {'–' if c['seed'] is None else c['seed']} | {label.get(c['task'], c['task'])} | "
                   f"{100 * c['accuracy']:.1f} | {c['n']} | {c['classes']} | {100 * c['chance']:.1f} | "
                   f"{c['p_value']:.2g} |" for c in cells]
     for u in untested:
@@ -293,20 +307,18 @@ def chance_lines(results: dict) -> list[str]:
     return lines
 
 
-def _memory_digits(results: dict) -> int:
-    sizes = [mean(d["memory_bytes"]["total"]) / MIB for d in results["methods"].values()]
-    return 1 if min(sizes) >= 10 else 3
-
-
 def markdown(results: dict) -> str:
     tasks, seeds = results["tasks"], results["seeds"]
-    digits = _memory_digits(results)
+    digits = export.memory_digits(results)
     lines = [f"# Results: {results['experiment']} ({results['benchmark']}, {len(tasks)} tasks)", "",
              f"Seeds: {', '.join(map(str, seeds)) or 'unknown'}; mean ± {STD_NOTE}. Accuracies in % "
-             "on each task's test split, measured on the models rebuilt from the stored files; memory in MiB "
-             "(2^20 bytes) of those files, shared pools included.", "",
-             "## Task-wise accuracy, average accuracy, forgetting, BWT and memory (seed 004_ Tables 1 and 2)", "",
-             "| Method | " + " | ".join(tasks) + " | Avg Acc (%) | Forgetting (%) | BWT (%) | Memory (MiB) | "
+             "on each task's test split (a task is named by its classes), measured on the models rebuilt from the "
+             "stored files; memory in MiB (2^20 bytes) of those files, shared pools included. The same rows: "
+             f"[{export.RESULTS_CSV}]({export.RESULTS_CSV}), [{export.RESULTS_TEX}]({export.RESULTS_TEX}).", "",
+             "## Task-wise accuracy, average accuracy, forgetting, BWT and memory", "",
+             f"As Tables 1 and 2 of {PAPER}.", "",
+             "| Method | " + " | ".join(export.labels(results)) + " | Avg Acc (%) | Forgetting (%) | BWT (%) | "
+             "Memory (MiB) | "
              "Train time (s) |",
              "|---|" + "---:|" * (len(tasks) + 5)]
     at_chance = {(c["method"], c["task"]) for c in results.get("chance", {}).get("flagged", [])}
@@ -335,9 +347,9 @@ def markdown(results: dict) -> str:
 
 
 def log(tracker, results: dict, out: Path) -> None:
-    """results.json, results.md and the plots as artifacts under report/; each method's headline numbers (mean,
-    and std with several seeds) as metrics report.<method>.<key>."""
-    for name in (RESULTS_JSON, RESULTS_MD):
+    """results.json, results.md, results.csv, results.tex and the plots as artifacts under report/; each method's
+    headline numbers (mean, and std with several seeds) as metrics report.<method>.<key>."""
+    for name in (RESULTS_JSON, RESULTS_MD, export.RESULTS_CSV, export.RESULTS_TEX):
         tracker.log_artifact(out / name, artifact_path=REPORT)
     for rel in results["plots"]:
         tracker.log_artifact(out / rel, artifact_path=f"{REPORT}/{PLOTS}")

@@ -263,6 +263,7 @@ def report_stage(layout: Layout, seeds: list[int], upstream: list[str | None], t
 
         make_report(layout.root, layout.report, tracker=tracker)
 
+    tables = ("results.json", "results.md", "results.csv", "results.tex")
     return Stage("report", None, layout.report, {"seeds": seeds, "upstream": upstream},
-                 lambda: [layout.report / "results.json", layout.report / "results.md"], execute,
+                 lambda: [layout.report / name for name in tables], execute,
                  lambda: shutil.rmtree(layout.report, ignore_errors=True))

@@ -2,6 +2,7 @@
 checked against the metrics.json files (mean and sample std computed here with numpy), results.md's rows against
 the same numbers, every plot as a PNG, the MLflow logging, `nws report`, and the errors."""
 
+import csv
 import json
 import shutil
 
@@ -12,13 +13,17 @@ import yaml
 from PIL import Image
 
 import incremental.methods as methods_module
+from data_prep.sources import open_source
+from data_prep.tasks import load_tasks, split_tasks
 from incremental.chance import LEGEND, NO_SIZES, binomial_p
 from incremental.loop import run
 from incremental.stored import task_files
 from nws.memory import MIB
+from pipeline import headline
 from pipeline.cli import main as nws_main
 from pipeline.config import resolved
 from pipeline.report import make_report
+from pipeline.task_labels import label, task_labels
 from tests import margin
 from tests.conftest import THREADS
 from tests.incremental.fixtures import make_config
@@ -37,8 +42,15 @@ def experiment(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reported(experiment, tmp_path_factory):
+    """The report with the tasks.json of the prepared digits (the pipeline's runs/<name>/data)."""
     out = tmp_path_factory.mktemp("report")
-    return make_report(experiment, out), out
+    return make_report(experiment, out, data_dir=experiment.parent.parent / "data"), out
+
+
+def class_labels(experiment):
+    """The classes of the first two tasks, as the prepared data's tasks.json lists them."""
+    tasks, _ = load_tasks(experiment.parent.parent / "data" / "tasks.json")
+    return [",".join(t.class_names) for t in tasks[:2]]
 
 
 def metrics(experiment, method):
@@ -100,10 +112,13 @@ def cell(values, scale=1.0, digits=1):
 
 def test_results_md_is_the_papers_table(experiment, reported):
     results, out = reported
-    lines = (out / "results.md").read_text().splitlines()
-    header = next(line for line in lines if line.startswith("| Method | task00"))
-    assert [c.strip() for c in header.strip("|").split("|")] == [
-        "Method", "task00", "task01", "Avg Acc (%)", "Forgetting (%)", "BWT (%)", "Memory (MiB)", "Train time (s)"]
+    text = (out / "results.md").read_text()
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| Method | "))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Method", *class_labels(experiment), "Avg Acc (%)",
+                                                                 "Forgetting (%)", "BWT (%)", "Memory (MiB)",
+                                                                 "Train time (s)"]
+    assert "Neural Weight Search for Scalable Task Incremental Learning" in text and "seed 004_" not in text
     for method in METHODS:
         docs = metrics(experiment, method)
         row = next(line for line in lines if line.startswith(f"| {method} | ") and "±" in line)
@@ -128,8 +143,9 @@ def test_results_md_is_the_papers_table(experiment, reported):
 def test_every_plot_is_a_png(reported):
     results, out = reported
     expected = {f"plots/{name}.png" for name in (
-        "acc_matrix_nws", "acc_matrix_finetune", "task_accuracy", "memory_vs_tasks", "nws_kur", "nws_layer_sparsity",
-        "nws_index_distribution_00", "nws_index_distribution_01")}
+        "acc_matrix_nws", "acc_matrix_finetune", "task_accuracy", "memory_vs_tasks", "accuracy_vs_memory",
+        "avg_accuracy_vs_tasks", "nws_kur", "nws_layer_sparsity", "nws_index_distribution_00",
+        "nws_index_distribution_01")}
     assert set(results["plots"]) == expected  # Fig. 4 and appendix §6 plots for NWS only
     assert {f"plots/{p.name}" for p in (out / "plots").iterdir()} == expected
     for rel in expected:
@@ -139,6 +155,79 @@ def test_every_plot_is_a_png(reported):
             image.verify()
             assert image.size[0] > 200 and image.size[1] > 200
         assert f"]({rel})" in (out / "results.md").read_text()
+
+
+def test_csv_and_tex_hold_the_rows_of_results_json(experiment, reported):
+    """results.csv parsed back gives results.json's numbers (accuracies in %, memory in MiB, mean and std columns);
+    results.tex is a booktabs tabular with one row per method, its cells those of results.md."""
+    _, out = reported
+    results = json.loads((out / "results.json").read_text())
+    labels = class_labels(experiment)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["method"] for r in rows] == list(METHODS)
+    for row in rows:
+        doc = results["methods"][row["method"]]
+        expected = {f"acc {name} (%)": acc for name, acc in zip(labels, doc["acc_matrix"][-1], strict=True)}
+        expected |= {"avg acc (%)": doc["final_avg_acc"], "forgetting (%)": doc["forgetting"], "BWT (%)": doc["bwt"]}
+        assert row["seeds"] == "0 1" and len(row) == 2 + 2 * (len(expected) + 1)
+        for column, value in expected.items():
+            name, unit = column.rsplit(" ", 1)
+            assert float(row[f"{name} mean {unit}"]) == pytest.approx(100 * value["mean"], rel=1e-12)
+            assert float(row[f"{name} std {unit}"]) == pytest.approx(100 * value["std"], rel=1e-12)
+        memory = doc["memory_bytes"]["total"]
+        assert float(row["memory mean (MiB)"]) == pytest.approx(memory["mean"] / MIB, rel=1e-12)
+        assert float(row["memory std (MiB)"]) == pytest.approx(memory["std"] / MIB, rel=1e-12)
+
+    tex = (out / "results.tex").read_text().splitlines()
+    assert "\\usepackage{booktabs}" in tex[0] and tex[1] == "\\begin{tabular}{l" + "r" * 6 + "}"
+    assert tex[-2:] == ["\\bottomrule", "\\end{tabular}"]
+    head = tex[tex.index("\\toprule") + 1].removesuffix(" \\\\").split(" & ")
+    assert head == ["Method", *labels, r"Avg Acc (\%)", r"Forgetting (\%)", r"BWT (\%)", "Memory (MiB)"]
+    body = tex[tex.index("\\midrule") + 1: tex.index("\\bottomrule")]
+    assert [line.split(" & ")[0] for line in body] == list(METHODS)  # one row per method
+    for line, method in zip(body, METHODS, strict=True):
+        cells, docs = line.removesuffix(" \\\\").split(" & ")[1:], metrics(experiment, method)
+        expected = [cell([d["acc_matrix"][1][t] for d in docs], 100) for t in range(2)] + [
+            cell([d[key] for d in docs], 100) for key in ("final_avg_acc", "forgetting", "bwt")] + [
+            cell([d["memory_bytes"]["total"] for d in docs], 1 / MIB, 3)]
+        assert [c.rstrip("*") for c in cells[:2]] + cells[2:] == [e.replace("±", "$\\pm$") for e in expected]
+
+
+def test_the_headline_figures_show_the_seeds_numbers(experiment, reported):
+    """accuracy_vs_memory.png and avg_accuracy_vs_tasks.png are drawn from pipeline.headline: one point per method
+    at (mean memory, mean final average accuracy) ± the std over seeds, and after each task the average accuracy
+    over the tasks learned so far, averaged over seeds."""
+    results, _ = reported
+    points = headline.memory_accuracy(results["methods"])
+    curves = headline.avg_accuracy_curves(results["methods"])
+    assert list(points) == list(curves) == list(METHODS)
+    for method in METHODS:
+        docs = metrics(experiment, method)
+        memory = np.array([d["memory_bytes"]["total"] for d in docs]) / MIB
+        acc = np.array([d["final_avg_acc"] for d in docs])
+        p = points[method]
+        assert (p.memory_mib, p.memory_std) == pytest.approx((memory.mean(), memory.std(ddof=1)))
+        assert (p.accuracy, p.accuracy_std) == pytest.approx((acc.mean(), acc.std(ddof=1)))
+        so_far = np.array([[np.mean(d["acc_matrix"][t][: t + 1]) for t in range(2)] for d in docs])  # seeds x tasks
+        mean, spread = curves[method]
+        assert mean == pytest.approx(so_far.mean(axis=0)) and spread == pytest.approx(so_far.std(axis=0, ddof=1))
+        assert mean[-1] == pytest.approx(p.accuracy)  # after the last task: the final average accuracy
+
+
+def test_tasks_are_labelled_by_their_classes(experiment, reported, tmp_path):
+    """Generated task names give way to the classes of tasks.json in the tables and figures; a task named by its
+    source keeps its name; without tasks.json the names stay; an unreadable one is an error naming it."""
+    results, out = reported
+    assert results["tasks"] == ["task00", "task01"] and results["task_labels"] == class_labels(experiment)
+    digits = open_source("digits")
+    assert [label(t) for t in split_tasks(digits, "blocks", classes_per_task=5)] == [
+        "0,1,2,... (5 classes)", "5,6,7,... (5 classes)"]
+    named = split_tasks(digits, "explicit", explicit=[{"name": "low", "classes": ["0", "1"]}, ["2", "3"]])
+    assert [label(t) for t in named] == ["low", "2,3"]
+    assert task_labels(["task00", "task01"], tmp_path / "tasks.json") == ["task00", "task01"]
+    (tmp_path / "tasks.json").write_text("{broken")
+    with pytest.raises(ValueError, match="tasks.json"):
+        task_labels(["task00"], tmp_path / "tasks.json")
 
 
 def test_one_seed_and_one_method(experiment, tmp_path):
@@ -159,6 +248,13 @@ def test_one_seed_and_one_method(experiment, tmp_path):
     row = next(line for line in (tmp_path / "x" / "report" / "results.md").read_text().splitlines()
                if line.startswith("| finetune | ") and "task" not in line)
     assert "±" not in row and f"| {100 * doc['final_avg_acc']:.1f} |" in row
+    rows = list(csv.DictReader((tmp_path / "x" / "report" / "results.csv").open()))
+    assert [(r["method"], r["seeds"], r["avg acc std (%)"]) for r in rows] == [("finetune", "3", "")]
+    assert float(rows[0]["avg acc mean (%)"]) == pytest.approx(100 * doc["final_avg_acc"])
+    point = headline.memory_accuracy(results["methods"])["finetune"]
+    assert (point.accuracy, point.accuracy_std, point.memory_std) == (doc["final_avg_acc"], None, None)
+    mean, spread = headline.avg_accuracy_curves(results["methods"])["finetune"]
+    assert mean == pytest.approx(doc["avg_acc_per_step"]) and spread == [None, None]
 
 
 def test_report_is_logged_to_an_mlflow_run(experiment, tmp_path, monkeypatch):
