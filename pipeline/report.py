@@ -8,6 +8,8 @@ with that run's resolved config.yaml) and writes runs/<name>/report/:
   forgetting, BWT and training time added, mean ± std over seeds; and the appendix tables' per-seed rows;
 - plots/: pipeline.plots' figures (accuracy matrices, task-wise accuracy, memory against the number of tasks, and
   for NWS Fig. 4's heatmaps and the appendix §6 index distributions from the stored histogram files).
+Logged to MLflow (with a tracker): the whole report to the pipeline's parent run, and each method run's own figures to
+that method's child run (pipeline.run_plots).
 A standalone `nws incremental` run (runs/<name>/incremental/<method>/metrics.json, no seed folders) is reported as
 one run, with the experiment config given by the caller. Methods that were not run do not appear.
 
@@ -148,7 +150,10 @@ def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, t
     atomic_write_json(out / RESULTS_JSON, results)
     atomic_write_bytes(out / RESULTS_MD, markdown(results).encode())
     if tracker is not None:
+        from pipeline.run_plots import log_method_plots
+
         log(tracker, results, out)
+        log_method_plots(tracker, found, results["tasks"], cfg.get("model"))  # each run's figures in its child run
     return results
 
 
