@@ -6,8 +6,9 @@ from its stored files and evaluated on its test split: row t of the accuracy mat
 redone: a sealed task is not retrained and an evaluated row is not recomputed. Rank 0 writes; every process
 computes. At the end: `<out>/<method>/metrics.json` (accuracy metrics, measured memory, times, method report, each
 task's test-set size and class count, and the test of every final accuracy against chance, incremental.chance) and
-an MLflow child run per method (tag `chance_tasks`: the tasks at chance). A task at chance also gets a WARNING line
-on stderr.
+an MLflow child run per method (tag `chance_tasks`: the tasks at chance; the data folder as its dataset input; after
+each task the step incremental.run_metrics describes, logged once even when a run is resumed). A task at chance also
+gets a WARNING line on stderr.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from accelerate.state import AcceleratorState
 from data_prep.loaders import make_loader
 from data_prep.manifest import read_unit
 from data_prep.tasks import Task, load_tasks
-from incremental import chance, checkpoint, memory, metrics
+from incremental import chance, checkpoint, memory, metrics, run_metrics
 from incremental.config import RESUME_NEUTRAL
 from incremental.evaluate import evaluate_stored
 from incremental.methods import Method, get_method, make_method
@@ -155,10 +156,14 @@ def run_method(accelerator, method: Method, runs_dir: Path, on_epoch_end=None) -
         if main and tracker.run_id and resume_id != tracker.run_id:
             atomic_write_json(run_file, {"run_id": tracker.run_id})
             tracker.log_params(resolved(ctx.cfg))
+        tracker.log_data(ctx.data_dir, ctx.cfg.data.source, "tasks")
+        logged = tracker.steps(run_metrics.STEP_KEY)  # steps an earlier run of a resumed MLflow run logged
         for t in range(len(tasks)):
             if str(t) in progress["rows"]:
                 if main:  # an evaluated task still holds the bytes it was evaluated from (issue 17), else exit 4
                     verify_task(ctx.task_dir(t))
+                    if t + 1 not in logged:  # killed after the row was saved, before it was logged; or a new run
+                        _log_task(tracker, method, progress, t)
                 log(f"task {t} ({tasks[t].name}) stored and evaluated by an earlier run, kept: R[{t}] = "
                     + " ".join(f"{a:.4f}" for a in progress["rows"][str(t)]))
                 continue
@@ -172,9 +177,8 @@ def run_method(accelerator, method: Method, runs_dir: Path, on_epoch_end=None) -
             if main:
                 progress["reports"][str(t)] = method.task_report(t, folder)
                 atomic_write_json(method_dir / PROGRESS, progress)
-                train = read_json(_train_report(method_dir, t))
-                tracker.log_metrics({"acc_new_task": row[t], "avg_acc": sum(row) / len(row),
-                                     "train_seconds": train["train_seconds"]}, step=t)
+                if t + 1 not in logged:
+                    _log_task(tracker, method, progress, t)
             log(f"task {t} ({tasks[t].name}) stored and evaluated from its artifact: R[{t}] = "
                 + " ".join(f"{a:.4f}" for a in row))
         result = {}
@@ -191,6 +195,13 @@ def run_method(accelerator, method: Method, runs_dir: Path, on_epoch_end=None) -
 
 def _train_report(method_dir: Path, t: int) -> Path:
     return method_dir / "reports" / f"task{t:02d}_train.json"
+
+
+def _log_task(tracker, method: Method, progress: dict, t: int) -> None:
+    """Step t + 1 of the method's run (incremental.run_metrics) from the evaluated rows and the stored files."""
+    rows = [progress["rows"][str(i)] for i in range(t + 1)]
+    train = read_json(_train_report(method.ctx.method_dir, t))
+    tracker.log_metrics(run_metrics.task_step(rows, memory.total(method, t + 1), train["train_seconds"]), step=t + 1)
 
 
 def _train_and_store(accelerator, method: Method, t: int, tracker, log, on_epoch_end) -> None:
@@ -243,9 +254,14 @@ def _metrics(method: Method, progress: dict, digest: str, accelerator, run_id: s
 
 
 def _log_run(tracker, method: Method, result: dict) -> None:
-    scalars = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    """The run's totals at step T (once: a rerun over finished tasks logs them again only as artifacts and tags),
+    except forgetting and BWT, which every step has (_log_task)."""
+    T = result["num_tasks"]
+    scalars = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)
+               and k not in ("forgetting", "bwt", "final_avg_acc")}
     scalars.update({f"memory_bytes.{k}": v for k, v in result["memory_bytes"].items()})
-    tracker.log_metrics(scalars, step=result["num_tasks"])
+    if T not in tracker.steps("final_avg_acc"):
+        tracker.log_metrics({**scalars, "final_avg_acc": result["final_avg_acc"]}, step=T)
     tracker.set_tags({"chance_tasks": ",".join(result["chance"]["flagged"])})
     tracker.log_artifact(method.ctx.method_dir / METRICS)
     for t in range(result["num_tasks"]):

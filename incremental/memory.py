@@ -69,10 +69,15 @@ def _itemsize(dtype: str) -> int:
     return _ITEMSIZE[dtype]
 
 
+def total(method, num_tasks: int) -> int:
+    """Bytes of the files the first `num_tasks` tasks are rebuilt from (shared files included)."""
+    return measure(components(method, num_tasks)).total
+
+
 def cumulative(method, num_tasks: int) -> list[int]:
     """Entry t: bytes of the files tasks 0..t are rebuilt from (shared files included from the first task), measured
     from the files: memory against the number of learned tasks, the curve the report plots for every method."""
-    return [measure(components(method, t + 1)).total for t in range(num_tasks)]
+    return [total(method, t + 1) for t in range(num_tasks)]
 
 
 def report(method, num_tasks: int) -> dict:

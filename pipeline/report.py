@@ -13,6 +13,8 @@ with that run's resolved config.yaml) and writes runs/<name>/report/:
   from the stored histogram files).
 Tasks are labelled by their classes where the data folder's tasks.json knows them (pipeline.task_labels): results
 .json keeps the task names under `tasks` and the labels under `task_labels`.
+Logged to MLflow (with a tracker): the whole report to the pipeline's parent run, and each method run's own figures to
+that method's child run (pipeline.run_plots).
 A standalone `nws incremental` run (runs/<name>/incremental/<method>/metrics.json, no seed folders) is reported as
 one run, with the experiment config given by the caller. Methods that were not run do not appear.
 
@@ -159,7 +161,11 @@ def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, t
     atomic_write_bytes(out / RESULTS_MD, markdown(results).encode())
     export.write(results, out)
     if tracker is not None:
+        from pipeline.run_plots import log_method_plots
+
         log(tracker, results, out)
+        # each run's figures in its child run
+        log_method_plots(tracker, found, results["tasks"], results["task_labels"], cfg.get("model"))
     return results
 
 

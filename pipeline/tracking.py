@@ -4,7 +4,9 @@ The tracking URI is MLFLOW_TRACKING_URI when set, else a SQLite file `<runs dir>
 kind; the file store refuses to start since 3.13, notes/infrastructure.md §5), with artifacts next to it. A stage
 run started in another process or Slurm job joins the pipeline's run through the parent id in
 NWS_MLFLOW_PARENT_RUN_ID (tag `mlflow.parentRunId`). Ranks other than 0 get a `NullRun` that ignores everything, so
-stage code logs unconditionally.
+stage code logs unconditionally. Every run started or resumed here is tagged with its provenance (pipeline.provenance:
+git commit and dirty flag, host, user, command line, torch/deepspeed versions), and a stage records the data folder
+it reads as an MLflow dataset input (`log_data`: the folder as source, its manifest's digest).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nws.io import writing
+from nws.io import sha256_file, writing
+from pipeline.provenance import provenance
 
 PARENT_ENV = "NWS_MLFLOW_PARENT_RUN_ID"
 TAGS_ENV = "NWS_MLFLOW_TAGS"  # JSON object of tags every run of this process gets (the pipeline sets {"seed": ...})
 DEFAULT_RUNS_DIR = "runs"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 BATCH = 100  # params per log_batch call (MLflow's limit); metrics are sent in chunks of the same size
+MANIFEST = "manifest.json"  # the data stage's manifest (data_prep.manifest): its digest identifies the data
 
 
 def tracking_uri(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
@@ -50,7 +54,16 @@ class NullRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_dict(self, obj: Any, name: str) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_data(self, folder: str | Path, name: str, context: str) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
+
+    def steps(self, key: str) -> set[int]:
+        """The steps at which metric `key` was logged (a resumed run skips them: no step twice)."""
+        return set()
+
+    def other(self, run_id: str) -> NullRun:
+        """Another run of the same store, logged to but not ended (a method's child run, seen from the report)."""
+        return NullRun()
 
     def __enter__(self):
         return self
@@ -92,9 +105,35 @@ class Run(NullRun):
             self.client.log_dict(self.run_id, obj, name)
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
         with writing(self.store):
-            for key, value in tags.items():
-                self.client.set_tag(self.run_id, key, str(value))
+            for i in range(0, len(items), BATCH):
+                self.client.log_batch(self.run_id, tags=items[i:i + BATCH])
+
+    def log_data(self, folder: str | Path, name: str, context: str) -> None:
+        """The data folder this stage reads, as a dataset input (the UI's Datasets column): source the folder,
+        digest the sha256 of its manifest (which holds the sha256 of every shard), cut to MLflow's 36 characters."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        folder = Path(folder).resolve()
+        dataset = Dataset(name=name, digest=sha256_file(folder / MANIFEST)[:16], source_type="local",
+                          source=json.dumps({"uri": str(folder)}))
+        with writing(self.store):
+            self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+    def steps(self, key: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
+    def other(self, run_id: str) -> NullRun:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:
+            return NullRun()  # not in this store (another store, or the store was reset)
+        return AttachedRun(self.client, run_id, self.store)
 
     def end(self, status: str = "FINISHED") -> None:
         with writing(self.store):
@@ -183,7 +222,8 @@ def start_run(experiment: str, run_name: str, *, runs_dir: str | Path = DEFAULT_
     """A run in `experiment` (created if needed), child of the run `parent` names, or with `parent=True` of
     $NWS_MLFLOW_PARENT_RUN_ID when set (False: a top-level run);
     `resume_run_id` continues an earlier run of the same stage (a resumed job keeps one metric history); tags of
-    $NWS_MLFLOW_TAGS are added (a `seed` tag also names the run). NullRun when disabled."""
+    $NWS_MLFLOW_TAGS are added (a `seed` tag also names the run), and the provenance tags (a resumed run gets those
+    of the process that resumed it). NullRun when disabled."""
     if not enabled:
         return NullRun()
     from mlflow.exceptions import MlflowException
@@ -194,10 +234,12 @@ def start_run(experiment: str, run_name: str, *, runs_dir: str | Path = DEFAULT_
         try:
             client.get_run(resume_run_id)
             client.update_run(resume_run_id, status="RUNNING")
-            return Run(client, resume_run_id, store)
+            run = Run(client, resume_run_id, store)
+            run.set_tags(provenance())
+            return run
         except MlflowException:
             pass  # the store was reset: start a new run
-    tags = {**env_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
+    tags = {**provenance(), **env_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
     if "seed" in tags:
         run_name = f"{run_name} seed{tags['seed']}"
     parent_id = os.environ.get(PARENT_ENV) if parent is True else parent or None

@@ -110,6 +110,7 @@ def _train_kind(kind: str, job: Job) -> None:
             if resume_id is None:
                 tracker.log_params(job.resolved)
                 tracker.log_dict(job.resolved, "config.json")
+            tracker.log_data(job.data_dir, cfg.data.source, "pretrain")
         model, state, report = train(kind, job, tracker)
         meta = outputs.model_metadata(cfg.model, job.config_hash, job.num_classes)
         if rank == 0:

@@ -2,6 +2,9 @@
 incremental loop's child run per method, the report on the parent), the server `make ui` starts (pipeline.ui) is
 started on a free loopback port, and headless Chromium renders the experiment's runs table and a child run's page.
 The rendered DOM must show the runs' names and a metric's name and value, and the REST API must list the same runs.
+Issue 19: the child run's chart view draws the per-task metric acc/task00 as a line (a Plotly chart in the card of
+that metric; no card when the metric is missing), and its artifact view shows the method's own accuracy-matrix
+figure (the image the page fetched from the run's plots/; the served bytes are the report's figure of this seed).
 
 The screenshots are kept: under the test's tmp folder and copied to $NWS_TEST_ARTIFACTS (default
 runs/test-artifacts/mlflow-ui/ of the repository); the test prints where they are."""
@@ -39,11 +42,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def api(url: str, body: dict | None = None) -> dict:
+def fetch(url: str, body: dict | None = None) -> bytes:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as answer:
-        return json.loads(answer.read())
+        return answer.read()
+
+
+def api(url: str, body: dict | None = None) -> dict:
+    return json.loads(fetch(url, body))
 
 
 def start_server(uri: str, port: int, log: Path, request_fixture) -> subprocess.Popen:
@@ -79,22 +86,44 @@ def wait_until_up(proc: subprocess.Popen, base: str, log: Path) -> None:
     pytest.fail(f"mlflow server did not answer on {base} within {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
 
 
-def render(url: str, screenshot: Path, profile: Path, expected: list[str], tries: int = 3) -> str:
-    """The page's text after its scripts ran (headless Chromium, --dump-dom with a virtual-time budget), retried
-    while an expected string is missing (the React app fetches runs asynchronously; a busy machine is slow)."""
+def page_text(dom: str) -> str:
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)))
+
+
+def render_dom(url: str, screenshot: Path, profile: Path, ready, tries: int = 3) -> str:
+    """The page's DOM after its scripts ran (headless Chromium, --dump-dom with a virtual-time budget), retried
+    while `ready(dom)` is false (the React app fetches runs asynchronously; a busy machine is slow)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "chromium not found: scripts/setup.sh installs it (apt-get install chromium)"
-    text = ""
+    dom = ""
     for attempt in range(tries):
         dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                               f"--user-data-dir={profile}", "--window-size=1400,1000",
-                              f"--virtual-time-budget={15000 * (attempt + 1)}", f"--screenshot={screenshot}",
+                              f"--virtual-time-budget={20000 * (attempt + 1)}", f"--screenshot={screenshot}",
                               "--dump-dom", url], capture_output=True, text=True, timeout=BROWSER_TIMEOUT).stdout
-        text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
-        text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)))
-        if all(s in text for s in expected):
+        if ready(dom):
             break
-    return text
+    return dom
+
+
+def render(url: str, screenshot: Path, profile: Path, expected: list[str], tries: int = 3) -> str:
+    """The page's text once every expected string is in it (or after the last try)."""
+    dom = render_dom(url, screenshot, profile, lambda d: all(s in page_text(d) for s in expected), tries)
+    return page_text(dom)
+
+
+def chart_card(dom: str, metric: str) -> str | None:
+    """The HTML of the run page's chart card of `metric` (its title attribute is the metric's full key)."""
+    for card in dom.split('data-testid="experiment-view-compare-runs-card"')[1:]:
+        if re.search(rf'<h4[^>]*title="{re.escape(metric)}"', card):
+            return card
+    return None
+
+
+def drawn_line(card: str | None) -> bool:
+    """A Plotly chart with a drawn line trace in the card (the chart of a metric history)."""
+    return card is not None and "js-plotly-plot" in card and 'class="js-line"' in card
 
 
 def keep(paths: list[Path]) -> Path:
@@ -134,14 +163,27 @@ def test_mlflow_ui_shows_the_pipeline_runs_and_their_metrics(tmp_path, monkeypat
     parent_metrics = {m["key"] for m in by_name["pipeline"]["data"]["metrics"]}
     assert "report.nws.final_avg_acc" in parent_metrics
 
-    shots = [tmp_path / "experiment_runs.png", tmp_path / "nws_run.png"]
+    shots = [tmp_path / name for name in ("experiment_runs.png", "nws_run.png", "nws_charts.png", "nws_figure.png")]
     listed = render(experiment_url(HOST, port, exp_id) +
                     "?orderByKey=attributes.run_name&orderByAsc=true",  # sorted by name: children shown, not folded
                     shots[0], tmp_path / "chrome", ["pipeline", *CHILDREN])
     page = render(f"{base}/#/experiments/{exp_id}/runs/{child['info']['run_id']}", shots[1], tmp_path / "chrome",
                   ["final_avg_acc", repr(served["final_avg_acc"])])
+    rid, figure = child["info"]["run_id"], "plots/acc_matrix_nws.png"
+    history = api(f"{base}/api/2.0/mlflow/metrics/get-history?run_id={rid}&metric_key=acc/task00")["metrics"]
+    R = nws["acc_matrix"]
+    assert sorted((m["step"], m["value"]) for m in history) == [(1, R[0][0]), (2, R[1][0])]
+    assert fetch(f"{base}/get-artifact?path={figure}&run_uuid={rid}") == (experiment / "report" / figure).read_bytes()
+    charts = render_dom(f"{base}/#/experiments/{exp_id}/runs/{rid}/model-metrics", shots[2], tmp_path / "chrome",
+                        lambda dom: drawn_line(chart_card(dom, "acc/task00")))
+    image = render_dom(f"{base}/#/experiments/{exp_id}/runs/{rid}/artifacts/{figure}", shots[3], tmp_path / "chrome",
+                       lambda dom: f'alt="{figure}" src="blob:' in dom)
     folder = keep(shots)
-    print(f"MLflow UI screenshots: {shots[0]}, {shots[1]} (copied to {folder})")
+    print(f"MLflow UI screenshots: {', '.join(map(str, shots))} (copied to {folder})")
+    assert drawn_line(chart_card(charts, "acc/task00")), \
+        f"no line chart of acc/task00 on the run's chart view: {page_text(charts)[:2000]}"
+    assert re.search(rf'<img alt="{re.escape(figure)}" src="blob:', image), \
+        f"{figure} not shown on the run's artifact view: {page_text(image)[:2000]}"
     for name in ("pipeline", *CHILDREN):
         assert name in listed, f"run {name} not shown on the experiment page: {listed[:2000]}"
     assert "3 matching runs" in listed

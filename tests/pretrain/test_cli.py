@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 import nws
 from nws.artifact import load_task
-from nws.io import load_tensors, read_json
+from nws.io import load_tensors, read_json, sha256_file
 from tests import margin
 from tests.pretrain.conftest import ROOT, cli_env, experiment, pretrain_command, run_pretrain
 
@@ -87,7 +87,7 @@ def test_outputs_of_a_complete_run(reference, digits):
     plain.load_state_dict(load_tensors(out / "plain_backbone.safetensors"))
 
 
-def test_mlflow_run_has_losses_pool_statistics_and_config(reference):
+def test_mlflow_run_has_losses_pool_statistics_and_config(reference, digits):
     from mlflow.tracking import MlflowClient
 
     out = reference / "out"
@@ -105,6 +105,9 @@ def test_mlflow_run_has_losses_pool_statistics_and_config(reference):
     assert {"utilisation/layer1.0.conv1", "quantisation_error/layer4.1.conv2", "utilisation/fc"} <= layer_keys
     assert [s for s, _ in _history(reference, out, "nws", "utilisation/layer1.0.conv1")] == [10, 20]
     assert {a.path for a in client.list_artifacts(run_id)} >= {"config.json", "summary_nws.json"}
+    (data_input,) = run.inputs.dataset_inputs  # the data folder it read, named by its manifest's digest (issue 19)
+    assert json.loads(data_input.dataset.source) == {"uri": str(digits.resolve())}
+    assert data_input.dataset.digest == sha256_file(digits / "manifest.json")[:16]
     assert "ce" in {k for k in client.get_run(read_json(out / "summary_plain.json")["mlflow_run_id"]).data.metrics}
 
 

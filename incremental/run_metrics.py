@@ -1,0 +1,31 @@
+"""What a method's MLflow run shows after each task (issue 19): one step per learned task, step = number of tasks
+learned (t + 1 after task t), so the UI's charts draw every metric against the tasks.
+
+At step t + 1, from the rows R[0..t] of the accuracy matrix evaluated so far (incremental.metrics):
+- `acc/taskJJ` = R[t][j] for every j <= t (the whole row), `acc_new_task` = R[t][t], `avg_acc` = mean_j R[t][j];
+- `forgetting/taskJJ` for j < t: the largest earlier accuracy on task j minus R[t][j] (Chaudhry, as metrics.py),
+  and its mean `forgetting` and `bwt` (GEM) from the second task on;
+- `memory_bytes`: the bytes of the files tasks 0..t are rebuilt from, measured when task t was stored;
+- `train_seconds_task`: the training time of task t.
+FWT is not logged: it needs each task's accuracy before it is learned (or a reference model's), which a
+task-incremental run does not have (task t's head does not exist before task t), and the project measures none.
+"""
+
+from __future__ import annotations
+
+from incremental import metrics
+
+STEP_KEY = "avg_acc"  # logged last at each step: its history lists the steps already logged
+
+
+def task_step(rows: list[list[float]], memory_bytes: int, train_seconds: float) -> dict[str, float]:
+    """The metrics of step len(rows) (after task t = len(rows) - 1), STEP_KEY last."""
+    t = len(rows) - 1
+    R = metrics.from_rows(rows)
+    out = {f"acc/task{j:02d}": rows[t][j] for j in range(t + 1)}
+    out["acc_new_task"] = rows[t][t]
+    out.update({f"forgetting/task{j:02d}": f for j, f in enumerate(metrics.forgetting_per_task(R))})
+    if t > 0:
+        out.update({"forgetting": metrics.forgetting(R), "bwt": metrics.bwt(R)})
+    out.update({"memory_bytes": memory_bytes, "train_seconds_task": train_seconds, STEP_KEY: sum(rows[t]) / (t + 1)})
+    return out
