@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 EPILOG = """examples:
-  nws data prepare digits --out runs/demo/data && nws pretrain -c configs/demo.yaml
+  nws data prepare -c configs/demo.yaml && nws pretrain -c configs/demo.yaml   # runs/demo/seed0/pretrain
   nws pretrain -c configs/demo.yaml pretrain.kind=both pretrain.epochs=5
   nws pretrain -c configs/fmnist.yaml --seed 1 --runs-dir /scratch/runs    # /scratch/runs/fmnist/seed1/pretrain
   DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m pretrain -c configs/demo.yaml
