@@ -29,6 +29,8 @@ bench: $(STAMP)  ## run the benchmarks and print their tables (see BENCHMARKS.md
 	$(PY) -m bench.loaders
 	$(PY) -m bench.pretrain
 
+# every target below reads and writes one layout, the pipeline's: $(RUNS)/<name>/{data, seed<S>/{config.yaml,
+# pretrain, incremental}, report} and the MLflow store $(RUNS)/mlflow.db (pipeline/layout.py)
 CONFIG ?= configs/demo.yaml
 ARGS ?=
 RUNS ?= runs
@@ -38,26 +40,24 @@ demo: $(STAMP)  ## the whole pipeline on the embedded digits (configs/demo.yaml)
 pipeline: $(STAMP)  ## every stage of CONFIG, skipping unchanged ones (ARGS="--seed 1 --from incremental key=value")
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pipeline run -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
 
+data: $(STAMP)  ## the data stage of CONFIG by hand: its data section -> runs/<name>/data (RUNS=... moves every target)
+	$(PY) -m data_prep prepare -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
+
+pretrain: $(STAMP)  ## pool pretraining (+ plain backbone) of CONFIG by hand -> runs/<name>/seed<S>/pretrain
+	$(PY) -m pretrain -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
+
+incremental: $(STAMP)  ## the task-incremental stage of CONFIG by hand (every configured method; ARGS="--method nws")
+	$(PY) -m incremental -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
+
 report: $(STAMP)  ## results.json, results.md and plots/ of CONFIG's runs (runs/<name>/report)
-	$(PY) -m pipeline.report_cli -c $(CONFIG) $(ARGS)
+	$(PY) -m pipeline.report_cli -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
 
 PORT ?= 5000
 ui: $(STAMP)  ## the MLflow UI of runs/mlflow.db on http://127.0.0.1:5000 (PORT=...; Ctrl-C stops it)
 	$(PY) -m pipeline.ui --runs-dir $(RUNS) --port $(PORT)
 
 submit: $(STAMP)  ## submit CONFIG to Slurm, a job per stage, seeds as arrays (ARGS="--seeds 3 --dry-run")
-	$(VENV)/bin/nws cluster submit -c $(CONFIG) $(ARGS)
-
-pretrain: $(STAMP)  ## pool pretraining (+ plain backbone) of CONFIG; its data must be prepared (make data)
-	$(PY) -m pretrain -c $(CONFIG) $(ARGS)
-
-incremental: $(STAMP)  ## the task-incremental stage of CONFIG (every configured method; ARGS="--method nws ...")
-	$(PY) -m incremental -c $(CONFIG) $(ARGS)
-
-SOURCE ?= fashion_mnist
-DATA_ARGS ?=
-data: $(STAMP)  ## shard a dataset into tasks: make data SOURCE=fashion_mnist DATA_ARGS="--root DIR"
-	$(PY) -m data_prep prepare $(SOURCE) --out runs/data/$(SOURCE) $(DATA_ARGS)
+	$(VENV)/bin/nws cluster submit -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
 
 clean:  ## remove caches (keeps .venv and runs/)
 	find . -name __pycache__ -prune -exec rm -rf {} +

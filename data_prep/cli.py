@@ -17,6 +17,8 @@ from data_prep.types import LayoutError
 
 TASK_KINDS = ("auto", "group", "blocks", "random", "explicit", "all")
 EPILOG = """examples:
+  nws data prepare -c configs/demo.yaml                           # the config's data section -> runs/demo/data
+  nws data prepare -c configs/fmnist.yaml data.per_class.train=150 --runs-dir /scratch/runs
   nws data prepare digits --out runs/data/digits
   nws data prepare fashion_mnist --out runs/data/fmnist          # 5 two-class tasks + pretrain, wds and ffcv
   nws data prepare cifar100 --root cifar-100-python.tar.gz --out runs/data/cifar100   # 20 superclass tasks
@@ -29,12 +31,23 @@ Re-running skips units whose files re-hash to the manifest; --force rebuilds the
 
 
 def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="digits | fashion_mnist | cifar100 | imagenet | image_folder | cub2sketches | "
-                                  "miniimagenet")
+    p.add_argument("source", nargs="?", default=None,
+                   help="digits | fashion_mnist | cifar100 | imagenet | image_folder | cub2sketches | miniimagenet "
+                        "(with -c: none, the config's data section says it)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (with -c)")
+    p.add_argument("-c", "--config", type=Path, default=None,
+                   help="prepare the data section of this experiment config, as `nws pipeline run` does, into "
+                        "runs/<name>/data (the folder the other stage commands read)")
+    p.add_argument("--runs-dir", type=Path, default=None, help="with -c: the runs folder (default runs)")
+    p.add_argument("--variant", default=None, metavar="NAME",
+                   help="with -c: a run of another config kept apart, runs/<name>/variants/NAME/data")
+    p.add_argument("--replace", action="store_true",
+                   help="with -c: this data section replaces the one the folder's runs were made with "
+                        "(runs/<name>/seed*/config.yaml differs: refused without it)")
     p.add_argument("--root", default=None, help="the dataset as distributed (default: the source's default; "
                                                 "fashion_mnist: /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (tasks.json, manifest.json, one "
-                                                            "folder per unit)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (tasks.json, manifest.json, one folder "
+                                                          "per unit); required without -c")
     p.add_argument("--format", default="wds,ffcv", help="comma-separated: wds, ffcv (default: both)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="source option, e.g. test_fraction=0.2 seed=1 (repeatable)")
@@ -192,12 +205,53 @@ def split_options(source, kind: str, classes_per_task: int | None = None, num_ta
     return kind, opts
 
 
+def prepare_section(d, out: Path, force: bool = False, progress: bool = True) -> dict:
+    """data_prep.prepare as the `data` section of an experiment config (data_prep.config.DataConfig) says: what the
+    pipeline's data stage and `nws data prepare -c CONFIG` run."""
+    from data_prep.prepare import prepare
+    from data_prep.sources import open_source
+
+    source = open_source(d.source, d.root, **d.options)
+    t = d.tasks
+    kind, opts = split_options(source, t.kind, t.classes_per_task, t.num_tasks, t.seed, t.order, t.explicit)
+    return prepare(d.source, d.root, out, d.formats, kind, opts, source_options=d.options,
+                   pretrain_set=d.pretrain_set, max_per_shard=d.max_per_shard, strict=d.strict, force=force,
+                   source=source, per_class=d.per_class, per_class_seed=d.per_class_seed, progress=progress)
+
+
+def config_options(args):
+    """`nws data prepare -c CONFIG [key=value ...]`: the config's data section and the folder it goes to (--out, else
+    runs/<name>/data of pipeline.layout). The first positional word is an override here, not a source; the
+    options that the data section holds are refused, naming the key to set instead. A folder whose runs hold
+    another data section is refused (pipeline.layout's variant rule; --replace makes this one the folder's)."""
+    from pipeline.config import ConfigError, resolved, stage_config
+    from pipeline.layout import check_folder
+
+    args.overrides = [args.source, *args.overrides] if args.source else args.overrides
+    defaults = {"--root": (args.root, None), "--tasks": (args.tasks, "auto"), "--format": (args.format, "wds,ffcv"),
+                "--per-class": (args.per_class, [])}
+    given = [flag for flag, (value, default) in defaults.items() if value != default]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: with -c the config's data section says these (override data.KEY=...)")
+    cfg, layout = stage_config(args)
+    if args.out is None and not args.replace:
+        check_folder(layout, resolved(cfg), sections=("data",))
+    return cfg.data, args.out or layout.data
+
+
 def run_prepare(args) -> int:
     from data_prep.prepare import PrepareError, prepare
     from data_prep.sources import open_source
     from nws.io import DiskFull
 
     try:
+        if args.config is not None:
+            d, out = config_options(args)
+            summary = prepare_section(d, out, force=args.force, progress=not args.quiet)
+            print(format_summary(summary))
+            return 0
+        if args.source is None or args.out is None or args.overrides:
+            raise ValueError("give a SOURCE and --out DIR, or -c CONFIG (its data section, into runs/<name>/data)")
         formats = [f.strip() for f in args.format.split(",") if f.strip()]
         unknown = sorted(set(formats) - {"wds", "ffcv"})
         if unknown or not formats:

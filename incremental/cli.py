@@ -1,9 +1,13 @@
-"""`nws incremental -c CONFIG [--method NAME ...] [--data DIR] [--pretrain DIR] [--out DIR]
-[--task-inference] [--strict] [key.sub=value ...]` and `python -m incremental ...`.
+"""`nws incremental -c CONFIG [--method NAME ...] [--seed S] [--runs-dir DIR] [--variant NAME] [--replace]
+[--data DIR] [--pretrain DIR] [--out DIR] [--task-inference] [--strict] [key.sub=value ...]` and
+`python -m incremental ...`.
 
 Runs one process as it is, or several under `accelerate launch` (one process per GPU; the global batch is split
 over them). Running the same command again resumes: finished tasks are kept, an interrupted task continues from its
-last epoch checkpoint. Defaults: runs/<name>/data, runs/<name>/pretrain, runs/<name>/incremental.
+last epoch checkpoint. Folders default to the pipeline's (pipeline.layout): runs/<name>/data,
+runs/<name>/seed<S>/pretrain (or pretrain.reuse) in, runs/<name>/seed<S>/incremental out, the seed's config.yaml
+written beside them; a folder whose runs hold another config is refused (--variant NAME keeps this run apart,
+--replace makes it the folder's config and removes the methods' tasks of the other one).
 
 At the end every method's final task accuracies are printed, a task accuracy that is not significantly above chance
 (incremental.chance: one-sided binomial test against 1/classes) marked `*`, with a WARNING line on stderr; with
@@ -20,6 +24,7 @@ from pathlib import Path
 
 EPILOG = """examples:
   nws incremental -c configs/demo.yaml                       # every method of incremental.methods
+  nws incremental -c configs/demo.yaml --method nws --seed 1 # runs/demo/seed1/{pretrain -> incremental/nws}
   nws incremental -c configs/fmnist.yaml --method nws --method finetune incremental.epochs=5
   nws incremental -c configs/fmnist.yaml --method supsup --task-inference   # then infer the task id of test batches
   accelerate launch --multi_gpu --num_processes 4 -m incremental -c configs/split_cifar100_resnet18.yaml --method nws"""
@@ -30,11 +35,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                      "model, pretrain, incremental)")
     p.add_argument("--method", action="append", default=None, metavar="NAME",
                    help="method to run (repeatable); default: incremental.methods of the config")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="which seed's run (runs/<name>/seed<S>; default the config's first seed)")
     p.add_argument("--data", type=Path, default=None, help="prepared data folder (default runs/<name>/data)")
-    p.add_argument("--pretrain", type=Path, default=None, help="pretrain outputs (default runs/<name>/pretrain)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>/incremental)")
+    p.add_argument("--pretrain", type=Path, default=None,
+                   help="pretrain outputs (default runs/<name>/seed<S>/pretrain, or pretrain.reuse)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>/seed<S>/incremental)")
     p.add_argument("--runs-dir", type=Path, default=None,
-                   help="where the default MLflow store lives (runs/mlflow.db); MLFLOW_TRACKING_URI wins")
+                   help="where every default folder (runs/<name>/...) and the default MLflow store (mlflow.db) are "
+                        "(default runs); MLFLOW_TRACKING_URI wins for the store")
+    p.add_argument("--variant", default=None, metavar="NAME",
+                   help="a run of another config kept apart: runs/<name>/variants/NAME/ (see nws pipeline run)")
+    p.add_argument("--replace", action="store_true",
+                   help="this config replaces the one the folder's runs were made with (runs/<name>/seed*/config.yaml "
+                        "differs: refused without it); a method's tasks made with other settings are removed")
     p.add_argument("--task-inference", action="store_true",
                    help="after the tasks are done (or on an already finished run), evaluate with the task id unknown: "
                         "infer each test batch's task from the stored models (SupSup one-shot gradient over the "
@@ -86,20 +100,23 @@ def run_cli(args) -> int:
 
     from incremental.chance import EXIT_CODE
     from incremental.loop import run
+    from incremental.replace import drop_changed_methods
     from incremental.train import NonFiniteLoss
     from nws.artifact import ArtifactError
     from nws.io import DiskFull
     from nws.lock import EXIT_CODE as LOCKED
     from nws.lock import FolderLocked, folder_lock, is_rank_zero
-    from pipeline.config import ConfigError, stage_config, stage_dir
+    from pipeline.config import ConfigError, seed_stage_config
+    from pipeline.layout import pretrain_source
 
     try:
-        cfg, runs = stage_config(args)
-        data = stage_dir(args.data, runs, cfg.name, "data")
-        pretrain = stage_dir(args.pretrain, runs, cfg.name, "pretrain")
-        out = stage_dir(args.out, runs, cfg.name, "incremental")
+        cfg, layout, seed = seed_stage_config(args)
+        data, out = args.data or layout.data, args.out or layout.incremental(seed)
+        pretrain = args.pretrain or pretrain_source(cfg, seed, layout)
         with folder_lock(out, enabled=is_rank_zero()):  # one writer of the output folder (nws.lock)
-            results = run(cfg, data, pretrain, out, methods=args.method, runs_dir=args.runs_dir or runs)
+            if args.replace and is_rank_zero():
+                drop_changed_methods(cfg, out, args.method or cfg.incremental.methods, "[incremental]")
+            results = run(cfg, data, pretrain, out, methods=args.method, runs_dir=layout.runs_dir)
             inferred = {}
             if args.task_inference and PartialState().is_main_process:
                 from incremental.task_inference import evaluate_run

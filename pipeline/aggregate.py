@@ -6,15 +6,38 @@ The structure of the per-seed documents is kept: dicts key by key, lists element
 metrics.json has the same keys as the metrics.json files it comes from. A number leaf becomes
 {"mean", "std", "n", "values"} (std None for a single value; values in seed order, None where a seed lacks it);
 None stays None; any other leaf stays as it is when every seed agrees and becomes {"values": [...]} otherwise.
+
+Only runs of one config are aggregated (issue 19: a seed trained 6 epochs and one trained 2 were averaged into one
+mean ± std): one_config refuses runs whose resolved configs differ in a setting that changes results, naming the
+keys. Refused rather than grouped into rows of their own: pipeline.layout keeps every config in a folder of its own
+(a variant), so runs of two configs in one folder are an accident to name, not a table to draw.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 PAPER = '"Neural Weight Search for Scalable Task Incremental Learning" (Jiang & Celiktutan, WACV 2023)'
 STD_NOTE = f"sample standard deviation over seeds (n - 1), as the appendix tables of {PAPER}"
+
+
+def one_config(runs: list[tuple[str, dict]]) -> None:
+    """Raise ValueError when the resolved configs of `runs` ((where, config) pairs) are not one config, the settings
+    that do not change results (pipeline.layout.NEUTRAL, the seed list among them) left out."""
+    from pipeline.layout import comparable, describe, differences
+
+    if not runs:
+        return
+    first_where, first = runs[0]
+    for where, config in runs[1:]:
+        diffs = differences(comparable(first), comparable(config))
+        if diffs:
+            labels = (f"in {Path(first_where).parent.name}", f"in {Path(where).parent.name}")
+            raise ValueError(f"{where} and {first_where} are runs of different configs ({describe(diffs, labels)}); "
+                             "they are not averaged into one mean ± std. Rerun one with the other's settings "
+                             "(--replace), or run it as a variant (--variant NAME) in a folder of its own")
 
 
 def is_number(value: Any) -> bool:

@@ -156,14 +156,34 @@ def experiment_schema():
     return Experiment
 
 
-def stage_config(args) -> tuple[BaseModel, Path]:
-    """The experiment config of a stage command (`-c CONFIG key.sub=value ...`) and its runs folder.
-    Raises ConfigError (a ValueError) for a bad file or key."""
+def stage_config(args):
+    """The experiment config of a stage command (`-c CONFIG key.sub=value ...`) and the pipeline.layout.Layout its
+    files go to by default: the pipeline's, under --runs-dir (default runs: outputs and the MLflow store) and
+    --variant. Raises ConfigError (a ValueError) for a bad file or key."""
+    from pipeline.layout import Layout
     from pipeline.tracking import DEFAULT_RUNS_DIR
 
-    return load_config(experiment_schema(), args.config, args.overrides), Path(DEFAULT_RUNS_DIR)
+    cfg = load_config(experiment_schema(), args.config, args.overrides)
+    return cfg, Layout(Path(args.runs_dir or DEFAULT_RUNS_DIR), cfg.name, getattr(args, "variant", None))
 
 
-def stage_dir(given: Path | None, runs: Path, name: str, stage: str) -> Path:
-    """The folder a stage reads or writes: the one given on the command line, else runs/<experiment>/<stage>."""
-    return given or runs / name / stage
+def seed_stage_config(args):
+    """(config, layout, seed) of a per-seed stage command (pretrain, incremental): the config of seed S (`--seed`,
+    default the config's first) with `seeds: [S]`, as the pipeline gives it to that stage, so a stage run by hand
+    and one run by the pipeline are the same run. When the command writes into the layout (no --out), the folder's
+    other runs must be of this config (pipeline.layout's variant rule; --replace skips it) and the seed's
+    config.yaml is written, as the pipeline writes it: `nws report` reads it."""
+    from nws.lock import is_rank_zero
+    from pipeline.layout import check_folder, seed_config, write_seed_config
+
+    cfg, layout = stage_config(args)
+    seed = cfg.seeds[0] if args.seed is None else args.seed
+    if seed not in cfg.seeds:
+        raise ConfigError(f"--seed {seed}: not among the config's seeds {cfg.seeds} ({args.config})")
+    cfg, data = seed_config(cfg, seed)
+    if args.out is None:
+        if not args.replace:
+            check_folder(layout, data)
+        if is_rank_zero():
+            write_seed_config(layout, seed, data)
+    return cfg, layout, seed

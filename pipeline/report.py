@@ -37,7 +37,7 @@ from incremental import chance
 from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json, sha256_file
 from nws.memory import MIB
 from pipeline import export, headline, plots
-from pipeline.aggregate import PAPER, STD_NOTE, aggregate, is_number, mean, seed_values, std
+from pipeline.aggregate import PAPER, STD_NOTE, aggregate, is_number, mean, one_config, seed_values, std
 from pipeline.task_labels import task_labels
 
 REPORT, RESULTS_JSON, RESULTS_MD, PLOTS = "report", "results.json", "results.md", "plots"
@@ -95,6 +95,7 @@ def collect(experiment_dir: Path, config: dict | None = None) -> tuple[list[dict
     if not experiment_dir.is_dir():
         raise FileNotFoundError(f"{experiment_dir}: no such experiment folder (runs/<experiment name>)")
     runs = run_folders(experiment_dir, config)
+    one_config([(str(folder / "config.yaml"), cfg) for _, folder, cfg in runs])
     found: dict[str, list[MethodRun]] = {}
     for seed, folder, _ in runs:
         for path in sorted((folder / "incremental").glob("*/metrics.json")):

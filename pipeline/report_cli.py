@@ -1,6 +1,8 @@
-"""`nws report (-c CONFIG | --dir runs/<name>) [--out DIR] [--runs-dir DIR] [--run-id ID | --no-track] [--strict]
-[key.sub=value ...]`: the report of an experiment (pipeline.report), printed as a table and written to
-runs/<name>/report/ (results.json, results.md, plots/).
+"""`nws report (-c CONFIG | --dir runs/<name>) [--out DIR] [--runs-dir DIR] [--variant NAME]
+[--run-id ID | --no-track] [--strict] [key.sub=value ...]`: the report of an experiment (pipeline.report), printed as
+a table and written to runs/<name>/report/ (results.json, results.md, plots/). It reads the seed runs the pipeline
+or the stage commands left there (seed<S>/config.yaml and incremental/); runs of different configs are not averaged
+together: the report refuses them, naming the keys that differ (pipeline.aggregate.one_config).
 
 A task accuracy that is not significantly above chance (incremental.chance) is marked `*` in the table and named in
 a WARNING line on stderr; with --strict it is an error: exit code 6, after the report is written and logged. Exit
@@ -30,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="runs folder: where runs/<name> and the default MLflow store (mlflow.db) are; "
                         "MLFLOW_TRACKING_URI wins for the store")
+    p.add_argument("--variant", default=None, metavar="NAME", help="with -c: report runs/<name>/variants/NAME")
     track = p.add_mutually_exclusive_group()
     track.add_argument("--run-id", default=None, help="MLflow run to log the report to")
     track.add_argument("--no-track", action="store_true", help="do not log to MLflow")
@@ -93,12 +96,13 @@ def run_cli(args) -> int:
 
     try:
         if args.config is not None:
-            cfg, runs = stage_config(args)
-            runs, config = args.runs_dir or runs, resolved(cfg)
-            experiment = runs / cfg.name
+            cfg, layout = stage_config(args)
+            runs, config, experiment = layout.runs_dir, resolved(cfg), layout.root
         else:
             if args.overrides:
                 raise ConfigError(f"overrides {args.overrides} need -c CONFIG")
+            if args.variant:
+                raise ConfigError("--variant needs -c CONFIG (or --dir runs/<name>/variants/NAME)")
             experiment, runs, config = args.dir, args.runs_dir or args.dir.parent, None
         run_id = None if args.no_track else args.run_id or parent_run_id(experiment)
         tracker = existing_run(run_id, runs) if run_id else None

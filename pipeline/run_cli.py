@@ -1,10 +1,16 @@
-"""`nws pipeline run -c CONFIG [--seed S ...] [--only STAGE | --from STAGE] [--force] [--strict] [key.sub=value ...]`
-(also `python -m pipeline run ...` and `make pipeline CONFIG=...`).
+"""`nws pipeline run -c CONFIG [--seed S ...] [--only STAGE | --from STAGE] [--force] [--strict]
+[--variant NAME | --replace] [key.sub=value ...]` (also `python -m pipeline run ...` and `make pipeline CONFIG=...`).
 
 Runs data -> pretrain -> incremental -> report for every seed of the config, skipping each stage whose resolved
 config and input files are unchanged since it last finished (stage.json in its folder). Outputs go to
 runs/<name>/: data/, seed<S>/{config.yaml, pretrain/, incremental/<method>/}, report/; MLflow to runs/mlflow.db
-(or $MLFLOW_TRACKING_URI), one parent run per pipeline folder with a child run per stage, seed and method.
+(or $MLFLOW_TRACKING_URI), one parent run per pipeline folder with a child run per stage, seed and method. The stage
+commands (`nws data prepare -c`, `nws pretrain`, `nws incremental`, `nws report`) use the same folders.
+
+One config per folder (pipeline.layout): a config (file or overrides) other than the one the folder's runs were made
+with is refused with exit 2, naming the keys that differ; `--variant NAME` runs it apart in
+runs/<name>/variants/NAME/ (its MLflow runs tagged variant=NAME), `--replace` makes it the folder's config (the stages
+that read a changed key run again).
 
 The results table at the end marks `*` a task accuracy that is not significantly above chance (incremental.chance)
 and names it in a WARNING line on stderr. Exit codes: 1 a stage failed, 2 bad input, 6 with --strict when a task is
@@ -21,7 +27,8 @@ from pathlib import Path
 
 EPILOG = """examples:
   nws pipeline run -c configs/demo.yaml                         # everything; a second call skips every stage
-  nws pipeline run -c configs/demo.yaml incremental.epochs=3    # reruns incremental and report only
+  nws pipeline run -c configs/demo.yaml incremental.epochs=3 --variant ep3   # apart: runs/demo/variants/ep3
+  nws pipeline run -c configs/demo.yaml incremental.epochs=3 --replace  # reruns incremental and report only
   nws pipeline run -c configs/fmnist.yaml --only pretrain --force
   nws pipeline run -c configs/split_cifar100_resnet18.yaml --seed 1 --from incremental
   srun --ntasks 8 nws pipeline run -c configs/imagenet_pools_resnet18.yaml --only pretrain   (ranks from Slurm)"""
@@ -37,6 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="start", choices=STAGES, default=None, help="run this stage and those after it")
     p.add_argument("--force", action="store_true", help="rerun the selected stages even when up to date")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="outputs and the MLflow store (default runs)")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--variant", default=None, metavar="NAME",
+                      help="a config other than the folder's runs were made with, run apart in "
+                           "runs/<name>/variants/NAME/ (its own data, pretrain, incremental and report)")
+    keep.add_argument("--replace", action="store_true",
+                      help="this config replaces the one the folder's runs were made with: the stages that read a "
+                           "changed key run again (without it or --variant such a run is refused)")
     p.add_argument("--strict", action="store_true",
                    help="exit with code 6 when a task's final accuracy is not significantly above chance (one-sided "
                         "binomial test against 1/classes, p >= 0.01) in some seed")
@@ -67,7 +81,8 @@ def run_cli(args) -> int:
 
     try:
         summary = run_pipeline(args.config, args.overrides, seeds=args.seed, only=args.only, start=args.start,
-                               force=args.force, runs_dir=args.runs_dir, allow_degenerate=args.allow_degenerate)
+                               force=args.force, runs_dir=args.runs_dir, allow_degenerate=args.allow_degenerate,
+                               variant=args.variant, replace=args.replace)
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

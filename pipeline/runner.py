@@ -15,10 +15,9 @@ import os
 import time
 from pathlib import Path
 
-import yaml
-
-from nws.io import atomic_write_bytes, atomic_write_json, read_json
+from nws.io import atomic_write_json, read_json
 from nws.lock import folder_lock, is_rank_zero
+from pipeline import layout as L
 from pipeline import stages as S
 from pipeline.config import ConfigError, config_hash, experiment_schema, load_config, resolved
 from pipeline.tracking import DEFAULT_RUNS_DIR, PARENT_ENV, TAGS_ENV, attach_run, start_run
@@ -51,9 +50,13 @@ def up_to_date(stage: S.Stage) -> bool:
     stored task stops with the loop's checksum error instead of publishing the old accuracy."""
     path = stage.folder / RECORD
     if not path.is_file():
+        if S.digest(stage.outputs()) is not None:  # e.g. `nws pretrain` run by hand: its outputs are checked and kept
+            print(f"[pipeline] {stage.label}: outputs without a stage record (made outside the pipeline): run to check "
+                  "and record them (finished work is kept)", flush=True)
         return False
     record = read_json(path)
     if record.get("key") != config_hash(stage.key):
+        print(f"[pipeline] {stage.label}: a setting or an input it reads changed", flush=True)
         return False
     outputs, files = S.output_hashes(stage.outputs(), stage.folder)
     problems = S.changed_files(record.get("files"), files) + stage.check()
@@ -67,11 +70,9 @@ def up_to_date(stage: S.Stage) -> bool:
 
 def seed_config(cfg, seed: int, layout: S.Layout):
     """The config of one seed's run (`seeds: [seed]`), written to seed<S>/config.yaml for the stage processes."""
-    data = resolved(cfg)
-    data["seeds"] = [seed]
-    seeded = experiment_schema().model_validate(data)
+    seeded, data = L.seed_config(cfg, seed)
     if is_main_rank():
-        atomic_write_bytes(layout.config(seed), yaml.safe_dump(data, sort_keys=False).encode())
+        L.write_seed_config(layout, seed, data)
     return seeded
 
 
@@ -83,7 +84,7 @@ def parent_run(cfg, layout: S.Layout, runs_dir: Path):
     path = layout.root / PIPELINE
     known = read_json(path).get("parent_run_id") if path.is_file() else None
     tracker = start_run(cfg.name, "pipeline", runs_dir=runs_dir, enabled=is_main_rank(), resume_run_id=known,
-                        tags={"stage": "pipeline"}, parent=False)
+                        tags={"stage": "pipeline", **layout.tags()}, parent=False)
     if tracker.run_id and tracker.run_id != known:
         atomic_write_json(path, {"parent_run_id": tracker.run_id, "experiment": cfg.name})
         tracker.log_params(resolved(cfg))
@@ -93,10 +94,12 @@ def parent_run(cfg, layout: S.Layout, runs_dir: Path):
 
 def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: list[int] | None = None,
                  only: str | None = None, start: str | None = None, force: bool = False,
-                 runs_dir: str | Path = DEFAULT_RUNS_DIR, allow_degenerate: bool = False) -> dict:
+                 runs_dir: str | Path = DEFAULT_RUNS_DIR, allow_degenerate: bool = False, variant: str | None = None,
+                 replace: bool = False) -> dict:
     """Run (or skip) the selected stages of `config`; returns {stage label: {status "ran" | "skipped", folder,
     seconds when it ran}}. A pretrain stage whose health check finds degenerate outputs stops the run (StageFailed)
-    unless `allow_degenerate`."""
+    unless `allow_degenerate`. The run goes to runs/<name>, or runs/<name>/variants/<variant>; a config other than
+    the one that folder's runs were made with is refused (VariantConflict, pipeline.layout) unless `replace`."""
     cfg = load_config(experiment_schema(), config, overrides)
     runs_dir = Path(runs_dir)
     chosen = selected(only, start)
@@ -105,7 +108,12 @@ def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: 
         if unknown:
             raise ConfigError(f"--seed {unknown}: not among the config's seeds {cfg.seeds}")
     run_seeds = list(seeds or cfg.seeds)
-    layout = S.Layout(runs_dir, cfg.name)
+    layout = S.Layout(runs_dir, cfg.name, variant)
+    if not replace:  # before any stage writes (pipeline.layout: one config per folder)
+        for seed in run_seeds:
+            L.check_folder(layout, L.seed_config(cfg, seed)[1])
+    if variant is not None:
+        print(f"[pipeline] variant {variant!r}: {layout.root}", flush=True)
     layout.root.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict] = {}
     # a whole run holds the experiment folder too (one MLflow parent, one writer of pipeline.json); `--only` jobs,
@@ -120,22 +128,22 @@ def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: 
     return summary
 
 
-def stage_run(cfg, name: str, runs_dir: Path, parent_id: str | None):
+def stage_run(cfg, name: str, layout: S.Layout, parent_id: str | None):
     """The MLflow child run of a stage that runs in this process (data): a child of the parent run."""
-    return start_run(cfg.name, name, runs_dir=runs_dir, enabled=is_main_rank(), tags={"stage": name},
-                     parent=parent_id or True)
+    return start_run(cfg.name, name, runs_dir=layout.runs_dir, enabled=is_main_rank(),
+                     tags={"stage": name, **layout.tags()}, parent=parent_id or True)
 
 
 def plan(cfg, layout: S.Layout, seeds: list[int], env: dict[str, str], force: bool, parent,
          allow_degenerate: bool = False):
     """The stages in order; keys are computed lazily, after the stages before them ran (their output digests)."""
-    data = S.data_stage(cfg, layout, force, lambda: stage_run(cfg, "data", layout.runs_dir, env[PARENT_ENV]))
+    data = S.data_stage(cfg, layout, force, lambda: stage_run(cfg, "data", layout, env[PARENT_ENV]))
     yield data
     data_digest = S.digest(data.outputs())
     incremental_digests = []
     for seed in seeds:
         scfg = seed_config(cfg, seed, layout)
-        seed_env = {**env, TAGS_ENV: json.dumps({"seed": str(seed)})}
+        seed_env = {**env, TAGS_ENV: json.dumps({"seed": str(seed), **layout.tags()})}
         pre = S.pretrain_stage(scfg, seed, layout, data_digest, seed_env, allow_degenerate)
         yield pre
         if not cfg.incremental.methods:  # a pool-pretraining experiment (imagenet_pools_resnet18)

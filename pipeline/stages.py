@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nws.lock import child_options
-from pipeline.config import check_name, resolved
+from pipeline.config import resolved
+from pipeline.layout import Layout, pretrain_source
 
 STAGES = ("data", "pretrain", "incremental", "report")
 PER_SEED = ("pretrain", "incremental")
@@ -26,40 +27,6 @@ PER_SEED = ("pretrain", "incremental")
 
 class StageFailed(RuntimeError):
     """A stage's process exited with an error (its own message was printed above)."""
-
-
-@dataclass
-class Layout:
-    """Where a pipeline run's files go (DESIGN §2): runs/<name>/{data, seed<S>/{pretrain, incremental}, report}."""
-
-    runs_dir: Path
-    name: str
-
-    @property
-    def root(self) -> Path:
-        """runs/<name>, refused when it would not lie inside the runs folder (a name with a separator or `..`)."""
-        check_name(self.name, "name")
-        return self.runs_dir / self.name
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    def seed(self, seed: int) -> Path:
-        return self.root / f"seed{seed}"
-
-    def pretrain(self, seed: int) -> Path:
-        return self.seed(seed) / "pretrain"
-
-    def incremental(self, seed: int) -> Path:
-        return self.seed(seed) / "incremental"
-
-    def config(self, seed: int) -> Path:
-        return self.seed(seed) / "config.yaml"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
 
 
 @dataclass
@@ -160,17 +127,9 @@ def data_stage(cfg, layout: Layout, force: bool, track: Callable) -> Stage:
     MLflow run (from `track`) gets the per-unit counts and sizes."""
 
     def execute() -> None:
-        from data_prep.cli import format_summary, split_options
-        from data_prep.prepare import prepare
-        from data_prep.sources import open_source
+        from data_prep.cli import format_summary, prepare_section
 
-        d = cfg.data
-        source = open_source(d.source, d.root, **d.options)
-        t = d.tasks
-        kind, opts = split_options(source, t.kind, t.classes_per_task, t.num_tasks, t.seed, t.order, t.explicit)
-        summary = prepare(d.source, d.root, layout.data, d.formats, kind, opts, source_options=d.options,
-                          pretrain_set=d.pretrain_set, max_per_shard=d.max_per_shard, strict=d.strict,
-                          force=force, source=source, per_class=d.per_class, per_class_seed=d.per_class_seed)
+        summary = prepare_section(cfg.data, layout.data, force)
         print(format_summary(summary), flush=True)
         with track() as run:
             run.log_params({"data": resolved(cfg)["data"]})
@@ -185,16 +144,11 @@ def data_stage(cfg, layout: Layout, force: bool, track: Callable) -> Stage:
                  check=lambda: data_files_problems(layout.data))
 
 
-def pretrain_dir(cfg, seed: int, layout: Layout) -> Path:
-    """Where this seed's pretrain outputs are: its own folder, or the folder `pretrain.reuse` names."""
-    return Path(cfg.pretrain.reuse) if cfg.pretrain.reuse else layout.pretrain(seed)
-
-
 def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: dict[str, str],
                    allow_degenerate: bool = False) -> Stage:
     """`python -m pretrain` for one seed; it exits with code 5 when its health check finds degenerate outputs
     (pretrain/health.py), which stops the pipeline, unless `allow_degenerate` (`--allow-degenerate`)."""
-    out = pretrain_dir(cfg, seed, layout)
+    out = pretrain_source(cfg, seed, layout)
     if cfg.pretrain.reuse:
         return reused_pretrain_stage(cfg, seed, layout, out)
     data = resolved(cfg)
@@ -229,11 +183,13 @@ def incremental_stage(cfg, seed: int, layout: Layout, upstream: list[str | None]
     out = layout.incremental(seed)
     key = {**resolved(cfg), "upstream": upstream}
     args = ["-c", str(layout.config(seed)), "--data", str(layout.data),
-            "--pretrain", str(pretrain_dir(cfg, seed, layout)),
+            "--pretrain", str(pretrain_source(cfg, seed, layout)),
             "--out", str(out), "--runs-dir", str(layout.runs_dir)]
 
     def execute() -> None:
-        drop_changed_methods(cfg, out)
+        from incremental.replace import drop_changed_methods
+
+        drop_changed_methods(cfg, out, cfg.incremental.methods, "[pipeline]")
         run_module("incremental", args, env)
 
     def outputs() -> list[Path]:  # each method's metrics.json (absent: not finished), then every file it stored
@@ -242,19 +198,6 @@ def incremental_stage(cfg, seed: int, layout: Layout, upstream: list[str | None]
 
     return Stage("incremental", seed, out, key, outputs, execute,
                  lambda: shutil.rmtree(out, ignore_errors=True))
-
-
-def drop_changed_methods(cfg, out: Path) -> None:
-    """A method folder holding tasks of another configuration is removed, so the stage reruns that method only
-    (the loop itself refuses to mix configurations in one folder; in a pipeline run the config is the truth)."""
-    from incremental.loop import PROGRESS, run_hash
-    from nws.io import read_json
-
-    for method in cfg.incremental.methods:
-        progress = out / method / PROGRESS
-        if progress.is_file() and read_json(progress).get("config_hash") != run_hash(cfg, method):
-            print(f"[pipeline] {method}: the incremental config changed; its earlier tasks are removed", flush=True)
-            shutil.rmtree(out / method)
 
 
 def report_stage(layout: Layout, seeds: list[int], upstream: list[str | None], tracker) -> Stage:

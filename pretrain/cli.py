@@ -1,4 +1,9 @@
-"""`nws pretrain -c CONFIG [--data DIR] [--out DIR] [key.sub=value ...]` and `python -m pretrain ...`.
+"""`nws pretrain -c CONFIG [--seed S] [--runs-dir DIR] [--variant NAME] [--replace] [--data DIR] [--out DIR]
+[key.sub=value ...]` and `python -m pretrain ...`.
+
+Folders default to the pipeline's (pipeline.layout): runs/<name>/data in, runs/<name>/seed<S>/pretrain out, the
+seed's config.yaml written beside it, so the pipeline and the other stage commands find what this one made; a
+folder whose runs hold another config is refused (--variant NAME keeps this run apart, --replace replaces it).
 
 Launch it as it is (one process), under `deepspeed --num_gpus N` / a hostfile / torchrun, or from Slurm `srun`
 (pretrain.launch resolves the ranks). Running the same command again resumes from the latest checkpoint; a
@@ -18,8 +23,9 @@ import sys
 from pathlib import Path
 
 EPILOG = """examples:
-  nws data prepare digits --out runs/demo/data && nws pretrain -c configs/demo.yaml
+  nws data prepare -c configs/demo.yaml && nws pretrain -c configs/demo.yaml   # runs/demo/seed0/pretrain
   nws pretrain -c configs/demo.yaml pretrain.kind=both pretrain.epochs=5
+  nws pretrain -c configs/fmnist.yaml --seed 1 --runs-dir /scratch/runs    # /scratch/runs/fmnist/seed1/pretrain
   DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m pretrain -c configs/demo.yaml
   deepspeed --num_gpus 8 --module pretrain -c configs/imagenet_pools_resnet18.yaml --data /data/imagenet
   srun --ntasks-per-node 8 python -m pretrain -c configs/imagenet_pools_resnet18.yaml"""
@@ -28,17 +34,23 @@ EPILOG = """examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", required=True, type=Path, help="experiment YAML (sections name, seeds, data, "
                                                                      "model, pretrain)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="which seed's run (runs/<name>/seed<S>; default the config's first seed)")
     p.add_argument("--data", type=Path, default=None, help="prepared data folder (default runs/<name>/data)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>/pretrain)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>/seed<S>/pretrain)")
     p.add_argument("--runs-dir", type=Path, default=None,
-                   help="where the default MLflow store lives (runs/mlflow.db); MLFLOW_TRACKING_URI wins")
+                   help="where every default folder (runs/<name>/...) and the default MLflow store (mlflow.db) are "
+                        "(default runs); MLFLOW_TRACKING_URI wins for the store")
+    p.add_argument("--variant", default=None, metavar="NAME",
+                   help="a run of another config kept apart: runs/<name>/variants/NAME/ (see nws pipeline run)")
     p.add_argument("--allow-degenerate", action="store_true",
                    help="keep outputs the health check finds degenerate (collapsed pools, accuracy at chance) and mark "
                         "the stage complete instead of exiting with code 5 (also: pretrain.allow_degenerate=true)")
-    p.add_argument("--replace-changed", action="store_true",
-                   help="checkpoints left in --out by another configuration are removed and that training starts "
-                        "over, instead of the run being refused (nws pipeline run passes it: there the config is "
-                        "the truth)")
+    p.add_argument("--replace", "--replace-changed", dest="replace", action="store_true",
+                   help="this config replaces the one the folder's runs were made with (runs/<name>/seed*/config.yaml "
+                        "differs: refused without it) and checkpoints left in the output folder by another "
+                        "configuration are removed, that training starting over (nws pipeline run passes it: there "
+                        "the config is the truth)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=run_cli)
@@ -55,19 +67,18 @@ def run_cli(args) -> int:
     from nws.io import DiskFull
     from nws.lock import EXIT_CODE as LOCKED
     from nws.lock import FolderLocked, folder_lock, is_rank_zero
-    from pipeline.config import stage_config, stage_dir
+    from pipeline.config import seed_stage_config
     from pretrain.checkpoint import CheckpointError
     from pretrain.guard import NonFiniteLoss
     from pretrain.health import EXIT_CODE, DegeneratePretraining
     from pretrain.run import run
 
     try:  # a ConfigError is a ValueError: exit 2 like every other bad input
-        cfg, runs = stage_config(args)
-        data = stage_dir(args.data, runs, cfg.name, "data")
-        out = stage_dir(args.out, runs, cfg.name, "pretrain")
+        cfg, layout, seed = seed_stage_config(args)
+        data, out = args.data or layout.data, args.out or layout.pretrain(seed)
         with folder_lock(out, enabled=is_rank_zero()):  # one writer of the output folder (nws.lock)
-            run(cfg, data, out, runs_dir=args.runs_dir or runs, allow_degenerate=args.allow_degenerate,
-                replace_changed=args.replace_changed)
+            run(cfg, data, out, runs_dir=layout.runs_dir, allow_degenerate=args.allow_degenerate,
+                replace_changed=args.replace)
     except FolderLocked as e:
         print(f"error: {e}", file=sys.stderr)
         return LOCKED

@@ -28,6 +28,9 @@ from pydantic import Field, model_validator
 
 from pipeline.config import Section
 
+# keys of the pretrain section that judge the outputs without changing them: not part of the stage's identity
+JUDGING_KEYS = ("health", "allow_degenerate")
+
 
 class DistillConfig(Section):
     """nws.PoolDistiller: EMA decay of Eq. 4 and the dead-kernel restart the official code lacks."""

@@ -17,6 +17,7 @@ from nws.io import atomic_write_json, read_json
 from pipeline.config import config_hash, resolved
 from pipeline.tracking import DEFAULT_RUNS_DIR, start_run
 from pretrain import checkpoint, data, health, outputs
+from pretrain.config import JUDGING_KEYS
 from pretrain.engine import precision_of
 from pretrain.evaluate import accuracy, rebuild_nws, rebuild_plain
 from pretrain.launch import init_distributed
@@ -26,10 +27,6 @@ from pretrain.loop import Job, checkpoint_dir, train
 def _barrier(world_size: int) -> None:
     if world_size > 1:
         dist.barrier()
-
-
-# keys of the pretrain section that judge the outputs without changing them: not part of the stage's identity
-JUDGING_KEYS = ("health", "allow_degenerate")
 
 
 def identity(cfg) -> dict:

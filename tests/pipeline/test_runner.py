@@ -201,8 +201,11 @@ def test_bad_requests_name_what_is_wrong(pipeline_run, tmp_path, capsys):
 
 
 def test_one_changed_setting_reruns_only_what_reads_it(pipeline_run):
-    """Last in this module: it changes the run. An NWS setting (beta) reruns the incremental stage and the report
-    for the chosen seed, and in that stage only NWS: Finetune's stored tasks are kept, as are data and pretrain."""
+    """Last in this module: it changes the run. Asked to replace the folder's config (issue 19: without --replace
+    the run is refused, nothing overwritten), an NWS setting (beta) reruns the incremental stage of every seed and
+    the report, and in that stage only NWS: Finetune's stored tasks are kept, as are data and pretrain."""
+    from pipeline.layout import VariantConflict
+
     config, runs, _ = pipeline_run
     pools = runs / "tiny" / "seed0" / "pretrain" / "pools.safetensors"
     manifest = runs / "tiny" / "data" / "manifest.json"
@@ -210,8 +213,11 @@ def test_one_changed_setting_reruns_only_what_reads_it(pipeline_run):
     nws_metrics = runs / "tiny" / "seed0" / "incremental" / "nws" / "metrics.json"
     kept = pools.stat().st_mtime_ns, manifest.stat().st_mtime_ns, finetune_task.stat().st_mtime_ns
     replaced = read_json(nws_metrics)["config_hash"]
-    summary = run_pipeline(config, ["incremental.beta=0.25"], seeds=[0], runs_dir=runs)
+    with pytest.raises(VariantConflict, match="incremental.beta: 0.5 there, 0.25 here"):
+        run_pipeline(config, ["incremental.beta=0.25"], seeds=[0], runs_dir=runs)
+    assert read_json(nws_metrics)["config_hash"] == replaced
+    summary = run_pipeline(config, ["incremental.beta=0.25"], runs_dir=runs, replace=True)
     assert statuses(summary) == {"data": "skipped", "pretrain (seed 0)": "skipped", "incremental (seed 0)": "ran",
-                                 "report": "ran"}
+                                 "pretrain (seed 1)": "skipped", "incremental (seed 1)": "ran", "report": "ran"}
     assert read_json(nws_metrics)["config_hash"] != replaced
     assert (pools.stat().st_mtime_ns, manifest.stat().st_mtime_ns, finetune_task.stat().st_mtime_ns) == kept
