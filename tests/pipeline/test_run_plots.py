@@ -26,9 +26,10 @@ def test_every_method_run_gets_its_own_figures(tmp_path, monkeypatch):
     experiment = make_experiment(tmp_path, seeds=(0, 1), track=True, runs_dir=runs)
     results = make_report(experiment, tracker=parent)
     client = MlflowClient(tracking_uri(runs))
-    own = {"nws": {"acc_matrix_nws.png", "task_accuracy.png", "memory_vs_tasks.png", "nws_kur.png",
-                   "nws_layer_sparsity.png", "nws_index_distribution_00.png", "nws_index_distribution_01.png"},
-           "finetune": {"acc_matrix_finetune.png", "task_accuracy.png", "memory_vs_tasks.png"}}
+    every = {"task_accuracy.png", "memory_vs_tasks.png", "accuracy_vs_memory.png", "avg_accuracy_vs_tasks.png"}
+    own = {"nws": {*every, "acc_matrix_nws.png", "nws_kur.png", "nws_layer_sparsity.png",
+                   "nws_index_distribution_00.png", "nws_index_distribution_01.png"},
+           "finetune": {*every, "acc_matrix_finetune.png"}}
     children = set()
     for method, names in own.items():
         for seed in (0, 1):
