@@ -84,6 +84,7 @@ def print_table(results: dict[str, dict]) -> bool:
 def run_cli(args) -> int:
     from accelerate import PartialState
 
+    from incremental import method_names
     from incremental.chance import EXIT_CODE
     from incremental.loop import run
     from incremental.train import NonFiniteLoss
@@ -94,6 +95,7 @@ def run_cli(args) -> int:
     from pipeline.config import ConfigError, stage_config, stage_dir
 
     try:
+        method_names.check(args.method or [], "--method")  # before the config, the data or the output folder
         cfg, runs = stage_config(args)
         data = stage_dir(args.data, runs, cfg.name, "data")
         pretrain = stage_dir(args.pretrain, runs, cfg.name, "pretrain")

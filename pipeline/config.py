@@ -107,6 +107,8 @@ def _describe(schema: type[BaseModel], err: dict) -> str:
     if err["type"] == "extra_forbidden":
         valid = sorted(_fields_at(schema, loc[:-1]))
         return f"unknown key {where!r}; valid keys here: {', '.join(valid)}"
+    if err["type"] == "value_error":  # a validator's own message, without pydantic's "Value error, " before it
+        return f"{where}: {err['ctx']['error']}"
     return f"{where}: {err['msg']}"
 
 

@@ -26,3 +26,6 @@ def make_experiment(root: Path, seeds=(0, 1), methods=("nws", "finetune"), track
         run(cfg, data, pretrain, folder / "incremental", runs_dir=runs_dir or root / "runs")
         (folder / "config.yaml").write_text(yaml.safe_dump(resolved(cfg), sort_keys=False))
     return experiment
+
+
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
