@@ -19,6 +19,7 @@ import yaml
 
 from nws.io import atomic_write_bytes, atomic_write_json, read_json
 from nws.lock import folder_lock, is_rank_zero
+from pipeline import reuse
 from pipeline import stages as S
 from pipeline.config import ConfigError, config_hash, experiment_schema, load_config, resolved
 from pipeline.tracking import DEFAULT_RUNS_DIR, PARENT_ENV, TAGS_ENV, attach_run, start_run
@@ -106,6 +107,8 @@ def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: 
             raise ConfigError(f"--seed {unknown}: not among the config's seeds {cfg.seeds}")
     run_seeds = list(seeds or cfg.seeds)
     layout = S.Layout(runs_dir, cfg.name)
+    if cfg.pretrain.reuse and {"pretrain", "incremental"} & set(chosen):
+        reuse.announce(cfg, runs_dir)  # the reused folder named and checked before any stage runs
     layout.root.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict] = {}
     # a whole run holds the experiment folder too (one MLflow parent, one writer of pipeline.json); `--only` jobs,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nws.lock import child_options
+from pipeline import reuse
 from pipeline.config import check_name, resolved
 
 STAGES = ("data", "pretrain", "incremental", "report")
@@ -186,8 +187,9 @@ def data_stage(cfg, layout: Layout, force: bool, track: Callable) -> Stage:
 
 
 def pretrain_dir(cfg, seed: int, layout: Layout) -> Path:
-    """Where this seed's pretrain outputs are: its own folder, or the folder `pretrain.reuse` names."""
-    return Path(cfg.pretrain.reuse) if cfg.pretrain.reuse else layout.pretrain(seed)
+    """Where this seed's pretrain outputs are: its own folder, or the folder `pretrain.reuse` names (a relative
+    path under the runs folder, pipeline.reuse)."""
+    return reuse.resolve(cfg.pretrain.reuse, layout.runs_dir) if cfg.pretrain.reuse else layout.pretrain(seed)
 
 
 def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: dict[str, str],
@@ -208,12 +210,16 @@ def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: di
 
 
 def reused_pretrain_stage(cfg, seed: int, layout: Layout, out: Path) -> Stage:
-    """`pretrain.reuse`: another experiment's finished pretrain outputs, checked, not trained (nor removed)."""
+    """`pretrain.reuse`: another experiment's finished pretrain outputs, checked, not trained (nor removed). The
+    pipeline checked them when it started (pipeline.reuse.announce); they are checked again here, as they may have
+    been written since."""
 
     def execute() -> None:
         if not (out / "complete").is_file():
-            raise FileNotFoundError(f"pretrain.reuse={str(out)!r}: no finished pretrain outputs there (no "
-                                    "`complete` file); run that experiment's pretrain stage first")
+            raise FileNotFoundError(f"pretrain.reuse={cfg.pretrain.reuse!r}: no finished pretrain outputs in {out} "
+                                    "(no `complete` file; a relative path is read from the runs folder); run that "
+                                    "experiment's pretrain stage first")
+        reuse.check(cfg, out)
 
     return Stage("pretrain", seed, layout.pretrain(seed), {"reuse": str(out.resolve())},
                  lambda: pretrain_outputs(out), execute)
