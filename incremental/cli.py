@@ -98,6 +98,7 @@ def print_table(results: dict[str, dict]) -> bool:
 def run_cli(args) -> int:
     from accelerate import PartialState
 
+    from incremental import method_names
     from incremental.chance import EXIT_CODE
     from incremental.loop import run
     from incremental.replace import drop_changed_methods
@@ -110,6 +111,7 @@ def run_cli(args) -> int:
     from pipeline.layout import pretrain_source
 
     try:
+        method_names.check(args.method or [], "--method")  # before the config, the data or the output folder
         cfg, layout, seed = seed_stage_config(args)
         data, out = args.data or layout.data, args.out or layout.incremental(seed)
         pretrain = args.pretrain or pretrain_source(cfg, seed, layout)

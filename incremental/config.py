@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
+from incremental.method_names import unknown
 from pipeline.config import Section
 
 # keys that do not change what a finished task stores: a run may be resumed or extended with other values (the
@@ -56,6 +57,25 @@ class IncrementalConfig(Section):
     log_every: int = Field(50, ge=1)  # optimizer steps between logged training losses
     track: bool = True  # MLflow child run per method
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-method options, by method name
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        """A method is a file of incremental/methods/: a misspelt one is refused when the config loads, not after
+        the data and pretraining stages (issue 19)."""
+        why = unknown(methods)
+        if why:
+            raise ValueError(why)
+        return methods
+
+    @field_validator("options")
+    @classmethod
+    def _options_of_known_methods(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Options under a misspelt method name would be ignored without a word: refused like the name itself."""
+        why = unknown(list(options))
+        if why:
+            raise ValueError(why)
+        return options
 
     @model_validator(mode="after")
     def _check(self):

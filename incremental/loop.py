@@ -25,7 +25,7 @@ from accelerate.state import AcceleratorState
 from data_prep.loaders import make_loader
 from data_prep.manifest import read_unit
 from data_prep.tasks import Task, load_tasks
-from incremental import chance, checkpoint, memory, metrics, run_metrics
+from incremental import chance, checkpoint, memory, method_names, metrics, run_metrics
 from incremental.config import RESUME_NEUTRAL
 from incremental.evaluate import evaluate_stored
 from incremental.methods import Method, get_method, make_method
@@ -117,14 +117,14 @@ def load_progress(method_dir: Path, digest: str) -> dict:
 def run(cfg, data_dir: str | Path, pretrain_dir: str | Path, out_dir: str | Path, methods: list[str] | None = None,
         runs_dir: str | Path = DEFAULT_RUNS_DIR, on_epoch_end: Callable[[int, int], None] | None = None
         ) -> dict[str, dict]:
-    """Run every method (default: cfg.incremental.methods) over the tasks; returns {method: metrics}."""
-    accelerator = make_accelerator(cfg.incremental)
+    """Run every method (default: cfg.incremental.methods) over the tasks; returns {method: metrics}. Every method
+    is made (its name and options checked) before the first one trains: a bad last method is refused at once."""
+    names = method_names.check(methods, "methods") if methods else cfg.incremental.methods
     tasks = task_list(Path(data_dir), cfg.incremental.num_tasks)
-    results = {}
-    for name in methods or cfg.incremental.methods:
-        method = make_method(name, cfg, Path(data_dir), Path(pretrain_dir), Path(out_dir) / name, tasks)
-        results[name] = run_method(accelerator, method, Path(runs_dir), on_epoch_end)
-    return results
+    made = {name: make_method(name, cfg, Path(data_dir), Path(pretrain_dir), Path(out_dir) / name, tasks)
+            for name in names}
+    accelerator = make_accelerator(cfg.incremental)
+    return {name: run_method(accelerator, method, Path(runs_dir), on_epoch_end) for name, method in made.items()}
 
 
 def run_method(accelerator, method: Method, runs_dir: Path, on_epoch_end=None) -> dict:

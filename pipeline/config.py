@@ -46,11 +46,15 @@ class ModelConfig(Section):
     pool_size: int = Field(512, ge=2)  # n: kernels per layer-wise pool (seed 004_ §4.3)
     linear_group_size: int = Field(1, ge=1)  # scalars per group in Linear layers (appendix §1)
 
+    def has_stem(self) -> bool:
+        """Whether `stem` shapes the network: the ResNets and MobileNet-V2 have one, VGG-16 has not."""
+        return self.arch.startswith("resnet") or self.arch == "mobilenet_v2"
+
     def build(self, num_classes: int):
         import nws
 
         kwargs: dict[str, Any] = {"num_classes": num_classes, "width": self.width}
-        if self.arch.startswith("resnet") or self.arch == "mobilenet_v2":
+        if self.has_stem():
             kwargs["stem"] = self.stem
         return nws.models.build(self.arch, **kwargs)
 
@@ -107,6 +111,8 @@ def _describe(schema: type[BaseModel], err: dict) -> str:
     if err["type"] == "extra_forbidden":
         valid = sorted(_fields_at(schema, loc[:-1]))
         return f"unknown key {where!r}; valid keys here: {', '.join(valid)}"
+    if err["type"] == "value_error":  # a validator's own message, without pydantic's "Value error, " before it
+        return f"{where}: {err['ctx']['error']}"
     return f"{where}: {err['msg']}"
 
 

@@ -26,6 +26,7 @@ import yaml
 
 from incremental.config import RESUME_NEUTRAL
 from nws.io import atomic_write_bytes
+from pipeline import reuse
 from pipeline.config import ConfigError, check_name, experiment_schema, resolved
 from pretrain.config import JUDGING_KEYS
 
@@ -82,8 +83,9 @@ class Layout:
 
 
 def pretrain_source(cfg, seed: int, layout: Layout) -> Path:
-    """Where a seed's pretrain outputs are read from: its own folder, or the folder `pretrain.reuse` names."""
-    return Path(cfg.pretrain.reuse) if cfg.pretrain.reuse else layout.pretrain(seed)
+    """Where a seed's pretrain outputs are read from: its own folder, or the folder `pretrain.reuse` names (a
+    relative path under the runs folder, pipeline.reuse)."""
+    return reuse.resolve(cfg.pretrain.reuse, layout.runs_dir) if cfg.pretrain.reuse else layout.pretrain(seed)
 
 
 def seed_config(cfg, seed: int):

@@ -89,15 +89,15 @@ def run_cli(args) -> int:
     except FolderLocked as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CODE
+    except (ConfigError, ArtifactError, FileNotFoundError, KeyError, ValueError) as e:  # a missing input file is
+        print(f"error: {e}", file=sys.stderr)  # an OSError too: bad input (exit 2), caught before the full disk
+        return 2
     except OSError as e:  # the data and report stages and the stage records are written by this process
         full = disk_full(e, args.runs_dir or "the runs folder")
         if full is None:
             raise
         print(f"error: {full}", file=sys.stderr)
         return DiskFull.EXIT_CODE
-    except (ConfigError, ArtifactError, FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     ran = [k for k, v in summary.items() if v["status"] == "ran"]
     print(f"[pipeline] {len(ran)} stage(s) ran, {len(summary) - len(ran)} up to date")
     if "report" in summary:

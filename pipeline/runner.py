@@ -18,6 +18,7 @@ from pathlib import Path
 from nws.io import atomic_write_json, read_json
 from nws.lock import folder_lock, is_rank_zero
 from pipeline import layout as L
+from pipeline import reuse
 from pipeline import stages as S
 from pipeline.config import ConfigError, config_hash, experiment_schema, load_config, resolved
 from pipeline.tracking import DEFAULT_RUNS_DIR, PARENT_ENV, TAGS_ENV, attach_run, start_run
@@ -114,6 +115,8 @@ def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: 
             L.check_folder(layout, L.seed_config(cfg, seed)[1])
     if variant is not None:
         print(f"[pipeline] variant {variant!r}: {layout.root}", flush=True)
+    if cfg.pretrain.reuse and {"pretrain", "incremental"} & set(chosen):
+        reuse.announce(cfg, runs_dir)  # the reused folder named and checked before any stage runs
     layout.root.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict] = {}
     # a whole run holds the experiment folder too (one MLflow parent, one writer of pipeline.json); `--only` jobs,

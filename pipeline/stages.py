@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nws.lock import child_options
+from pipeline import reuse
 from pipeline.config import resolved
 from pipeline.layout import Layout, pretrain_source
 
@@ -162,12 +163,16 @@ def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: di
 
 
 def reused_pretrain_stage(cfg, seed: int, layout: Layout, out: Path) -> Stage:
-    """`pretrain.reuse`: another experiment's finished pretrain outputs, checked, not trained (nor removed)."""
+    """`pretrain.reuse`: another experiment's finished pretrain outputs, checked, not trained (nor removed). The
+    pipeline checked them when it started (pipeline.reuse.announce); they are checked again here, as they may have
+    been written since."""
 
     def execute() -> None:
         if not (out / "complete").is_file():
-            raise FileNotFoundError(f"pretrain.reuse={str(out)!r}: no finished pretrain outputs there (no "
-                                    "`complete` file); run that experiment's pretrain stage first")
+            raise FileNotFoundError(f"pretrain.reuse={cfg.pretrain.reuse!r}: no finished pretrain outputs in {out} "
+                                    "(no `complete` file; a relative path is read from the runs folder); run that "
+                                    "experiment's pretrain stage first")
+        reuse.check(cfg, out)
 
     return Stage("pretrain", seed, layout.pretrain(seed), {"reuse": str(out.resolve())},
                  lambda: pretrain_outputs(out), execute)

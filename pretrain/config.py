@@ -67,9 +67,11 @@ class DebugConfig(Section):
 
 class PretrainConfig(Section):
     kind: Literal["nws", "plain", "both"] = "nws"  # plain = the float backbone the baselines start from
-    # the pretrain outputs of another experiment to start from (e.g. runs/imagenet_pools_resnet18/seed1993/pretrain):
-    # the pipeline's pretrain stage then checks that folder instead of training (the paper's benchmarks share the
-    # ImageNet pools); the `nws pretrain` command ignores it
+    # the pretrain outputs of another experiment to start from (e.g. imagenet_pools_resnet18/seed0/pretrain: a
+    # relative path is read from the runs folder, an absolute one as given): the pipeline checks that they hold this
+    # config's network (model keys, input channels; another image size is allowed) before any stage runs, and its
+    # pretrain stage checks them instead of training (the paper's benchmarks share the ImageNet pools); the
+    # `nws pretrain` command ignores it (pipeline/reuse.py)
     reuse: str | None = None
     epochs: int = Field(160, ge=1)
     batch_size: int = Field(2048, ge=1)  # global: micro × accumulation × world size, whatever the world size

@@ -14,8 +14,6 @@ method's `Options` schema (unknown keys are errors).
 from __future__ import annotations
 
 import importlib
-import pkgutil
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +25,8 @@ from torch import nn
 
 from data_prep.tasks import Task
 from incremental import schedule
+from incremental.method_names import available as available  # the registry: the files of this package
+from incremental.method_names import unknown
 from incremental.schedule import TaskSchedule
 from pipeline.config import ConfigError, Section, validate
 
@@ -144,18 +144,11 @@ class Method(ABC):
         return {}
 
 
-_NAME = re.compile(r"[a-z][a-z0-9_]*")
-
-
-def available() -> list[str]:
-    """Names of the method modules in this package."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-
-
 def get_method(name: str) -> type[Method]:
     """The Method class of `incremental/methods/<name>.py` (its `METHOD`)."""
-    if not _NAME.fullmatch(name) or name not in available():
-        raise ConfigError(f"unknown method {name!r}; available methods: {', '.join(available())}")
+    why = unknown([name])
+    if why:
+        raise ConfigError(why)
     module = importlib.import_module(f"{__name__}.{name}")
     cls = getattr(module, "METHOD", None)
     if not (isinstance(cls, type) and issubclass(cls, Method)):

@@ -74,3 +74,15 @@ def test_a_step_budget_replaces_the_epochs_and_takes_fractional_milestones():
 def test_a_bad_budget_is_refused_naming_it(incremental, message):
     with pytest.raises(ConfigError, match=message):
         validate(experiment_schema(), {"incremental": incremental})
+
+
+def test_every_method_is_checked_before_the_first_trains(digits, pretrained, tmp_path):
+    """A bad option of the last method used to stop the loop after the first method had trained every task."""
+    from incremental.loop import run
+
+    cfg = make_config(num_tasks=1, options={"finetune": {"nonsense": 1}})
+    with pytest.raises(ConfigError, match="incremental.options.finetune.*nonsense"):
+        run(cfg, digits, pretrained, tmp_path / "out", methods=["nws", "finetune"])
+    with pytest.raises(ConfigError, match="methods: unknown method 'nope'"):
+        run(make_config(num_tasks=1), digits, pretrained, tmp_path / "out", methods=["nws", "nope"])
+    assert not (tmp_path / "out").exists()  # nws trained nothing
