@@ -2,8 +2,10 @@
 
     nws cluster submit -c configs/demo.yaml --seeds 2 --dry-run          # print the sbatch scripts
     nws cluster submit -c configs/imagenet_pools_resnet18.yaml --nodes 2 --gpus-per-node 8 --partition gpu \\
-        --time 2-00:00:00 --signal-before 600 --setup 'module load cuda' --conda-env nws
+        --time 2-00:00:00 --signal-before 600 --setup 'module load cuda' --conda-env nws \\
+        --tracking-uri http://login1:5000
     nws cluster status -c configs/demo.yaml
+    nws cluster mlflow-server --port 5000     # on a login node: one MLflow server for every job's runs
 
 Submitting again after a cancelled or preempted job resumes it: complete stages are skipped, an interrupted
 pretraining or task loop continues from its latest checkpoint. With --signal-before S, Slurm sends USR1 S seconds
@@ -61,6 +63,9 @@ def _add_submit(sub) -> None:
                                               "`conda activate` gets conda's shell hook first")
     p.add_argument("--conda-env", default=None, metavar="NAME",
                    help="conda environment every job activates (after conda's shell hook and --setup)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow store of the submission and every job, e.g. http://login1:5000 (`nws cluster "
+                        "mlflow-server`); default $MLFLOW_TRACKING_URI, else the SQLite file <runs-dir>/mlflow.db")
     p.add_argument("--dry-run", action="store_true", help="print the scripts and sbatch commands; submit nothing")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, passed to every job")
     p.set_defaults(func=run_submit)
@@ -78,13 +83,26 @@ def _add_status(sub) -> None:
     p.set_defaults(func=run_status)
 
 
+def _add_mlflow_server(sub) -> None:
+    from cluster import mlflow_server
+
+    p = sub.add_parser("mlflow-server", help="one MLflow tracking server for every job's runs (on a login node)",
+                       description=mlflow_server.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="store: <runs-dir>/mlflow.db (default runs/)")
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all, so the nodes reach it)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=mlflow_server.WORKERS, help="request handlers (default 4)")
+    p.set_defaults(func=mlflow_server.run)
+
+
 def register(subparsers) -> None:
-    """Adds `cluster` (submit, status) to the `nws` command line (pipeline/cli.py)."""
+    """Adds `cluster` (submit, status, mlflow-server) to the `nws` command line (pipeline/cli.py)."""
     p = subparsers.add_parser("cluster", help="run the pipeline on Slurm: one job per stage, seeds as job arrays",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cluster_command", metavar="COMMAND", required=True)
     _add_submit(sub)
     _add_status(sub)
+    _add_mlflow_server(sub)
 
 
 def _load(config: Path, overrides: list[str]):
@@ -117,14 +135,15 @@ def run_submit(args) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     parent = None
     try:
-        sub = build_submission(args, DRY_RUN_PARENT, tracking_uri(args.runs_dir.resolve()), stamp)
+        sub = build_submission(args, DRY_RUN_PARENT, args.tracking_uri or tracking_uri(args.runs_dir.resolve()),
+                               stamp)
         jobs = render(sub)
         if args.dry_run:
             for job in jobs:
                 print(f"### {job.path}  (sbatch{_dependency_hint(job, jobs)} {job.path.name})\n{job.text}")
             return 0
         check(jobs)  # Slurm validates every request before the parent run exists or a job is queued
-        parent, uri = open_parent(_load(args.config, sub.overrides), sub.runs_dir, stamp)
+        parent, uri = open_parent(_load(args.config, sub.overrides), sub.runs_dir, stamp, args.tracking_uri)
         sub.parent_run_id, sub.tracking_uri = parent, uri
         submitted = submit_jobs(render(sub))
         record(sub, submitted)
