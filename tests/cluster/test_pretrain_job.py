@@ -64,7 +64,7 @@ def test_cancelled_job_submitted_again_resumes_from_its_checkpoint(slurm_env, di
     rows = [r for entry in json.loads(capsys.readouterr().out) for r in entry["rows"]]
     assert [(r["job"], r["seed"], r["state"]) for r in rows] == [(f"{job_id}_0", 0, "CANCELLED"),
                                                                  (f"{second[0][1]}_0", 0, "COMPLETED")]
-    assert all(Path(r["log"]).is_file() for r in rows)
+    assert all(Path(r["log"]).is_file() and Path(r["err"]).is_file() for r in rows)  # stdout and stderr
 
 
 def test_requeued_job_resumes_and_appends_to_its_log(slurm_env, digits, reference, tmp_path):
