@@ -2,11 +2,15 @@
 
     nws cluster submit -c configs/demo.yaml --seeds 2 --dry-run          # print the sbatch scripts
     nws cluster submit -c configs/imagenet_pools_resnet18.yaml --nodes 2 --gpus-per-node 8 --partition gpu \\
-        --time 2-00:00:00 --requeue --setup 'module load cuda; conda activate nws'
+        --time 2-00:00:00 --signal-before 600 --setup 'module load cuda' --conda-env nws \\
+        --tracking-uri http://login1:5000
     nws cluster status -c configs/demo.yaml
+    nws cluster mlflow-server --port 5000     # on a login node: one MLflow server for every job's runs
 
 Submitting again after a cancelled or preempted job resumes it: complete stages are skipped, an interrupted
-pretraining or task loop continues from its latest checkpoint.
+pretraining or task loop continues from its latest checkpoint. With --signal-before S, Slurm sends USR1 S seconds
+before the time limit: the pretraining (at its next step) or task loop (at its next epoch) writes a checkpoint and
+exits with code 9, and the job requeues itself and resumes from it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.render import STAGES, Resources, Submission, render
+from cluster.render import STAGES, Resources, Submission, render, stage_cpus
 from cluster.submit import SubmitError, check, dependency, load_record, record, submit_jobs
 
 DRY_RUN_PARENT = "<created-at-submission>"
@@ -34,10 +38,17 @@ def _add_submit(sub) -> None:
                    help="GPUs per node; pretraining runs one task per GPU (0: CPU ranks with gloo)")
     p.add_argument("--tasks-per-node", type=int, default=None,
                    help="pretraining tasks per node (default: --gpus-per-node, or 2 CPU ranks)")
-    p.add_argument("--cpus-per-task", type=int, default=1, help="CPUs of each task (default 1)")
+    p.add_argument("--cpus-per-task", type=int, default=None,
+                   help="CPUs of each task of every job (default: the stage's data loader workers + 1, i.e. "
+                        "pretrain.num_workers + (pretrain.threads or 1) per pretraining rank, "
+                        "incremental.num_workers + 1 for the task loop, 1 for data and report)")
     p.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's default)")
     p.add_argument("--time", default=None, help="time limit of each job, in Slurm's format (e.g. 1-12:00:00)")
     p.add_argument("--requeue", action="store_true", help="let Slurm requeue preempted jobs (they resume)")
+    p.add_argument("--signal-before", type=int, default=None, metavar="SECONDS",
+                   help="USR1 this long before --time ends (#SBATCH --signal=B:USR1@SECONDS; Slurm may send it up "
+                        "to 60 s earlier): pretraining and the task loop checkpoint at their next step/epoch and "
+                        "exit with code 9, and the job requeues itself to resume (implies --requeue)")
     p.add_argument("--account", default=None, help="Slurm account to charge (default: yours)")
     p.add_argument("--qos", default=None, help="Slurm quality of service")
     p.add_argument("--mem", default=None, help="memory per node, in Slurm's format (e.g. 64G)")
@@ -48,7 +59,13 @@ def _add_submit(sub) -> None:
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="runs folder (default runs/)")
     p.add_argument("--python", default=sys.executable, help="interpreter the jobs run (default: this one)")
-    p.add_argument("--setup", default="", help="shell lines every job runs first (module load, conda activate)")
+    p.add_argument("--setup", default="", help="shell lines every job runs first (module load, conda activate); "
+                                              "`conda activate` gets conda's shell hook first")
+    p.add_argument("--conda-env", default=None, metavar="NAME",
+                   help="conda environment every job activates (after conda's shell hook and --setup)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow store of the submission and every job, e.g. http://login1:5000 (`nws cluster "
+                        "mlflow-server`); default $MLFLOW_TRACKING_URI, else the SQLite file <runs-dir>/mlflow.db")
     p.add_argument("--dry-run", action="store_true", help="print the scripts and sbatch commands; submit nothing")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, passed to every job")
     p.set_defaults(func=run_submit)
@@ -66,13 +83,26 @@ def _add_status(sub) -> None:
     p.set_defaults(func=run_status)
 
 
+def _add_mlflow_server(sub) -> None:
+    from cluster import mlflow_server
+
+    p = sub.add_parser("mlflow-server", help="one MLflow tracking server for every job's runs (on a login node)",
+                       description=mlflow_server.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="store: <runs-dir>/mlflow.db (default runs/)")
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all, so the nodes reach it)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=mlflow_server.WORKERS, help="request handlers (default 4)")
+    p.set_defaults(func=mlflow_server.run)
+
+
 def register(subparsers) -> None:
-    """Adds `cluster` (submit, status) to the `nws` command line (pipeline/cli.py)."""
+    """Adds `cluster` (submit, status, mlflow-server) to the `nws` command line (pipeline/cli.py)."""
     p = subparsers.add_parser("cluster", help="run the pipeline on Slurm: one job per stage, seeds as job arrays",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cluster_command", metavar="COMMAND", required=True)
     _add_submit(sub)
     _add_status(sub)
+    _add_mlflow_server(sub)
 
 
 def _load(config: Path, overrides: list[str]):
@@ -89,13 +119,13 @@ def build_submission(args, parent_run_id: str, tracking_uri: str, stamp: str) ->
     overrides = list(args.overrides) + ([f"seeds={seeds}".replace(" ", "")] if args.seeds is not None else [])
     res = Resources(nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
                     cpus_per_task=args.cpus_per_task, partition=args.partition, time=args.time,
-                    requeue=args.requeue, account=args.account, qos=args.qos, mem=args.mem,
-                    constraint=args.constraint, extra=tuple(args.sbatch))
+                    requeue=args.requeue, signal_before=args.signal_before, account=args.account, qos=args.qos,
+                    mem=args.mem, constraint=args.constraint, extra=tuple(args.sbatch))
     return Submission(config=args.config.resolve(), name=cfg.name, seeds=seeds, runs_dir=args.runs_dir.resolve(),
                       workdir=Path.cwd(), python=args.python, tracking_uri=tracking_uri,
                       parent_run_id=parent_run_id, stamp=stamp, overrides=overrides,
                       stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), setup=args.setup,
-                      resources=res)
+                      conda_env=args.conda_env, resources=res, stage_cpus=stage_cpus(cfg))
 
 
 def run_submit(args) -> int:
@@ -105,14 +135,15 @@ def run_submit(args) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     parent = None
     try:
-        sub = build_submission(args, DRY_RUN_PARENT, tracking_uri(args.runs_dir.resolve()), stamp)
+        sub = build_submission(args, DRY_RUN_PARENT, args.tracking_uri or tracking_uri(args.runs_dir.resolve()),
+                               stamp)
         jobs = render(sub)
         if args.dry_run:
             for job in jobs:
                 print(f"### {job.path}  (sbatch{_dependency_hint(job, jobs)} {job.path.name})\n{job.text}")
             return 0
         check(jobs)  # Slurm validates every request before the parent run exists or a job is queued
-        parent, uri = open_parent(_load(args.config, sub.overrides), sub.runs_dir, stamp)
+        parent, uri = open_parent(_load(args.config, sub.overrides), sub.runs_dir, stamp, args.tracking_uri)
         sub.parent_run_id, sub.tracking_uri = parent, uri
         submitted = submit_jobs(render(sub))
         record(sub, submitted)

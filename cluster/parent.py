@@ -17,21 +17,28 @@ from pathlib import Path
 from pipeline.tracking import PARENT_ENV, tracking_uri
 
 
-def open_parent(cfg, runs_dir: Path, stamp: str) -> tuple[str, str]:
-    """The parent run of runs/<cfg.name>, tagged with this submission; returns (run id, tracking URI)."""
+def open_parent(cfg, runs_dir: Path, stamp: str, uri: str | None = None) -> tuple[str, str]:
+    """The parent run of runs/<cfg.name>, tagged with this submission, in the store at `uri` (default: the usual
+    one, pipeline.tracking.tracking_uri); returns (run id, tracking URI)."""
     from pipeline.runner import parent_run
     from pipeline.stages import Layout
 
-    saved = os.environ.pop(PARENT_ENV, None)  # a submission opens its folder's parent, never a child of another
+    # a submission opens its folder's parent, never a child of another
+    saved = {key: os.environ.pop(key, None) for key in (PARENT_ENV, *(["MLFLOW_TRACKING_URI"] if uri else []))}
     try:
+        if uri:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
         layout = Layout(runs_dir, cfg.name)
         layout.root.mkdir(parents=True, exist_ok=True)
         run = parent_run(cfg, layout, runs_dir)
         run.set_tags({"launcher": "slurm", "submission": stamp})
+        uri = tracking_uri(runs_dir)
     finally:
-        if saved is not None:
-            os.environ[PARENT_ENV] = saved
-    return run.run_id, tracking_uri(runs_dir)
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+    return run.run_id, uri
 
 
 def end_parent(status: str = "FINISHED", run_id: str | None = None, uri: str | None = None) -> str:

@@ -5,15 +5,24 @@ pipeline contract's command for its stage, `nws pipeline run -c CONFIG --only ST
 `PYTHON -m pipeline.cli pipeline run ...` with the submitting interpreter, so the job uses the same environment);
 the per-seed stages (pretrain, incremental) are job arrays whose task ids are the seeds. The pretraining job runs
 one srun task per GPU, or `tasks_per_node` CPU ranks (gloo) on nodes without GPUs.
+
+Each task gets `--cpus-per-task` CPUs: the option when given, else the share its stage's config asks for (its data
+loader workers + 1 for the rank itself; `stage_cpus`). With `signal_before`, Slurm sends USR1 to the batch shell
+that many seconds before the time limit; the shell passes it on to the stage, which checkpoints at its next step
+(pretraining) or epoch (task loop) and exits with nws.preempt.EXIT_CODE, and the shell then requeues the job, which
+resumes from that checkpoint. Setup lines that use `conda activate` get conda's shell hook first (a batch shell has
+not run the lines `conda init` put in ~/.bashrc).
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nws.preempt import EXIT_CODE as PREEMPTED
 from pipeline.config import check_name
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -37,10 +46,11 @@ class Resources:
     nodes: int = 1
     gpus_per_node: int = 0
     tasks_per_node: int | None = None  # pretraining ranks per node: gpus_per_node, else CPU_RANKS
-    cpus_per_task: int = 1
+    cpus_per_task: int | None = None  # every job's; None: the stage's share (Submission.stage_cpus)
     partition: str | None = None
     time: str | None = None  # Slurm's time format (minutes, HH:MM:SS, D-HH:MM:SS)
     requeue: bool = False
+    signal_before: int | None = None  # seconds before the time limit that USR1 asks the stage to checkpoint, stop
     account: str | None = None
     qos: str | None = None
     mem: str | None = None  # per node, Slurm's format (e.g. 64G)
@@ -67,7 +77,9 @@ class Submission:
     overrides: list[str] = field(default_factory=list)
     stages: tuple[str, ...] = STAGES
     setup: str = ""  # shell lines run first in every job (module load, conda activate, ...)
+    conda_env: str | None = None  # a conda environment every job activates (conda's shell hook first)
     resources: Resources = field(default_factory=Resources)
+    stage_cpus: dict[str, int] = field(default_factory=dict)  # CPUs per task of a stage (stage_cpus(cfg)); else 1
 
     @property
     def folder(self) -> Path:
@@ -81,7 +93,20 @@ class JobScript:
     text: str
     path: Path  # where the script is saved (and submitted from)
     log: str  # sbatch --output pattern (%j, or %A_%a for arrays)
+    err: str  # sbatch --error pattern, beside the log
     array: list[int] | None = None
+
+
+def stage_cpus(cfg) -> dict[str, int]:
+    """CPUs per task that a stage's config asks for: each rank's data loader workers + 1 for the rank itself (for
+    pretraining, `pretrain.threads` for the rank when set); the data and report stages run one process on 1 CPU.
+    Without it every task had 1 CPU, which a GPU rank's 8 loader workers shared."""
+    p, inc = cfg.pretrain, cfg.incremental
+    return {"pretrain": (p.threads or 1) + p.num_workers, "incremental": 1 + inc.num_workers}
+
+
+def cpus_per_task(sub: Submission, stage: str) -> int:
+    return sub.resources.cpus_per_task or sub.stage_cpus.get(stage, 1)
 
 
 def one_line(value: str, what: str) -> str:
@@ -104,12 +129,18 @@ def check_submission(sub: Submission) -> None:
                              "--exclusive")
     for what, value in [("--partition", res.partition), ("--time", res.time), ("--account", res.account),
                         ("--qos", res.qos), ("--mem", res.mem), ("--constraint", res.constraint),
+                        ("--conda-env", sub.conda_env),
                         *(("--sbatch", o) for o in res.extra), ("config", sub.config),
                         ("--runs-dir", sub.runs_dir), ("working directory", sub.workdir), ("python", sub.python),
                         ("tracking URI", sub.tracking_uri), ("parent run id", sub.parent_run_id),
                         ("stamp", sub.stamp), *((f"override {i + 1}", o) for i, o in enumerate(sub.overrides))]:
         if value is not None:
             one_line(value, what)
+    if sub.conda_env is not None and not re.fullmatch(r"[\w./+-]+", sub.conda_env):
+        raise ValueError(f"--conda-env {sub.conda_env!r}: expected an environment name or path (letters, digits, "
+                         "._/+-)")
+    if res.signal_before is not None and res.signal_before < 1:
+        raise ValueError(f"--signal-before {res.signal_before}: expected a positive number of seconds")
 
 
 def stage_command(sub: Submission, stage: str) -> str:
@@ -120,17 +151,17 @@ def stage_command(sub: Submission, stage: str) -> str:
     return " ".join([*map(shlex.quote, args), *seed, *map(shlex.quote, sub.overrides)])
 
 
-def sbatch_options(sub: Submission, stage: str, log: str, array: list[int] | None) -> list[str]:
+def sbatch_options(sub: Submission, stage: str, log: str, err: str, array: list[int] | None) -> list[str]:
     """The #SBATCH lines; values with spaces are double-quoted (sbatch's own parser reads the quotes)."""
     res = sub.resources
-    opts = [f"--job-name=nws-{sub.name}-{stage}", f"--output={log}", f"--chdir={sub.workdir}"]
+    opts = [f"--job-name=nws-{sub.name}-{stage}", f"--output={log}", f"--error={err}", f"--chdir={sub.workdir}"]
     if stage == "pretrain":
         opts += [f"--nodes={res.nodes}", f"--ntasks-per-node={res.ranks_per_node()}"]
         opts += [f"--gpus-per-node={res.gpus_per_node}"] if res.gpus_per_node else []
     else:
         opts += ["--nodes=1", "--ntasks=1"]
         opts += ["--gpus=1"] if res.gpus_per_node and stage == "incremental" else []
-    opts.append(f"--cpus-per-task={res.cpus_per_task}")
+    opts.append(f"--cpus-per-task={cpus_per_task(sub, stage)}")
     if array is not None:
         opts.append("--array=" + ",".join(map(str, array)))
     opts += [f"--partition={res.partition}"] if res.partition else []
@@ -138,9 +169,13 @@ def sbatch_options(sub: Submission, stage: str, log: str, array: list[int] | Non
     opts += [f"--{key}={value}" for key, value in (("account", res.account), ("qos", res.qos), ("mem", res.mem),
                                                    ("constraint", res.constraint)) if value]
     opts += list(res.extra)
-    # a requeued job (preemption, node failure) runs the script again: the stages resume from their checkpoints,
-    # and the log continues rather than starting over
-    opts += ["--requeue", "--open-mode=append"] if res.requeue else ["--no-requeue"]
+    # B: the batch shell alone gets USR1 and passes it on (run_block; without B: Slurm would signal the steps only);
+    # the data and report jobs have no checkpoint to write and are not signalled
+    signalled = bool(res.signal_before) and stage in PER_SEED
+    opts += [f"--signal=B:USR1@{res.signal_before}"] if signalled else []
+    # a requeued job (preemption, node failure, the signal) runs the script again: the stages resume from their
+    # checkpoints, and the log continues rather than starting over
+    opts += ["--requeue", "--open-mode=append"] if res.requeue or signalled else ["--no-requeue"]
     opts.append("--kill-on-invalid-dep=yes")  # a failed upstream job cancels its dependants instead of stranding them
     return [f"#SBATCH {_quoted(one_line(o, 'sbatch option'))}" for o in opts]
 
@@ -152,30 +187,65 @@ def _quoted(option: str) -> str:
     return f'{key}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def setup_lines(sub: Submission) -> str:
+    """The user's setup lines, after conda's shell hook when they (or --conda-env) activate a conda environment:
+    `conda activate` is a shell function that only the hook defines, and a batch shell never ran ~/.bashrc. The
+    hook comes from $CONDA_EXE (exported by conda in the submitting shell, which sbatch passes on), else `conda`."""
+    lines = [sub.setup] if sub.setup else []
+    lines += [f"conda activate {shlex.quote(sub.conda_env)}"] if sub.conda_env else []
+    if any(re.search(r"\bconda\s+activate\b", line) for line in lines):
+        lines.insert(0, 'eval "$("${CONDA_EXE:-conda}" shell.bash hook)"  # defines `conda activate`')
+    return "\n".join(lines)
+
+
+def run_block(sub: Submission, stage: str, command: str) -> str:
+    """The stage command; with `signal_before` for the per-seed stages, run in the background so that the shell's
+    USR1 trap runs at once (bash runs traps only between commands) and passes the signal on (srun forwards it to
+    every task), then waited for; exit code PREEMPTED (a checkpoint was written at the signal) requeues the job."""
+    if not sub.resources.signal_before or stage not in PER_SEED:
+        return command
+    return f"""trap 'echo "[cluster] {stage}: USR1: checkpoint and stop"; kill -USR1 "${{stage_pid:-}}" || true' USR1
+{command} &
+stage_pid=$!
+while :; do
+  wait "$stage_pid" && code=0 || code=$?
+  kill -0 "$stage_pid" 2>/dev/null || break  # wait returned for the trap: the stage is still running
+done
+if [ "$code" -eq {PREEMPTED} ]; then
+  echo "[cluster] {stage}: checkpoint written at the signal; requeueing job $SLURM_JOB_ID to resume"
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+fi
+exit "$code"
+""".rstrip()
+
+
 def render_job(sub: Submission, stage: str, command: str | None = None) -> JobScript:
     """The script of one stage; `command` replaces the pipeline command (e.g. `python -m pretrain ...`)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     check_submission(sub)
     array = list(sub.seeds) if stage in PER_SEED else None
-    log = str(sub.folder / "logs" / (f"{stage}-%A_%a.out" if array is not None else f"{stage}-%j.out"))
+    logs = sub.folder / "logs" / (f"{stage}-%A_%a" if array is not None else f"{stage}-%j")
+    log, err = f"{logs}.out", f"{logs}.err"
     template = TEMPLATES / ("pretrain.sbatch.tmpl" if stage == "pretrain" else "stage.sbatch.tmpl")
     seeds = " ".join(map(str, sub.seeds))
     after = f"{shlex.quote(sub.python)} -m cluster.parent end" if stage == "report" else ""
+    srun = "srun --kill-on-bad-exit=1 " if stage == "pretrain" else ""
     text = ScriptTemplate(template.read_text()).substitute(
         description=f"nws {stage} stage of experiment {sub.name!r} (seeds {seeds}), submission {sub.stamp}",
-        sbatch_options="\n".join(sbatch_options(sub, stage, log, array)),
-        setup=sub.setup,
+        sbatch_options="\n".join(sbatch_options(sub, stage, log, err, array)),
+        setup=setup_lines(sub),
         tracking_uri=shlex.quote(sub.tracking_uri),
         parent_run_id=shlex.quote(sub.parent_run_id),
         accelerator="" if sub.resources.gpus_per_node else "export DS_ACCELERATOR=cpu  # no GPU: CPU ranks, gloo",
         stage=stage,
         python=shlex.quote(sub.python),
-        command=command or stage_command(sub, stage),
+        run=run_block(sub, stage, srun + (command or stage_command(sub, stage))),
         after=after,
     )
     return JobScript(stage=stage, text=text, path=sub.folder / "scripts" / f"{sub.stamp}-{stage}.sbatch", log=log,
-                     array=array)
+                     err=err, array=array)
 
 
 def render(sub: Submission) -> list[JobScript]:

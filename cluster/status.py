@@ -109,23 +109,30 @@ def log_path(pattern: str, job_id: str, task: int | None) -> Path:
 
 
 def job_rows(entry: dict, states: Mapping[str, str]) -> list[dict]:
-    """One row per job or array task of a recorded submission: stage, id, seed, state, log file."""
+    """One row per job or array task of a recorded submission: stage, id, seed, state, its stdout log and its
+    stderr file (`err`; None for a submission recorded before jobs had one)."""
     rows = []
     for job in entry["jobs"]:
         for task in job["array"] if job["array"] is not None else [None]:
             key = _key(job["job_id"], task)
             # a task of an array that has started gets an id of its own; its log is named by the array's id
+            err = job.get("err")
             rows.append({"stage": job["stage"], "job": key, "seed": task, "state": states.get(key, UNKNOWN),
-                         "log": str(log_path(job["log"], job["job_id"], task))})
+                         "log": str(log_path(job["log"], job["job_id"], task)),
+                         "err": None if err is None else str(log_path(err, job["job_id"], task))})
     return rows
 
 
 def format_rows(entry: dict, rows: list[dict]) -> str:
     head = (f"submission {entry['stamp']}: {entry['config']} seeds {entry['seeds']}, MLflow parent run "
             f"{entry['parent_run_id']} ({entry['tracking_uri']})")
-    lines = [head, f"{'stage':<12} {'job':<12} {'seed':<5} {'state':<12} log"]
+    lines = [head, f"{'stage':<12} {'job':<12} {'seed':<5} {'state':<12} log (stdout), errors (stderr)"]
     for r in rows:
-        log = r["log"] if Path(r["log"]).exists() else f"{r['log']} (not written yet)"
+        logs = [_shown(r["log"])] + ([_shown(r["err"])] if r.get("err") else [])
         seed = "-" if r["seed"] is None else str(r["seed"])
-        lines.append(f"{r['stage']:<12} {r['job']:<12} {seed:<5} {r['state']:<12} {log}")
+        lines.append(f"{r['stage']:<12} {r['job']:<12} {seed:<5} {r['state']:<12} {', '.join(logs)}")
     return "\n".join(lines)
+
+
+def _shown(path: str) -> str:
+    return path if Path(path).exists() else f"{path} (not written yet)"

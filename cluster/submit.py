@@ -77,7 +77,7 @@ def record(sub: Submission, submitted: list[tuple[JobScript, str]]) -> dict:
         "stamp": sub.stamp, "config": str(sub.config), "seeds": list(sub.seeds), "overrides": list(sub.overrides),
         "runs_dir": str(sub.runs_dir), "parent_run_id": sub.parent_run_id, "tracking_uri": sub.tracking_uri,
         "jobs": [{"stage": job.stage, "job_id": job_id, "array": job.array, "script": str(job.path),
-                  "log": job.log} for job, job_id in submitted],
+                  "log": job.log, "err": job.err} for job, job_id in submitted],
     }
     path = sub.folder / RECORD
     history = read_json(path)["submissions"] if path.is_file() else []

@@ -13,7 +13,8 @@ At the end every method's final task accuracies are printed, a task accuracy tha
 (incremental.chance: one-sided binomial test against 1/classes) marked `*`, with a WARNING line on stderr; with
 --strict such a task is an error: exit code 6 (after everything is written). Other exit codes: 2 bad input,
 3 non-finite loss, 4 corrupted artifact, 7 another process writes the output folder (its pid named), 8 no space left
-on device (the file named).
+on device (the file named), 9 stopped at SIGUSR1 after an epoch's checkpoint (Slurm's warning before the time
+limit; the same command resumes).
 """
 
 from __future__ import annotations
@@ -107,9 +108,12 @@ def run_cli(args) -> int:
     from nws.io import DiskFull
     from nws.lock import EXIT_CODE as LOCKED
     from nws.lock import FolderLocked, folder_lock, is_rank_zero
+    from nws.preempt import EXIT_CODE as PREEMPTED
+    from nws.preempt import Preempted, catch
     from pipeline.config import ConfigError, seed_stage_config
     from pipeline.layout import pretrain_source
 
+    catch()  # SIGUSR1 asks for a checkpoint and a stop (nws.preempt) instead of killing this process
     try:
         method_names.check(args.method or [], "--method")  # before the config, the data or the output folder
         cfg, layout, seed = seed_stage_config(args)
@@ -135,6 +139,9 @@ def run_cli(args) -> int:
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except Preempted as e:
+        print(e, file=sys.stderr, flush=True)
+        return PREEMPTED
     except DiskFull as e:
         print(f"error: {e}", file=sys.stderr)
         return DiskFull.EXIT_CODE

@@ -6,7 +6,8 @@ The task's schedule (epochs, steps per epoch, milestones in steps) is resolved o
 size (incremental.schedule) and handed to the method as `ctx.schedule`. The learning rate is set before every step
 from the step's place in that schedule (no scheduler object), so a resumed task and a multi-process run follow the
 same schedule; milestones given in epochs fall on the first step of their epoch, as the per-epoch schedule did. A
-non-finite loss skips the step with a logged reason; too many in a row stop the task (DESIGN §5).
+non-finite loss skips the step with a logged reason; too many in a row stop the task (DESIGN §5). A process that
+caught SIGUSR1 (nws.preempt: Slurm's warning before the time limit) stops after the next epoch's checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from data_prep.loaders import derive_seed, make_loader
 from incremental import checkpoint, schedule
 from incremental.checkpoint import Progress
 from incremental.methods import trainable
+from nws.preempt import Preempted, requested, stopping
 
 
 def nonfinite_where(model: nn.Module, x: torch.Tensor) -> str:
@@ -86,6 +88,12 @@ def sync_batchnorm(model: nn.Module, accelerator) -> None:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
             m.running_mean.copy_(accelerator.reduce(m.running_mean, reduction="mean"))
             m.running_var.copy_(accelerator.reduce(m.running_var, reduction="mean"))
+
+
+def signalled(accelerator) -> bool:
+    """Whether any process caught SIGUSR1 (all stop after the same epoch)."""
+    flag = torch.tensor(float(requested()), device=accelerator.device)
+    return accelerator.reduce(flag, "sum").item() > 0
 
 
 def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
@@ -168,6 +176,10 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
                 f"{len(losses)} steps, {progress.seconds:.1f} s, about {left:.0f} s left in the task")
         if on_epoch_end is not None:
             on_epoch_end(t, epoch)
+        if signalled(accelerator):
+            stopping()
+            raise Preempted(f"task {t}: SIGUSR1: checkpoint of epoch {epoch + 1}/{sched.epochs} written to {root}; "
+                            "the same command resumes from it")
     sync_batchnorm(raw, accelerator)
     del model, optimizer  # the DDP wrapper and its reducer go now, not at interpreter exit after the group is gone
     accelerator.free_memory()

@@ -16,7 +16,9 @@ The results table at the end marks `*` a task accuracy that is not significantly
 and names it in a WARNING line on stderr. Exit codes: 1 a stage failed, 2 bad input, 6 with --strict when a task is
 at chance (every stage ran and the report is written first), 7 another process writes the run's folder (nws.lock:
 a whole run locks runs/<name>/, each stage its own folder; the message names the holder's pid, host and command),
-8 no space left on device (the file named; run again after freeing space: it resumes).
+8 no space left on device (the file named; run again after freeing space: it resumes), 9 a stage stopped at
+SIGUSR1 after writing a checkpoint (Slurm's warning before the time limit, `nws cluster submit --signal-before`;
+run again, or the job requeues itself, to resume).
 """
 
 from __future__ import annotations
@@ -75,10 +77,13 @@ def run_cli(args) -> int:
     from nws.artifact import ArtifactError
     from nws.io import DiskFull, disk_full
     from nws.lock import EXIT_CODE, FolderLocked
+    from nws.preempt import EXIT_CODE as PREEMPTED
+    from nws.preempt import Preempted, catch
     from pipeline.config import ConfigError
     from pipeline.runner import run_pipeline
     from pipeline.stages import StageFailed
 
+    catch()  # SIGUSR1 is for the stage processes (nws.preempt); it must not kill the pipeline around them
     try:
         summary = run_pipeline(args.config, args.overrides, seeds=args.seed, only=args.only, start=args.start,
                                force=args.force, runs_dir=args.runs_dir, allow_degenerate=args.allow_degenerate,
@@ -86,6 +91,9 @@ def run_cli(args) -> int:
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        print(f"[pipeline] {e}", file=sys.stderr)
+        return PREEMPTED
     except FolderLocked as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CODE

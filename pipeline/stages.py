@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nws import preempt
 from nws.lock import child_options
 from pipeline import reuse
 from pipeline.config import resolved
@@ -114,10 +115,18 @@ EXIT_MEANINGS = {("pretrain", 5): "degenerate pretraining outputs; pass --allow-
 
 
 def run_module(module: str, args: list[str], env: dict[str, str]) -> None:
-    """`python -m module args` with the pipeline's environment; a non-zero exit is a StageFailed."""
+    """`python -m module args` with the pipeline's environment; a non-zero exit is a StageFailed, the checkpoint-
+    on-signal exit a Preempted. SIGUSR1 received meanwhile is passed on to the child (a Slurm job's shell signals
+    only this process; srun signals both, and the child stops once either way)."""
     cmd = [sys.executable, "-m", module, *args]
     options = child_options()  # the stage folder's lock handed down; the child dies with this process
-    code = subprocess.run(cmd, **{**options, "env": {**options["env"], **env}}).returncode
+    with subprocess.Popen(cmd, **{**options, "env": {**options["env"], **env}}) as child:
+        with preempt.forwarded_to(child):
+            code = child.wait()
+    if code == preempt.EXIT_CODE:
+        preempt.stopping()
+        raise preempt.Preempted(f"`{' '.join(cmd)}` stopped at SIGUSR1 after writing a checkpoint; run again to "
+                                "resume")
     if code != 0:
         meaning = EXIT_MEANINGS.get((module, code))
         raise StageFailed(f"`{' '.join(cmd)}` exited with code {code}" + (f" ({meaning})" if meaning else ""))

@@ -19,10 +19,11 @@ from pipeline.tracking import DEFAULT_RUNS_DIR, artifact_location, tracking_uri
 HOST, PORT = "127.0.0.1", 5000
 
 
-def server_command(uri: str, host: str = HOST, port: int = PORT) -> list[str]:
-    """The `mlflow server` command line for the store at `uri` (one worker: a UI for one person)."""
+def server_command(uri: str, host: str = HOST, port: int = PORT, workers: int = 1) -> list[str]:
+    """The `mlflow server` command line for the store at `uri` (one worker: a UI for one person; a cluster's jobs
+    get more, cluster/mlflow_server.py)."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-           "--workers", "1"]
+           "--workers", str(workers)]
     artifacts = artifact_location(uri)
     if artifacts is not None:
         cmd += ["--artifacts-destination", artifacts]

@@ -13,7 +13,8 @@ After training, the outputs are checked (pretrain/health.py): a layer whose pool
 pretrain.health.min_kur) or a test accuracy not significantly above chance stops the stage before it is marked
 complete, naming the layers and what to change; `--allow-degenerate` keeps such outputs without training again.
 Exit codes: 0 done, 2 bad input, 3 non-finite losses, 4 no checkpoint loads, 5 degenerate outputs, 7 another
-process writes the output folder (its pid, host and command named), 8 no space left on device (the file named).
+process writes the output folder (its pid, host and command named), 8 no space left on device (the file named),
+9 stopped at SIGUSR1 after writing a checkpoint (Slurm's warning before the time limit; the same command resumes).
 """
 
 from __future__ import annotations
@@ -67,12 +68,15 @@ def run_cli(args) -> int:
     from nws.io import DiskFull
     from nws.lock import EXIT_CODE as LOCKED
     from nws.lock import FolderLocked, folder_lock, is_rank_zero
+    from nws.preempt import EXIT_CODE as PREEMPTED
+    from nws.preempt import Preempted, catch
     from pipeline.config import seed_stage_config
     from pretrain.checkpoint import CheckpointError
     from pretrain.guard import NonFiniteLoss
     from pretrain.health import EXIT_CODE, DegeneratePretraining
     from pretrain.run import run
 
+    catch()  # SIGUSR1 asks for a checkpoint and a stop (nws.preempt) instead of killing this rank
     try:  # a ConfigError is a ValueError: exit 2 like every other bad input
         cfg, layout, seed = seed_stage_config(args)
         data, out = args.data or layout.data, args.out or layout.pretrain(seed)
@@ -85,6 +89,9 @@ def run_cli(args) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 4
+    except Preempted as e:
+        print(e, file=sys.stderr, flush=True)
+        return PREEMPTED
     except DiskFull as e:
         print(f"error: {e}", file=sys.stderr)
         return DiskFull.EXIT_CODE

@@ -4,8 +4,9 @@ float backbone the baselines start from (same architecture, data and schedule, n
 Per micro-batch: forward under the engine's autocast; loss = CE + beta × Σ_l mean((sg[K_l] - W_l)^2) (Eq. 2 summed
 over layers, nws.search_loss — never silently zero, unlike the official pool pretraining, notes §1.3); the
 non-finite guard; backward. At each optimizer step the EMA pool update (nws.PoolDistiller, once per step as in the
-official code). Checkpoints every `checkpoint_every` steps and at every epoch end; the same call resumes from the
-latest one, skipping the micro-batches of the epoch it had already consumed.
+official code). Checkpoints every `checkpoint_every` steps and at every epoch end, and after the step at which a
+rank caught SIGUSR1 (nws.preempt: Slurm's warning before the time limit), where it then stops (Preempted); the same
+call resumes from the latest one, skipping the micro-batches of the epoch it had already consumed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import nws
 from nws.distill import restart_period
 from nws.io import load_tensors
 from nws.pools import quantisation_error
+from nws.preempt import Preempted, requested, stopping
 from nws.stats import kernel_utilisation
 from pretrain import checkpoint, guard
 from pretrain.data import train_loader
@@ -240,10 +242,18 @@ class Trainer:
             if st.step % self.p.log_every == 0:
                 self._log(window.metrics(self.job.world_size), lr, epoch)
                 window = Window()
-            if self.p.checkpoint_every and st.step % self.p.checkpoint_every == 0:
+            saved = bool(self.p.checkpoint_every) and st.step % self.p.checkpoint_every == 0
+            if saved:
                 st.seconds += time.perf_counter() - tick
                 self._save()
                 tick = time.perf_counter()
+            if self._signalled():
+                if not saved:
+                    st.seconds += time.perf_counter() - tick
+                    self._save()
+                stopping()
+                raise Preempted(f"[pretrain {self.kind}] SIGUSR1: checkpoint {st.tag} written at step {st.step}/"
+                                f"{self.total_steps}; the same command resumes from it")
         st.seconds += time.perf_counter() - tick
         st.epoch, st.batch = epoch + 1, 0
         if self.kind == "nws" and self.job.rank == 0:
@@ -251,6 +261,14 @@ class Trainer:
                                       for name, r in layer_report(self.model, self.distiller).items()
                                       for key, value in r.items() if key in EPOCH_METRICS}, step=st.step)
         self._save()
+
+    def _signalled(self) -> bool:
+        """Whether any rank caught SIGUSR1: every rank stops after the same step, since the checkpoint is
+        collective (a one-number all-reduce per optimizer step)."""
+        flag = torch.tensor([float(requested())], device=self.engine.device)
+        if self.job.world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _micro_step(self, x: torch.Tensor, y: torch.Tensor, window: Window) -> bool:
         """Forward, guard, backward, and at an accumulation boundary the optimizer and pool updates. Returns

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from nws.io import atomic_write_json, read_json
+from nws.preempt import Preempted
 from pipeline.config import config_hash, resolved
 from pipeline.tracking import DEFAULT_RUNS_DIR, start_run
 from pretrain import checkpoint, data, health, outputs
@@ -66,7 +67,11 @@ def run(cfg, data_dir: str | Path, out_dir: str | Path, runs_dir: str | Path = D
     for kind in cfg.pretrain.kinds():
         if outputs.finished(out_dir, kind, digest):
             continue
-        _train_kind(kind, job)
+        try:
+            _train_kind(kind, job)
+        except Preempted:
+            _barrier(world_size)  # rank 0 has ended its MLflow run: the ranks exit together (srun --kill-on-bad-exit)
+            raise
     # judged again here, with the thresholds of this call: a stopped stage rerun with --allow-degenerate (or other
     # thresholds) trains nothing again
     kinds = {kind: read_json(outputs.kind_summary_path(out_dir, kind)) for kind in cfg.pretrain.kinds()}

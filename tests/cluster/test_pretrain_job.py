@@ -16,26 +16,8 @@ from cluster.submit import record, submit_jobs
 from nws.io import read_json
 from pipeline.cli import main as nws
 from tests.cluster.conftest import RUN, STEPS
-from tests.cluster.pretrain_jobs import ended, job_log, pretrain_job, same_pools
+from tests.cluster.pretrain_jobs import ended, job_log, pretrain_job, resumed, same_pools
 from tests.pretrain.conftest import pretrain_command
-
-
-def _resumed(uri: str, out, tag: str) -> None:
-    """The run went on from checkpoint `tag` (eEEEE-bBBBBBB): every step up to it has exactly one loss, as an
-    uninterrupted run's (a restart from scratch would log them twice); steps logged between that checkpoint and
-    the interruption are logged again by the resumed run; no step is missing."""
-    epoch, batch = (int(part[1:]) for part in tag.split("-"))
-    resumed_at = epoch * 10 + batch  # max_steps_per_epoch=10, one step per batch
-    steps = _history(uri, out)
-    assert sorted(set(steps)) == list(range(1, STEPS + 1)), steps
-    assert [s for s in steps if s <= resumed_at] == list(range(1, resumed_at + 1)), (tag, steps)
-
-
-def _history(uri: str, out) -> list[int]:
-    from mlflow.tracking import MlflowClient
-
-    run_id = read_json(out / "summary_nws.json")["mlflow_run_id"]
-    return [m.step for m in MlflowClient(uri).get_metric_history(run_id, "loss")]
 
 
 def test_srun_tasks_give_the_pools_of_the_local_two_rank_run(slurm, slurm_env, digits, reference, tmp_path):
@@ -75,14 +57,14 @@ def test_cancelled_job_submitted_again_resumes_from_its_checkpoint(slurm_env, di
     record(sub, second)
     ended(sub, second[0][1], slurm_env)
     same_pools(reference, out)
-    _resumed(sub.tracking_uri, out, tag)  # the same MLflow run continued from the checkpoint
+    resumed(sub.tracking_uri, out, tag)  # the same MLflow run continued from the checkpoint
     # `nws cluster status` shows both submissions with their states and logs
     capsys.readouterr()
     assert nws(["cluster", "status", "--dir", str(sub.runs_dir / "demo"), "--all", "--json"]) == 0
     rows = [r for entry in json.loads(capsys.readouterr().out) for r in entry["rows"]]
     assert [(r["job"], r["seed"], r["state"]) for r in rows] == [(f"{job_id}_0", 0, "CANCELLED"),
                                                                  (f"{second[0][1]}_0", 0, "COMPLETED")]
-    assert all(Path(r["log"]).is_file() for r in rows)
+    assert all(Path(r["log"]).is_file() and Path(r["err"]).is_file() for r in rows)  # stdout and stderr
 
 
 def test_requeued_job_resumes_and_appends_to_its_log(slurm_env, digits, reference, tmp_path):
@@ -105,6 +87,6 @@ def test_requeued_job_resumes_and_appends_to_its_log(slurm_env, digits, referenc
     tag = read_json(latest)["tag"]
     ended(sub, job_id, slurm_env, timeout=900)
     same_pools(reference, out)
-    _resumed(sub.tracking_uri, out, tag)
+    resumed(sub.tracking_uri, out, tag)
     log = job_log(sub, job_id)
     assert "restart 0" in log and "restart 1" in log, log[-2000:]

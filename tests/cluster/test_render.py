@@ -4,8 +4,11 @@ commands, seeds as arrays, the pretraining job's srun tasks and resources, valid
 from __future__ import annotations
 
 import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +182,133 @@ def test_account_qos_mem_constraint_and_any_other_sbatch_option(tmp_path, capsys
         assert nws([*args[:-1], f"--sbatch={bad}"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: --sbatch") and "PWNED" not in capsys.readouterr().out
+
+
+def test_cpus_per_task_is_each_ranks_share_unless_given(tmp_path, capsys, monkeypatch):
+    """Issue 19: every task had 1 CPU, so a GPU rank's data loader workers shared it. Now a stage's tasks get the
+    workers its config asks for + 1 for the rank itself (pretraining: + pretrain.threads); --cpus-per-task wins."""
+    monkeypatch.chdir(tmp_path)
+    args = ["cluster", "submit", "-c", str(DEMO), "--runs-dir", "runs", "--dry-run", "pretrain.num_workers=3",
+            "pretrain.threads=2", "incremental.num_workers=5"]
+    assert nws(args) == 0
+    cpus = {stage: [o for o in _options(text) if o.startswith("--cpus-per-task=")]
+            for stage, text in _scripts(capsys.readouterr().out).items()}
+    assert cpus == {"data": ["--cpus-per-task=1"], "pretrain": ["--cpus-per-task=5"],
+                    "incremental": ["--cpus-per-task=6"], "report": ["--cpus-per-task=1"]}
+    assert nws([*args, "--cpus-per-task", "7"]) == 0
+    scripts = _scripts(capsys.readouterr().out)
+    assert all("--cpus-per-task=7" in _options(text) for text in scripts.values())
+
+
+def test_error_log_beside_the_output_log_and_status_shows_both(tmp_path):
+    from cluster.status import format_rows, job_rows
+    from cluster.submit import load_record, record
+
+    sub = _submission(tmp_path)
+    jobs = {j.stage: j for j in render(sub)}
+    logs = sub.folder / "logs"
+    assert f"--output={logs}/pretrain-%A_%a.out" in _options(jobs["pretrain"].text)
+    assert f"--error={logs}/pretrain-%A_%a.err" in _options(jobs["pretrain"].text)
+    assert f"--error={logs}/report-%j.err" in _options(jobs["report"].text)
+    record(sub, [(jobs["pretrain"], "41"), (jobs["report"], "42")])
+    [entry] = load_record(sub.folder)
+    rows = job_rows(entry, {"41_0": "RUNNING"})
+    assert [(r["log"], r["err"]) for r in rows] == [
+        (f"{logs}/pretrain-41_{s}.out", f"{logs}/pretrain-41_{s}.err") for s in (0, 1, 2)] + [
+        (f"{logs}/report-42.out", f"{logs}/report-42.err")]
+    logs.mkdir(parents=True)
+    (logs / "pretrain-41_0.err").write_text("Traceback ...\n")
+    text = format_rows(entry, rows)
+    assert f"41_0         0     RUNNING      {logs}/pretrain-41_0.out (not written yet), {logs}/pretrain-41_0.err\n" \
+        in text
+
+
+FAKE_CONDA = """#!/bin/bash
+# conda's behaviour in a batch shell, in small: `shell.bash hook` prints the shell function `conda`, whose
+# `activate` sets the environment; the executable itself refuses `activate` as conda does without `conda init`
+if [ "$1 $2" = "shell.bash hook" ]; then
+  echo 'conda() { if [ "$1" = activate ]; then export CONDA_DEFAULT_ENV="$2"; else command conda "$@"; fi; }'
+  exit 0
+fi
+echo "CondaNoInitError: Run 'conda init' before 'conda activate'" >&2
+exit 1
+"""
+
+
+def _run_script(text: str, env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", text], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "7", **env}, **kwargs)
+
+
+@pytest.mark.parametrize(("setup", "conda_env", "exe"), [("", "nws", "path"), ("module() { :; }; conda activate nws",
+                                                                                  None, "path"),
+                                                         ("", "nws", "CONDA_EXE")])
+def test_conda_activate_works_in_the_batch_shell(tmp_path, setup, conda_env, exe):
+    """Issue 19: `--setup 'conda activate nws'` failed in a batch shell (no `conda init` lines run there). The
+    rendered script evaluates conda's shell hook first (from $CONDA_EXE, which conda exports in the submitting
+    shell, else `conda` on PATH), so it really activates the environment under bash; without the hook line the
+    same script fails as conda does."""
+    from cluster.render import render_job
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "conda").write_text(FAKE_CONDA)
+    (bin_dir / "conda").chmod(0o755)
+    sub = _submission(tmp_path)
+    sub.setup, sub.conda_env = setup, conda_env
+    text = render_job(sub, "data", command='echo "active: $CONDA_DEFAULT_ENV"').text
+    assert 'eval "$("${CONDA_EXE:-conda}" shell.bash hook)"' in text
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"} if exe == "path" else {"CONDA_EXE": str(bin_dir / "conda")}
+    proc = _run_script(text, env)
+    assert proc.returncode == 0 and "active: nws\n" in proc.stdout, proc.stderr
+    without_hook = "\n".join(line for line in text.splitlines() if "shell.bash hook" not in line)
+    proc = _run_script(without_hook, {"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert proc.returncode != 0 and "conda init" in proc.stderr
+    plain = _submission(tmp_path)
+    plain.setup = "module load cuda"
+    assert "shell.bash hook" not in render_job(plain, "data").text  # no conda, no hook
+    plain.conda_env = "nws\ntouch PWNED"
+    with pytest.raises(ValueError, match="--conda-env"):
+        render_job(plain, "data")
+
+
+STAGE = """trap 'echo "stage: USR1 at step $i"; touch {tmp}/signalled; exit {code}' USR1
+i=0; touch {tmp}/started
+while [ $i -lt 600 ]; do i=$((i + 1)); sleep 0.1; done; exit {code}"""
+
+
+@pytest.mark.parametrize("code", [9, 3])
+def test_signal_before_passes_usr1_on_and_requeues_after_a_checkpoint(tmp_path, code):
+    """--signal-before S: the per-seed jobs ask Slurm for USR1 at the batch shell S seconds before their end and may
+    be requeued; the data and report jobs are not signalled. The shell passes the signal on to the running stage
+    at once (here a stand-in that exits with `code` when it gets USR1); exit code 9 (checkpoint written) makes it
+    requeue its own job with `scontrol requeue` (a stand-in on PATH records the call), any other code is the job's."""
+    from cluster.render import render_job
+
+    sub = _submission(tmp_path, signal_before=300)
+    jobs = {j.stage: j for j in render(sub)}
+    for stage in ("pretrain", "incremental"):
+        assert {"--signal=B:USR1@300", "--requeue", "--open-mode=append"} <= set(_options(jobs[stage].text))
+    for stage in ("data", "report"):
+        assert "--no-requeue" in _options(jobs[stage].text)
+        assert not any(o.startswith("--signal") for o in _options(jobs[stage].text))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$@" > {tmp_path}/scontrol.args\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    text = render_job(sub, "incremental", command=f"bash -c {shlex.quote(STAGE.format(tmp=tmp_path, code=code))}").text
+    script = subprocess.Popen(["bash", "-c", text], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "7"})
+    deadline = time.time() + 30
+    while not (tmp_path / "started").exists():
+        assert time.time() < deadline and script.poll() is None, script.communicate()
+        time.sleep(0.05)
+    script.send_signal(signal.SIGUSR1)
+    out, err = script.communicate(timeout=60)
+    assert (tmp_path / "signalled").exists(), (out, err)  # the stage itself got the signal
+    assert "USR1: checkpoint and stop" in out
+    if code == 9:
+        assert script.returncode == 0 and "requeueing job 7" in out
+        assert (tmp_path / "scontrol.args").read_text() == "requeue 7\n"
+    else:
+        assert script.returncode == code and not (tmp_path / "scontrol.args").exists()
