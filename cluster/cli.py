@@ -66,6 +66,12 @@ def _add_submit(sub) -> None:
     p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="MLflow store of the submission and every job, e.g. http://login1:5000 (`nws cluster "
                         "mlflow-server`); default $MLFLOW_TRACKING_URI, else the SQLite file <runs-dir>/mlflow.db")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--variant", default=None, metavar="NAME",
+                      help="run this config apart, in runs/<name>/variants/NAME/ (as `nws pipeline run --variant`)")
+    keep.add_argument("--replace", action="store_true",
+                      help="this config replaces the one the folder's runs were made with (as `nws pipeline run "
+                           "--replace`); without it or --variant another config is refused at submission")
     p.add_argument("--dry-run", action="store_true", help="print the scripts and sbatch commands; submit nothing")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, passed to every job")
     p.set_defaults(func=run_submit)
@@ -77,6 +83,7 @@ def _add_status(sub) -> None:
     where.add_argument("-c", "--config", type=Path, help="experiment YAML (its name locates the run)")
     where.add_argument("--dir", type=Path, help="the run's folder, runs/<name>")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="runs folder (default runs/)")
+    p.add_argument("--variant", default=None, metavar="NAME", help="the jobs of the variant NAME (with -c)")
     p.add_argument("--all", action="store_true", help="every submission of the run, not only the latest")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--wait", action="store_true", help="first wait until every job has ended")
@@ -125,11 +132,13 @@ def build_submission(args, parent_run_id: str, tracking_uri: str, stamp: str) ->
                       workdir=Path.cwd(), python=args.python, tracking_uri=tracking_uri,
                       parent_run_id=parent_run_id, stamp=stamp, overrides=overrides,
                       stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), setup=args.setup,
-                      conda_env=args.conda_env, resources=res, stage_cpus=stage_cpus(cfg))
+                      conda_env=args.conda_env, resources=res, stage_cpus=stage_cpus(cfg), variant=args.variant,
+                      replace=args.replace)
 
 
 def run_submit(args) -> int:
     from cluster.parent import end_parent, open_parent
+    from pipeline.layout import Layout, check_folder, seed_config
     from pipeline.tracking import tracking_uri
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -142,8 +151,13 @@ def run_submit(args) -> int:
             for job in jobs:
                 print(f"### {job.path}  (sbatch{_dependency_hint(job, jobs)} {job.path.name})\n{job.text}")
             return 0
+        if not args.replace:  # another config than the folder's fails here, not in the jobs (pipeline.layout)
+            cfg, layout = _load(args.config, sub.overrides), Layout(sub.runs_dir, sub.name, args.variant)
+            for seed in sub.seeds:
+                check_folder(layout, seed_config(cfg, seed)[1])
         check(jobs)  # Slurm validates every request before the parent run exists or a job is queued
-        parent, uri = open_parent(_load(args.config, sub.overrides), sub.runs_dir, stamp, args.tracking_uri)
+        parent, uri = open_parent(_load(args.config, sub.overrides), sub.runs_dir, stamp, args.tracking_uri,
+                                  args.variant)
         sub.parent_run_id, sub.tracking_uri = parent, uri
         submitted = submit_jobs(render(sub))
         record(sub, submitted)
@@ -169,9 +183,11 @@ def _dependency_hint(job, jobs) -> str:
 
 def run_status(args) -> int:
     from cluster.status import SlurmUnavailable, format_rows, job_rows, query_states, wait
+    from pipeline.layout import Layout
 
     try:
-        folder = (args.dir if args.dir else args.runs_dir / _load(args.config, []).name) / "cluster"
+        folder = (args.dir if args.dir else Layout(args.runs_dir, _load(args.config, []).name, args.variant).root
+                  ) / "cluster"
         entries = load_record(folder)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

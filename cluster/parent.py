@@ -17,9 +17,10 @@ from pathlib import Path
 from pipeline.tracking import PARENT_ENV, tracking_uri
 
 
-def open_parent(cfg, runs_dir: Path, stamp: str, uri: str | None = None) -> tuple[str, str]:
-    """The parent run of runs/<cfg.name>, tagged with this submission, in the store at `uri` (default: the usual
-    one, pipeline.tracking.tracking_uri); returns (run id, tracking URI)."""
+def open_parent(cfg, runs_dir: Path, stamp: str, uri: str | None = None,
+                variant: str | None = None) -> tuple[str, str]:
+    """The parent run of runs/<cfg.name> (or of its variant's folder), tagged with this submission, in the store at
+    `uri` (default: the usual one, pipeline.tracking.tracking_uri); returns (run id, tracking URI)."""
     from pipeline.runner import parent_run
     from pipeline.stages import Layout
 
@@ -28,7 +29,7 @@ def open_parent(cfg, runs_dir: Path, stamp: str, uri: str | None = None) -> tupl
     try:
         if uri:
             os.environ["MLFLOW_TRACKING_URI"] = uri
-        layout = Layout(runs_dir, cfg.name)
+        layout = Layout(runs_dir, cfg.name, variant)
         layout.root.mkdir(parents=True, exist_ok=True)
         run = parent_run(cfg, layout, runs_dir)
         run.set_tags({"launcher": "slurm", "submission": stamp})

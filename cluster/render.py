@@ -24,6 +24,7 @@ from pathlib import Path
 
 from nws.preempt import EXIT_CODE as PREEMPTED
 from pipeline.config import check_name
+from pipeline.layout import Layout
 
 TEMPLATES = Path(__file__).with_name("templates")
 STAGES = ("data", "pretrain", "incremental", "report")
@@ -80,11 +81,13 @@ class Submission:
     conda_env: str | None = None  # a conda environment every job activates (conda's shell hook first)
     resources: Resources = field(default_factory=Resources)
     stage_cpus: dict[str, int] = field(default_factory=dict)  # CPUs per task of a stage (stage_cpus(cfg)); else 1
+    variant: str | None = None  # `nws pipeline run --variant`: the run goes to runs/<name>/variants/<variant>
+    replace: bool = False  # `nws pipeline run --replace`: this config replaces the folder's
 
     @property
     def folder(self) -> Path:
-        """runs/<name>/cluster: the submission record, rendered scripts and job logs."""
-        return self.runs_dir / self.name / "cluster"
+        """runs/<name>[/variants/<variant>]/cluster: the submission record, rendered scripts and job logs."""
+        return Layout(self.runs_dir, self.name, self.variant).root / "cluster"
 
 
 @dataclass
@@ -146,7 +149,8 @@ def check_submission(sub: Submission) -> None:
 def stage_command(sub: Submission, stage: str) -> str:
     """The contract's command for `stage`; the per-seed stages take the seed from the array task id."""
     args = [sub.python, "-m", "pipeline.cli", "pipeline", "run", "-c", str(sub.config), "--only", stage,
-            "--runs-dir", str(sub.runs_dir)]
+            "--runs-dir", str(sub.runs_dir), *(["--variant", sub.variant] if sub.variant else []),
+            *(["--replace"] if sub.replace else [])]
     seed = ["--seed", SEED_VAR] if stage in PER_SEED else []
     return " ".join([*map(shlex.quote, args), *seed, *map(shlex.quote, sub.overrides)])
 

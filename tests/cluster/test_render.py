@@ -312,3 +312,34 @@ def test_signal_before_passes_usr1_on_and_requeues_after_a_checkpoint(tmp_path, 
         assert (tmp_path / "scontrol.args").read_text() == "requeue 7\n"
     else:
         assert script.returncode == code and not (tmp_path / "scontrol.args").exists()
+
+
+def test_variant_and_replace_reach_every_job_and_another_config_is_refused_at_submission(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """Issue 19: the jobs ran `nws pipeline run --only STAGE` without --variant/--replace, so a submission of another
+    config than the folder's failed in its jobs; now the options reach every job, the variant's scripts and logs go
+    to its folder, and another config is refused at submission (exit 2, nothing queued) naming the key."""
+    from pipeline.config import experiment_schema, load_config
+    from pipeline.layout import Layout, seed_config, write_seed_config
+
+    monkeypatch.chdir(tmp_path)
+    runs = (tmp_path / "runs").resolve()
+    base = ["cluster", "submit", "-c", str(DEMO), "--runs-dir", "runs", "--seeds", "1"]
+    assert nws([*base, "--dry-run", "--variant", "ep2", "incremental.epochs=2"]) == 0
+    scripts = _scripts(capsys.readouterr().out)
+    for stage, text in scripts.items():
+        assert f"--only {stage} --runs-dir {runs} --variant ep2" in text, stage
+        assert f"--output={runs}/demo/variants/ep2/cluster/logs/{stage}-" in text
+    assert nws([*base, "--dry-run", "--replace"]) == 0
+    assert capsys.readouterr().out.count(f"--runs-dir {runs} --replace") == 4
+    with pytest.raises(SystemExit) as info:  # one or the other (argparse's usage error)
+        nws([*base, "--dry-run", "--replace", "--variant", "x"])
+    assert info.value.code == 2
+    capsys.readouterr()
+    # a finished seed 0 of epochs 1 in runs/demo: a submission of epochs 2 is refused before anything is queued
+    cfg = load_config(experiment_schema(), DEMO, ["incremental.epochs=1"])
+    write_seed_config(Layout(runs, "demo"), 0, seed_config(cfg, 0)[1])
+    assert nws([*base, "incremental.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "incremental.epochs" in err and "--variant" in err, err
+    assert not (runs / "demo" / "cluster").exists() and not (runs / "mlflow.db").exists()
