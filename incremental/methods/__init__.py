@@ -52,8 +52,14 @@ class Context:
     schedule: TaskSchedule | None = None
 
     def task_dir(self, t: int) -> Path:
-        """`<out>/<method>/task{t:02d}_<name>/`: the folder of task t's artifact."""
-        return self.method_dir / f"task{t:02d}_{self.tasks[t].name}"
+        """`<out>/<method>/task{t:02d}/` (tasks named `taskNN` by the data stage) or `task{t:02d}_<name>/` (tasks
+        with a name of their own): the folder of task t's artifact. A folder `task{t:02d}_task{t:02d}/`, the name
+        runs made before issue 19 gave every task, is still found, so those runs resume and keep their tasks."""
+        name, short = self.tasks[t].name, f"task{t:02d}"
+        if name != short:
+            return self.method_dir / f"{short}_{name}"
+        old = self.method_dir / f"{short}_{name}"
+        return old if old.is_dir() else self.method_dir / short
 
     def schedule_for(self, t: int) -> TaskSchedule:
         """Task t's schedule from its training-set size and the config (the one `schedule` holds while t trains)."""

@@ -259,3 +259,18 @@ def test_nonfinite_where_finds_the_first_bad_output_and_keeps_batchnorm():
     with torch.no_grad():
         net[4].weight[0, 0] = float("nan")
     assert nonfinite_where(net, x) == "4.weight holds NaN/inf"
+
+
+def test_task_folders_are_named_once_and_old_runs_keep_theirs(tmp_path):
+    """Issue 19: every task folder was `task00_task00` (the index and the data stage's default name twice). A task
+    named `taskNN` now gets `taskNN/`, a task with a name of its own `taskNN_<name>/`; a run made before keeps its
+    `task00_task00/` (found, so it resumes with its stored tasks)."""
+    from data_prep.tasks import Task
+    from incremental.methods import Context
+
+    tasks = [Task("task00", ["0", "1"], [0, 1]), Task("low", ["2", "3"], [2, 3])]
+    ctx = Context(cfg=None, data_dir=tmp_path, pretrain_dir=tmp_path, method_dir=tmp_path / "m", tasks=tasks,
+                  options=None)
+    assert ctx.task_dir(0) == tmp_path / "m" / "task00" and ctx.task_dir(1) == tmp_path / "m" / "task01_low"
+    (tmp_path / "m" / "task00_task00").mkdir(parents=True)
+    assert ctx.task_dir(0) == tmp_path / "m" / "task00_task00"

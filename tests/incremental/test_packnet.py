@@ -151,7 +151,7 @@ def test_packnet_end_to_end_and_resume(digits, pretrained, tmp_path):
         run(cfg, digits, pretrained, tmp_path / "a", methods=["packnet"], on_epoch_end=stop)
     resumed = run(cfg, digits, pretrained, tmp_path / "a", methods=["packnet"])["packnet"]
     doc = run(cfg, digits, pretrained, tmp_path / "b", methods=["packnet"])["packnet"]
-    for name in ("task01_task01/" + STATE, NETWORK, OWNERS):  # owners and the pruned flag came back
+    for name in ("task01/" + STATE, NETWORK, OWNERS):  # owners and the pruned flag came back
         assert same_content(tmp_path / "a" / "packnet" / name, tmp_path / "b" / "packnet" / name)
     assert resumed["acc_matrix"] == doc["acc_matrix"]
     assert json.loads((tmp_path / "b" / "packnet" / "metrics.json").read_text()) == json.loads(json.dumps(doc))
@@ -228,7 +228,7 @@ def test_a_kill_while_storing_a_task_resumes(digits, pretrained, tmp_path, monke
     import incremental.stored as stored
 
     cfg, out = make_config(**CRASH_CFG), tmp_path / "a"
-    task1 = out / "packnet" / "task01_task01"
+    task1 = out / "packnet" / "task01"
 
     def crash_if_task1(real, when=lambda: True):
         def wrapped(*args, **kwargs):
@@ -264,6 +264,6 @@ def test_a_kill_while_storing_a_task_resumes(digits, pretrained, tmp_path, monke
     resumed = run(cfg, digits, pretrained, out, methods=["packnet"])["packnet"]
     ref_dir, ref = uninterrupted
     assert resumed["acc_matrix"] == ref["acc_matrix"]
-    for name in (NETWORK, OWNERS, "task01_task01/" + STATE):
+    for name in (NETWORK, OWNERS, "task01/" + STATE):
         assert same_content(out / "packnet" / name, ref_dir / "packnet" / name), name
     assert not list((out / "packnet").glob("*" + stored.STAGED))

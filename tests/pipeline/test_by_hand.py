@@ -87,13 +87,13 @@ def test_the_pipeline_records_the_by_hand_stages_and_keeps_their_work(by_hand, c
     stored tasks keep their bytes and times), records them, and a second call finds everything up to date."""
     config, runs = by_hand
     exp = runs / "tiny"
-    before = stamps(exp / "seed0" / "pretrain") | stamps(exp / "seed0" / "incremental" / "nws" / "task00_task00")
+    before = stamps(exp / "seed0" / "pretrain") | stamps(exp / "seed0" / "incremental" / "nws" / "task00")
     summary = run_pipeline(config, seeds=[0], runs_dir=runs)
     out = capfd.readouterr().out
     for label in ("data", "pretrain (seed 0)", "incremental (seed 0)"):
         assert f"[pipeline] {label}: outputs without a stage record (made outside the pipeline)" in out
     assert "task 0 (task00) stored and evaluated by an earlier run, kept" in out
-    after = stamps(exp / "seed0" / "pretrain") | stamps(exp / "seed0" / "incremental" / "nws" / "task00_task00")
+    after = stamps(exp / "seed0" / "pretrain") | stamps(exp / "seed0" / "incremental" / "nws" / "task00")
     assert {p: after[p] for p in before} == before
     again = run_pipeline(config, seeds=[0], runs_dir=runs)
     assert set(statuses(summary).values()) == {"ran"} and set(statuses(again).values()) == {"skipped"}

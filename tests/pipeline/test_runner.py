@@ -119,7 +119,7 @@ def test_stored_files_changed_after_the_run_are_noticed(pipeline_run, capfd):
 
     config, runs, _ = pipeline_run
     exp = runs / "tiny"
-    indices = exp / "seed1" / "incremental" / "nws" / "task01_task01" / "indices.bin"
+    indices = exp / "seed1" / "incremental" / "nws" / "task01" / "indices.bin"
     original = indices.read_bytes()
     indices.write_bytes(bytes([original[0] ^ 1]) + original[1:])
     args = ["run", "-c", str(config), "--runs-dir", str(runs), "--seed", "1", "--only", "incremental"]
@@ -128,7 +128,7 @@ def test_stored_files_changed_after_the_run_are_noticed(pipeline_run, capfd):
     finally:
         indices.write_bytes(original)
     out = capfd.readouterr()
-    assert "incremental (seed 1): changed since it finished: nws/task01_task01/indices.bin changed" in out.out
+    assert "incremental (seed 1): changed since it finished: nws/task01/indices.bin changed" in out.out
     assert f"{indices}: checksum mismatch" in out.err
     assert cli_main(args) == 0 and "0 stage(s) ran, 1 up to date" in capfd.readouterr().out
 
@@ -209,7 +209,7 @@ def test_one_changed_setting_reruns_only_what_reads_it(pipeline_run):
     config, runs, _ = pipeline_run
     pools = runs / "tiny" / "seed0" / "pretrain" / "pools.safetensors"
     manifest = runs / "tiny" / "data" / "manifest.json"
-    finetune_task = runs / "tiny" / "seed0" / "incremental" / "finetune" / "task00_task00" / "network.safetensors"
+    finetune_task = runs / "tiny" / "seed0" / "incremental" / "finetune" / "task00" / "network.safetensors"
     nws_metrics = runs / "tiny" / "seed0" / "incremental" / "nws" / "metrics.json"
     kept = pools.stat().st_mtime_ns, manifest.stat().st_mtime_ns, finetune_task.stat().st_mtime_ns
     replaced = read_json(nws_metrics)["config_hash"]
