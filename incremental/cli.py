@@ -32,21 +32,15 @@ EPILOG = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline.config import add_layout_arguments
+
     p.add_argument("-c", "--config", required=True, type=Path, help="experiment YAML (sections name, seeds, data, "
                                                                      "model, pretrain, incremental)")
     p.add_argument("--method", action="append", default=None, metavar="NAME",
                    help="method to run (repeatable); default: incremental.methods of the config")
-    p.add_argument("--seed", type=int, default=None, metavar="S",
-                   help="which seed's run (runs/<name>/seed<S>; default the config's first seed)")
-    p.add_argument("--data", type=Path, default=None, help="prepared data folder (default runs/<name>/data)")
+    add_layout_arguments(p, "incremental")
     p.add_argument("--pretrain", type=Path, default=None,
                    help="pretrain outputs (default runs/<name>/seed<S>/pretrain, or pretrain.reuse)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>/seed<S>/incremental)")
-    p.add_argument("--runs-dir", type=Path, default=None,
-                   help="where every default folder (runs/<name>/...) and the default MLflow store (mlflow.db) are "
-                        "(default runs); MLFLOW_TRACKING_URI wins for the store")
-    p.add_argument("--variant", default=None, metavar="NAME",
-                   help="a run of another config kept apart: runs/<name>/variants/NAME/ (see nws pipeline run)")
     p.add_argument("--replace", action="store_true",
                    help="this config replaces the one the folder's runs were made with (runs/<name>/seed*/config.yaml "
                         "differs: refused without it); a method's tasks made with other settings are removed")

@@ -173,6 +173,20 @@ def stage_config(args):
     return cfg, Layout(Path(args.runs_dir or DEFAULT_RUNS_DIR), cfg.name, getattr(args, "variant", None))
 
 
+def add_layout_arguments(p, stage: str) -> None:
+    """The options of a per-seed stage command (`nws pretrain`, `nws incremental`) that place it in the pipeline's
+    layout, read by seed_stage_config: --seed, --data, --out, --runs-dir, --variant."""
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="which seed's run (runs/<name>/seed<S>; default the config's first seed)")
+    p.add_argument("--data", type=Path, default=None, help="prepared data folder (default runs/<name>/data)")
+    p.add_argument("--out", type=Path, default=None, help=f"output folder (default runs/<name>/seed<S>/{stage})")
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="where every default folder (runs/<name>/...) and the default MLflow store (mlflow.db) are "
+                        "(default runs); MLFLOW_TRACKING_URI wins for the store")
+    p.add_argument("--variant", default=None, metavar="NAME",
+                   help="a run of another config kept apart: runs/<name>/variants/NAME/ (see nws pipeline run)")
+
+
 def seed_stage_config(args):
     """(config, layout, seed) of a per-seed stage command (pretrain, incremental): the config of seed S (`--seed`,
     default the config's first) with `seeds: [S]`, as the pipeline gives it to that stage, so a stage run by hand

@@ -33,17 +33,11 @@ EPILOG = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline.config import add_layout_arguments
+
     p.add_argument("-c", "--config", required=True, type=Path, help="experiment YAML (sections name, seeds, data, "
                                                                      "model, pretrain)")
-    p.add_argument("--seed", type=int, default=None, metavar="S",
-                   help="which seed's run (runs/<name>/seed<S>; default the config's first seed)")
-    p.add_argument("--data", type=Path, default=None, help="prepared data folder (default runs/<name>/data)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>/seed<S>/pretrain)")
-    p.add_argument("--runs-dir", type=Path, default=None,
-                   help="where every default folder (runs/<name>/...) and the default MLflow store (mlflow.db) are "
-                        "(default runs); MLFLOW_TRACKING_URI wins for the store")
-    p.add_argument("--variant", default=None, metavar="NAME",
-                   help="a run of another config kept apart: runs/<name>/variants/NAME/ (see nws pipeline run)")
+    add_layout_arguments(p, "pretrain")
     p.add_argument("--allow-degenerate", action="store_true",
                    help="keep outputs the health check finds degenerate (collapsed pools, accuracy at chance) and mark "
                         "the stage complete instead of exiting with code 5 (also: pretrain.allow_degenerate=true)")

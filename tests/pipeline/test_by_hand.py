@@ -18,23 +18,13 @@ from nws.io import read_json
 from pipeline.layout import VariantConflict
 from pipeline.report_cli import main as report_main
 from pipeline.runner import run_pipeline
+from tests.pipeline.test_runner import CONFIG as RUNNER_CONFIG
+from tests.pipeline.test_runner import statuses
 from tests.pretrain.conftest import ROOT, cli_env
 
-CONFIG = {
-    "name": "tiny",
-    "seeds": [0, 1],
-    "data": {"source": "digits", "tasks": {"kind": "blocks", "classes_per_task": 2},
-             "formats": ["wds"], "loader": "memory"},
-    "model": {"arch": "resnet18", "stem": "cifar", "width": 0.125, "pool_size": 16},
-    "pretrain": {"kind": "nws", "epochs": 1, "batch_size": 64, "lr": 0.05, "milestones": [], "precision": "bf16",
-                 "checkpoint_every": 100, "log_every": 10, "max_steps_per_epoch": 4},
-    "incremental": {"methods": ["nws"], "num_tasks": 2, "epochs": 1, "batch_size": 32, "lr": 0.05,
-                    "milestones": [], "max_steps_per_epoch": 3, "augment": False, "track": False},
-}
-
-
-def statuses(summary: dict) -> dict[str, str]:
-    return {label: v["status"] for label, v in summary.items()}
+# test_runner's tiny experiment, NWS only and untracked
+CONFIG = {**RUNNER_CONFIG, "pretrain": {**RUNNER_CONFIG["pretrain"], "kind": "nws"},
+          "incremental": {**RUNNER_CONFIG["incremental"], "methods": ["nws"], "track": False}}
 
 
 def stamps(folder) -> dict:
