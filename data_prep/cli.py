@@ -13,7 +13,6 @@ from pathlib import Path
 import yaml
 
 from data_prep.manifest import split_files
-from data_prep.types import LayoutError
 
 TASK_KINDS = ("auto", "group", "blocks", "random", "explicit", "all")
 EPILOG = """examples:
@@ -240,9 +239,9 @@ def config_options(args):
 
 
 def run_prepare(args) -> int:
-    from data_prep.prepare import PrepareError, prepare
+    from data_prep.prepare import prepare
     from data_prep.sources import open_source
-    from nws.io import DiskFull
+    from nws import exits
 
     try:
         if args.config is not None:
@@ -267,12 +266,8 @@ def run_prepare(args) -> int:
                           jpeg_quality=args.jpeg_quality, strict=args.strict, force=args.force,
                           workers=args.workers, progress=not args.quiet, source=source, per_class=per_class,
                           per_class_seed=args.per_class_seed)
-    except (LayoutError, PrepareError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DiskFull as e:
-        print(f"error: {e}", file=sys.stderr)
-        return DiskFull.EXIT_CODE
+    except Exception as e:  # an error with an exit code (nws.exits) ends the command in one line; others are bugs
+        return exits.handle(e, args.out or "the data folder")
     print(format_summary(summary))
     return 0
 

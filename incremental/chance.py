@@ -20,8 +20,10 @@ from dataclasses import asdict, dataclass
 
 from scipy.stats import binomtest
 
+from nws import exits
+
 ALPHA = 0.01
-EXIT_CODE = 6  # --strict: a task at chance (1 = a failed stage, 2 = bad input, 3 = non-finite loss, 4 = artifact)
+EXIT_CODE = exits.AT_CHANCE  # --strict: a task at chance (nws.exits)
 MARK = "*"
 TEST = "one-sided binomial test of the correct test images against 1/classes (H0: accuracy = chance)"
 LEGEND = f"{MARK} not significantly above chance: {TEST}, p >= {ALPHA}"

@@ -97,14 +97,10 @@ def run_cli(args) -> int:
     from incremental.chance import EXIT_CODE
     from incremental.loop import run
     from incremental.replace import drop_changed_methods
-    from incremental.train import NonFiniteLoss
-    from nws.artifact import ArtifactError
-    from nws.io import DiskFull
-    from nws.lock import EXIT_CODE as LOCKED
-    from nws.lock import FolderLocked, folder_lock, is_rank_zero
-    from nws.preempt import EXIT_CODE as PREEMPTED
-    from nws.preempt import Preempted, catch
-    from pipeline.config import ConfigError, seed_stage_config
+    from nws import exits
+    from nws.lock import folder_lock, is_rank_zero
+    from nws.preempt import catch
+    from pipeline.config import seed_stage_config
     from pipeline.layout import pretrain_source
 
     catch()  # SIGUSR1 asks for a checkpoint and a stop (nws.preempt) instead of killing this process
@@ -124,24 +120,8 @@ def run_cli(args) -> int:
                 inferred = evaluate_run(cfg, data, pretrain, out, list(results), args.task_inference_batch_size,
                                         args.task_inference_samples)
         PartialState().destroy_process_group()  # a launched run leaves its process group cleanly
-    except ArtifactError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
-    except FolderLocked as e:
-        print(f"error: {e}", file=sys.stderr)
-        return LOCKED
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except Preempted as e:
-        print(e, file=sys.stderr, flush=True)
-        return PREEMPTED
-    except DiskFull as e:
-        print(f"error: {e}", file=sys.stderr)
-        return DiskFull.EXIT_CODE
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # an error with an exit code (nws.exits) ends the command in one line; others are bugs
+        return exits.handle(e, args.out or args.runs_dir or "")
     for name, result in results.items():
         if result:
             print(f"{name}: final average accuracy {result['final_avg_acc']:.4f}, "

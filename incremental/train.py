@@ -23,6 +23,7 @@ from data_prep.loaders import derive_seed, make_loader
 from incremental import checkpoint, schedule
 from incremental.checkpoint import Progress
 from incremental.methods import trainable
+from nws import exits
 from nws.preempt import Preempted, requested, stopping
 
 
@@ -56,6 +57,8 @@ def nonfinite_where(model: nn.Module, x: torch.Tensor) -> str:
 
 class NonFiniteLoss(RuntimeError):
     """Too many consecutive non-finite losses: the task stops instead of training on garbage."""
+
+    EXIT_CODE = exits.NON_FINITE
 
 
 def sgd(groups: list[dict], inc) -> torch.optim.Optimizer:

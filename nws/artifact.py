@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nws import codec
+from nws import codec, exits
 from nws.convert import export_indices, export_pools, load_indices, nws_layers, pool_sizes
 from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 
@@ -26,6 +26,8 @@ _SEARCHED = ("weight", "pool", "indices")  # what the indices + pools stand for 
 
 class ArtifactError(ValueError):
     """A task artifact that cannot be used (missing file, checksum mismatch, wrong network)."""
+
+    EXIT_CODE = exits.CORRUPTED
 
 
 def task_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from nws import exits
+
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # how writers other than Python's own say ENOSPC: safetensors (Rust), SQLite (MLflow's store), and torch.save, whose
 # C++ stream says only "iostream error" (issue 17): that one counts when the disk is (nearly) full right after it
@@ -30,7 +32,7 @@ class DiskFull(OSError):
     what was being written is not counted (and its temp file is removed); freeing space and running the same
     command again goes on from the last complete output."""
 
-    EXIT_CODE = 8
+    EXIT_CODE = exits.DISK_FULL
 
     def __init__(self, path: str | os.PathLike):
         free = free_bytes(path)

@@ -26,9 +26,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from nws import exits
+
 LOCK = ".lock"
 HOLDER = ".lock.json"
-EXIT_CODE = 7  # the exit code of every command refused because another process writes its folder
+EXIT_CODE = exits.LOCKED  # every command refused because another process writes its folder
 HELD_ENV = "NWS_HELD_LOCKS"  # os.pathsep-separated folders whose lock a parent process holds for this one
 
 
@@ -42,6 +44,8 @@ def is_rank_zero() -> bool:
 
 class FolderLocked(RuntimeError):
     """Another live process writes this folder; the message names it (pid, host, since, command)."""
+
+    EXIT_CODE = exits.LOCKED
 
 
 def _held_by_parent(folder: Path) -> bool:

@@ -16,14 +16,18 @@ import subprocess
 import threading
 from contextlib import contextmanager
 
+from nws import exits
+
 SIGNAL = signal.SIGUSR1
-EXIT_CODE = 9  # after 2 bad input ... 8 disk full: "stopped at the signal with a checkpoint; run again to resume"
+EXIT_CODE = exits.PREEMPTED  # "stopped at the signal with a checkpoint; run again to resume"
 
 _received: list[int] = []
 
 
 class Preempted(RuntimeError):
     """The stage stopped at SIGUSR1 after writing its checkpoint; the same command resumes from it."""
+
+    EXIT_CODE = exits.PREEMPTED
 
 
 def catch() -> None:

@@ -90,7 +90,7 @@ def warn_chance(results: dict, strict: bool) -> int:
 
 
 def run_cli(args) -> int:
-    from nws.io import DiskFull, disk_full
+    from nws import exits
     from pipeline.config import ConfigError, resolved, stage_config
     from pipeline.report import PLOTS, REPORT, RESULTS_MD, make_report
 
@@ -107,15 +107,8 @@ def run_cli(args) -> int:
         run_id = None if args.no_track else args.run_id or parent_run_id(experiment)
         tracker = existing_run(run_id, runs) if run_id else None
         results = make_report(experiment, args.out, tracker=tracker, config=config)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        full = disk_full(e, args.out or "the report folder")
-        if full is None:
-            raise
-        print(f"error: {full}", file=sys.stderr)
-        return DiskFull.EXIT_CODE
+    except Exception as e:  # an error with an exit code (nws.exits) ends the command in one line; others are bugs
+        return exits.handle(e, args.out or "the report folder")
     out = args.out or experiment / REPORT
     print((out / RESULTS_MD).read_text())
     print(f"report: {out / RESULTS_MD}, {out / 'results.json'}, {len(results['plots'])} plots in {out / PLOTS}")

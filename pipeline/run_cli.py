@@ -24,7 +24,6 @@ run again, or the job requeues itself, to resume).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 EPILOG = """examples:
@@ -74,38 +73,17 @@ def register(subparsers) -> None:
 
 
 def run_cli(args) -> int:
-    from nws.artifact import ArtifactError
-    from nws.io import DiskFull, disk_full
-    from nws.lock import EXIT_CODE, FolderLocked
-    from nws.preempt import EXIT_CODE as PREEMPTED
-    from nws.preempt import Preempted, catch
-    from pipeline.config import ConfigError
+    from nws import exits
+    from nws.preempt import catch
     from pipeline.runner import run_pipeline
-    from pipeline.stages import StageFailed
 
     catch()  # SIGUSR1 is for the stage processes (nws.preempt); it must not kill the pipeline around them
     try:
         summary = run_pipeline(args.config, args.overrides, seeds=args.seed, only=args.only, start=args.start,
                                force=args.force, runs_dir=args.runs_dir, allow_degenerate=args.allow_degenerate,
                                variant=args.variant, replace=args.replace)
-    except StageFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except Preempted as e:
-        print(f"[pipeline] {e}", file=sys.stderr)
-        return PREEMPTED
-    except FolderLocked as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_CODE
-    except (ConfigError, ArtifactError, FileNotFoundError, KeyError, ValueError) as e:  # a missing input file is
-        print(f"error: {e}", file=sys.stderr)  # an OSError too: bad input (exit 2), caught before the full disk
-        return 2
-    except OSError as e:  # the data and report stages and the stage records are written by this process
-        full = disk_full(e, args.runs_dir or "the runs folder")
-        if full is None:
-            raise
-        print(f"error: {full}", file=sys.stderr)
-        return DiskFull.EXIT_CODE
+    except Exception as e:  # an error with an exit code (nws.exits) ends the run in one line; others are bugs
+        return exits.handle(e, args.runs_dir or "the runs folder")
     ran = [k for k, v in summary.items() if v["status"] == "ran"]
     print(f"[pipeline] {len(ran)} stage(s) ran, {len(summary) - len(ran)} up to date")
     if "report" in summary:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nws import preempt
+from nws import exits, preempt
 from nws.lock import child_options
 from pipeline import reuse
 from pipeline.config import resolved
@@ -29,6 +29,8 @@ PER_SEED = ("pretrain", "incremental")
 
 class StageFailed(RuntimeError):
     """A stage's process exited with an error (its own message was printed above)."""
+
+    EXIT_CODE = exits.STAGE_FAILED
 
 
 @dataclass

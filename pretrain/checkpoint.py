@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nws import exits
 from nws.io import DiskFull, atomic_write_json, load_tensors, read_json, save_tensors, writing
 
 LATEST = "latest.json"
@@ -51,6 +52,8 @@ class TrainState:
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that is refused (it needs more than tensors and the allowed classes) or cannot be read."""
+
+    EXIT_CODE = exits.CORRUPTED
 
 
 def deepspeed_globals() -> list:

@@ -20,7 +20,6 @@ process writes the output folder (its pid, host and command named), 8 no space l
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 EPILOG = """examples:
@@ -59,15 +58,10 @@ def register(subparsers) -> None:
 
 
 def run_cli(args) -> int:
-    from nws.io import DiskFull
-    from nws.lock import EXIT_CODE as LOCKED
-    from nws.lock import FolderLocked, folder_lock, is_rank_zero
-    from nws.preempt import EXIT_CODE as PREEMPTED
-    from nws.preempt import Preempted, catch
+    from nws import exits
+    from nws.lock import folder_lock, is_rank_zero
+    from nws.preempt import catch
     from pipeline.config import seed_stage_config
-    from pretrain.checkpoint import CheckpointError
-    from pretrain.guard import NonFiniteLoss
-    from pretrain.health import EXIT_CODE, DegeneratePretraining
     from pretrain.run import run
 
     catch()  # SIGUSR1 asks for a checkpoint and a stop (nws.preempt) instead of killing this rank
@@ -77,27 +71,8 @@ def run_cli(args) -> int:
         with folder_lock(out, enabled=is_rank_zero()):  # one writer of the output folder (nws.lock)
             run(cfg, data, out, runs_dir=layout.runs_dir, allow_degenerate=args.allow_degenerate,
                 replace_changed=args.replace)
-    except FolderLocked as e:
-        print(f"error: {e}", file=sys.stderr)
-        return LOCKED
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
-    except Preempted as e:
-        print(e, file=sys.stderr, flush=True)
-        return PREEMPTED
-    except DiskFull as e:
-        print(f"error: {e}", file=sys.stderr)
-        return DiskFull.EXIT_CODE
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except DegeneratePretraining as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_CODE
+    except Exception as e:  # an error with an exit code (nws.exits) ends the command in one line; others are bugs
+        return exits.handle(e, args.out or args.runs_dir or "")
     return 0
 
 

@@ -14,9 +14,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nws import exits
+
 
 class NonFiniteLoss(RuntimeError):
     """Raised after `max_consecutive` skipped steps in a row."""
+
+    EXIT_CODE = exits.NON_FINITE
 
 
 class NonFiniteGuard:

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 from scipy.stats import binomtest
 
-EXIT_CODE = 5  # `nws pretrain`: 2 = bad input, 3 = non-finite loss, 5 = degenerate outputs
+from nws import exits
+
+EXIT_CODE = exits.DEGENERATE  # `nws pretrain`, `nws pipeline run` (nws.exits)
 
 
 class DegeneratePretraining(RuntimeError):
     """The health check found degenerate outputs (the message names the kinds, layers and what to change)."""
+
+    EXIT_CODE = exits.DEGENERATE
 
 
 def chance_p_value(correct: int, n: int, classes: int) -> float:
