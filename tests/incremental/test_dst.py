@@ -247,8 +247,8 @@ def test_a_resumed_task_continues_identically(digits, pretrained, tmp_path):
     resumed = run(cfg, digits, pretrained, tmp_path / "a", methods=["dst"])["dst"]
     straight = run(cfg, digits, pretrained, tmp_path / "b", methods=["dst"])["dst"]
     for name in (MASK, OWNED, STATE):  # masks, fired positions and step count came back from the checkpoint
-        assert same_content(tmp_path / "a" / "dst" / "task01_task01" / name,
-                            tmp_path / "b" / "dst" / "task01_task01" / name)
+        assert same_content(tmp_path / "a" / "dst" / "task01" / name,
+                            tmp_path / "b" / "dst" / "task01" / name)
     assert resumed["acc_matrix"] == straight["acc_matrix"]
 
 

@@ -77,13 +77,13 @@ def test_resume_after_an_interruption_mid_task(digits, pretrained, tmp_path):
         run(cfg, digits, pretrained, tmp_path / "a", methods=["nws"], on_epoch_end=stop_in_task_1)
     assert calls == [(0, 0), (0, 1), (1, 0)]
     assert (tmp_path / "a" / "nws" / "checkpoints" / "task01" / "latest.json").is_file()
-    first_task0 = (tmp_path / "a" / "nws" / "task00_task00" / "indices.bin").stat().st_mtime_ns
+    first_task0 = (tmp_path / "a" / "nws" / "task00" / "indices.bin").stat().st_mtime_ns
     calls.clear()
     resumed = run(cfg, digits, pretrained, tmp_path / "a", methods=["nws"], on_epoch_end=stop_in_task_1)["nws"]
     assert calls == [(1, 1)]  # task 0 not redone, task 1 continued after its last finished epoch
-    assert (tmp_path / "a" / "nws" / "task00_task00" / "indices.bin").stat().st_mtime_ns == first_task0
+    assert (tmp_path / "a" / "nws" / "task00" / "indices.bin").stat().st_mtime_ns == first_task0
     straight = run(cfg, digits, pretrained, tmp_path / "b", methods=["nws"])["nws"]
-    for folder in ("task00_task00", "task01_task01"):  # the same bytes as a run that was never interrupted
+    for folder in ("task00", "task01"):  # the same bytes as a run that was never interrupted
         for name in ("indices.bin", "state.safetensors"):
             assert (tmp_path / "a" / "nws" / folder / name).read_bytes() == \
                    (tmp_path / "b" / "nws" / folder / name).read_bytes()
@@ -149,11 +149,11 @@ def test_incremental_source_computes_accuracy_only_in_evaluate():
 
 def test_a_corrupted_earlier_task_stops_the_next_row(digits, pretrained, tmp_path):
     run(make_config(num_tasks=1), digits, pretrained, tmp_path / "o", methods=["nws"])
-    path = tmp_path / "o" / "nws" / "task00_task00" / "state.safetensors"
+    path = tmp_path / "o" / "nws" / "task00" / "state.safetensors"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="task00_task00/state.safetensors: checksum mismatch"):
+    with pytest.raises(ArtifactError, match="task00/state.safetensors: checksum mismatch"):
         run(make_config(num_tasks=2), digits, pretrained, tmp_path / "o", methods=["nws"])
 
 
@@ -210,7 +210,7 @@ def test_mlflow_child_run_per_method(digits, pretrained, tmp_path, monkeypatch, 
     assert [(m.step, m.value) for m in history] == [(t + 1, doc["acc_matrix"][t][t]) for t in range(2)]  # tasks learned
     assert child.data.metrics["final_avg_acc"] == pytest.approx(doc["final_avg_acc"])
     paths = {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert {"metrics.json", "task00_task00", "task01_task01"} <= paths
+    assert {"metrics.json", "task00", "task01"} <= paths
     # a healthy run: nothing at chance, an empty tag, no warning
     assert doc["chance"]["flagged"] == [] and child.data.tags["chance_tasks"] == ""
     assert "WARNING" not in capsys.readouterr().err
@@ -242,7 +242,7 @@ def test_non_finite_losses_stop_the_task_naming_where(digits, pretrained, tmp_pa
         run(cfg, digits, pretrained, tmp_path / "o", methods=["finetune"])
     out = capsys.readouterr().out
     assert out.count("holds NaN/inf), step skipped") >= 3
-    assert not (tmp_path / "o" / "finetune" / "task00_task00" / "stored.json").exists()
+    assert not (tmp_path / "o" / "finetune" / "task00" / "stored.json").exists()
 
 
 def test_nonfinite_where_finds_the_first_bad_output_and_keeps_batchnorm():

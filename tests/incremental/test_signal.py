@@ -43,7 +43,7 @@ def test_usr1_stops_the_task_loop_after_an_epoch_checkpoint_and_it_resumes(digit
     resumed = run(cfg, digits, pretrained, tmp_path / "a", methods=["nws"], on_epoch_end=signal_in_task_1)["nws"]
     assert calls == [(1, 1)]  # task 1 went on after the epoch it stopped at
     straight = run(cfg, digits, pretrained, tmp_path / "b", methods=["nws"])["nws"]
-    for folder in ("task00_task00", "task01_task01"):
+    for folder in ("task00", "task01"):
         for name in ("indices.bin", "state.safetensors"):
             assert (tmp_path / "a" / "nws" / folder / name).read_bytes() == \
                    (tmp_path / "b" / "nws" / folder / name).read_bytes()
