@@ -100,7 +100,7 @@ def run_cli(args) -> int:
     from nws import exits
     from nws.lock import folder_lock, is_rank_zero
     from nws.preempt import catch
-    from pipeline.config import seed_stage_config
+    from pipeline.config import seed_stage_config, seed_tagged
     from pipeline.layout import pretrain_source
 
     catch()  # SIGUSR1 asks for a checkpoint and a stop (nws.preempt) instead of killing this process
@@ -109,7 +109,7 @@ def run_cli(args) -> int:
         cfg, layout, seed = seed_stage_config(args)
         data, out = args.data or layout.data, args.out or layout.incremental(seed)
         pretrain = args.pretrain or pretrain_source(cfg, seed, layout)
-        with folder_lock(out, enabled=is_rank_zero()):  # one writer of the output folder (nws.lock)
+        with seed_tagged(seed), folder_lock(out, enabled=is_rank_zero()):  # one writer of the folder (nws.lock)
             if args.replace and is_rank_zero():
                 drop_changed_methods(cfg, out, args.method or cfg.incremental.methods, "[incremental]")
             results = run(cfg, data, pretrain, out, methods=args.method, runs_dir=layout.runs_dir)

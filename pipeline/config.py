@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -185,6 +188,23 @@ def add_layout_arguments(p, stage: str) -> None:
                         "(default runs); MLFLOW_TRACKING_URI wins for the store")
     p.add_argument("--variant", default=None, metavar="NAME",
                    help="a run of another config kept apart: runs/<name>/variants/NAME/ (see nws pipeline run)")
+
+
+@contextmanager
+def seed_tagged(seed: int) -> Iterator[None]:
+    """Meanwhile this process's MLflow runs get the seed tag (and the ` seed<S>` in their names) that the pipeline
+    gives the stages it starts (pipeline.tracking.TAGS_ENV), so a stage run by hand is named like the pipeline's."""
+    from pipeline.tracking import TAGS_ENV
+
+    saved = os.environ.get(TAGS_ENV)
+    os.environ[TAGS_ENV] = json.dumps({"seed": str(seed), **json.loads(saved or "{}")})
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(TAGS_ENV, None)
+        else:
+            os.environ[TAGS_ENV] = saved
 
 
 def seed_stage_config(args):

@@ -61,14 +61,14 @@ def run_cli(args) -> int:
     from nws import exits
     from nws.lock import folder_lock, is_rank_zero
     from nws.preempt import catch
-    from pipeline.config import seed_stage_config
+    from pipeline.config import seed_stage_config, seed_tagged
     from pretrain.run import run
 
     catch()  # SIGUSR1 asks for a checkpoint and a stop (nws.preempt) instead of killing this rank
     try:  # a ConfigError is a ValueError: exit 2 like every other bad input
         cfg, layout, seed = seed_stage_config(args)
         data, out = args.data or layout.data, args.out or layout.pretrain(seed)
-        with folder_lock(out, enabled=is_rank_zero()):  # one writer of the output folder (nws.lock)
+        with seed_tagged(seed), folder_lock(out, enabled=is_rank_zero()):  # one writer of the folder (nws.lock)
             run(cfg, data, out, runs_dir=layout.runs_dir, allow_degenerate=args.allow_degenerate,
                 replace_changed=args.replace)
     except Exception as e:  # an error with an exit code (nws.exits) ends the command in one line; others are bugs

@@ -70,6 +70,12 @@ def test_stage_commands_default_to_the_pipeline_layout(by_hand):
     assert results["seeds"] == [0] and list(results["methods"]) == ["nws"]
     assert sorted(p.name for p in exp.iterdir()) == ["data", "report", "seed0"]
     assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["mlartifacts", "tiny"]
+    # the pretraining run is named and tagged with its seed, as the pipeline's stage runs are
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(cli_env(runs)["MLFLOW_TRACKING_URI"]).get_run(
+        read_json(exp / "seed0" / "pretrain" / "summary_nws.json")["mlflow_run_id"])
+    assert run.data.tags["seed"] == "0" and run.info.run_name.endswith(" seed0"), run.info.run_name
 
 
 def test_the_pipeline_records_the_by_hand_stages_and_keeps_their_work(by_hand, capfd):
