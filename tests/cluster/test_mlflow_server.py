@@ -6,8 +6,6 @@ child of the parent, while the runs folder the jobs share gets no SQLite file at
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,17 +15,13 @@ import urllib.request
 
 import pytest
 
+from cluster.local import free_port
 from cluster.status import wait
 from nws.io import read_json
 from tests.cluster.conftest import DEMO, ROOT
+from tests.processes import stop_group
 
 START_TIMEOUT = 180  # MLflow's server imports a lot; slow on a busy machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, host: str | None = None) -> int:
@@ -61,12 +55,7 @@ def server(tmp_path):
                 time.sleep(0.5)
         yield base, store
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 def test_jobs_log_to_the_tracking_server(slurm_env, server, tmp_path, monkeypatch):

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -29,6 +28,7 @@ from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
 from pipeline.ui import HOST, experiment_url, server_command
 from tests.conftest import THREADS
 from tests.pipeline.fixtures import make_experiment
+from tests.processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 180  # seconds for the server to answer (it imports MLflow's whole server; slow on a busy machine)
@@ -59,16 +59,7 @@ def start_server(uri: str, port: int, log: Path, request_fixture) -> subprocess.
         proc = subprocess.Popen(server_command(uri, HOST, port), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
-    def stop():
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    request_fixture.addfinalizer(stop)
+    request_fixture.addfinalizer(lambda: stop_group(proc))
     return proc
 
 
