@@ -22,11 +22,11 @@ LOCKED = 7  # another process writes the folder (its pid, host and command named
 DISK_FULL = 8  # no space left on device (the file named; the same command resumes once space is freed)
 PREEMPTED = 9  # stopped at SIGUSR1 after writing a checkpoint (the same command resumes from it)
 
-TABLE = {OK: "done", STAGE_FAILED: "a pipeline stage failed", BAD_INPUT: "bad input", NON_FINITE: "non-finite loss",
-         CORRUPTED: "corrupted file or checkpoint", DEGENERATE: "degenerate pretraining",
-         AT_CHANCE: "a task at chance (--strict)", LOCKED: "folder in use", DISK_FULL: "no space left on device",
-         PREEMPTED: "stopped at SIGUSR1 with a checkpoint"}
-EPILOG = "exit codes: " + ", ".join(f"{code} {what}" for code, what in TABLE.items())
+# what a code means, as a caller that only sees it (the pipeline, of its stage processes) says so
+MEANINGS = {NON_FINITE: "non-finite losses in a row", CORRUPTED: "a stored file or checkpoint failed its checks",
+            DEGENERATE: "degenerate pretraining outputs", AT_CHANCE: "a task at chance (--strict)",
+            LOCKED: "its folder is in use", DISK_FULL: "no space left on device; free some and run again to resume",
+            PREEMPTED: "stopped at SIGUSR1 after writing a checkpoint; run again to resume"}
 
 
 def code_of(error: BaseException) -> int | None:

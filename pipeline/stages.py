@@ -108,12 +108,9 @@ def data_files_problems(data: Path) -> list[str]:
             for p in verify_unit(data / unit, entry, rehash=False)]
 
 
-# what a stage process's exit code means, where it is not just "failed" (its own message is printed above)
+# what a stage's exit code means where the stage says more than nws.exits.MEANINGS (its own message is printed above)
 EXIT_MEANINGS = {("pretrain", 5): "degenerate pretraining outputs; pass --allow-degenerate to keep them",
-                 ("pretrain", 4): "no checkpoint of the run could be loaded", ("incremental", 4): "corrupted artifact",
-                 ("pretrain", 7): "its folder is in use", ("incremental", 7): "its folder is in use",
-                 ("pretrain", 8): "no space left on device; free some and run again to resume",
-                 ("incremental", 8): "no space left on device; free some and run again to resume"}
+                 ("pretrain", 4): "no checkpoint of the run could be loaded", ("incremental", 4): "corrupted artifact"}
 
 
 def run_module(module: str, args: list[str], env: dict[str, str]) -> None:
@@ -127,10 +124,9 @@ def run_module(module: str, args: list[str], env: dict[str, str]) -> None:
             code = child.wait()
     if code == preempt.EXIT_CODE:
         preempt.stopping()
-        raise preempt.Preempted(f"`{' '.join(cmd)}` stopped at SIGUSR1 after writing a checkpoint; run again to "
-                                "resume")
+        raise preempt.Preempted(f"`{' '.join(cmd)}` {exits.MEANINGS[exits.PREEMPTED]}")
     if code != 0:
-        meaning = EXIT_MEANINGS.get((module, code))
+        meaning = EXIT_MEANINGS.get((module, code)) or exits.MEANINGS.get(code)
         raise StageFailed(f"`{' '.join(cmd)}` exited with code {code}" + (f" ({meaning})" if meaning else ""))
 
 
