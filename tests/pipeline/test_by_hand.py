@@ -6,6 +6,7 @@ pipeline over their outputs, then the stages by hand over the pipeline's; then t
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -170,8 +171,11 @@ def test_every_make_target_honours_runs():
     """`make -n`: the stage targets and the pipeline's share CONFIG and the runs folder RUNS (make data wrote
     runs/data/<source> and ignored RUNS)."""
     targets = ("data", "pretrain", "incremental", "report", "pipeline", "demo", "ui", "submit")
-    proc = subprocess.run(["make", "-n", *targets, "RUNS=/elsewhere/runs", "CONFIG=configs/fmnist.yaml",
-                           "STAMP="], cwd=ROOT, capture_output=True, text=True, check=True)
+    # Under `make test` the outer make's MAKELEVEL/MAKEFLAGS make this one print "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", *targets, "RUNS=/elsewhere/runs",
+                           "CONFIG=configs/fmnist.yaml", "STAMP="], cwd=ROOT, capture_output=True, text=True,
+                          check=True, env=env)
     lines = proc.stdout.splitlines()
     assert len(lines) == len(targets)
     for target, line in zip(targets, lines, strict=True):
