@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 M = TypeVar("M", bound=BaseModel)
 # an experiment name is a folder under the runs directory and a word of Slurm job names and MLflow runs: letters,
@@ -48,10 +48,17 @@ class ModelConfig(Section):
     width: float = Field(1.0, gt=0)
     pool_size: int = Field(512, ge=2)  # n: kernels per layer-wise pool (seed 004_ §4.3)
     linear_group_size: int = Field(1, ge=1)  # scalars per group in Linear layers (appendix §1)
+    # side of the input images of the fully connected networks (fc1024, lenet300), whose first layer depends on it;
+    # None = 28 (MNIST, Fashion-MNIST). Opt-in: left out of the resolved config when unset, so every config written
+    # before it existed hashes as it did
+    input_size: int | None = Field(None, ge=1)
 
     def has_stem(self) -> bool:
         """Whether `stem` shapes the network: the ResNets and MobileNet-V2 have one, VGG-16 has not."""
         return self.arch.startswith("resnet") or self.arch == "mobilenet_v2"
+
+    def is_fully_connected(self) -> bool:
+        return self.arch in FULLY_CONNECTED
 
     def build(self, num_classes: int):
         import nws
@@ -59,7 +66,22 @@ class ModelConfig(Section):
         kwargs: dict[str, Any] = {"num_classes": num_classes, "width": self.width}
         if self.has_stem():
             kwargs["stem"] = self.stem
+        if self.is_fully_connected():
+            kwargs["input_size"] = self.input_size or 28
+        elif self.input_size is not None:
+            raise ConfigError(f"model.input_size is for the fully connected networks ({', '.join(FULLY_CONNECTED)}); "
+                              f"{self.arch} takes any image size")
         return nws.models.build(self.arch, **kwargs)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        data = handler(self)
+        if data.get("input_size") is None:
+            data.pop("input_size", None)
+        return data
+
+
+FULLY_CONNECTED = ("fc1024", "lenet300")
 
 
 class ConfigError(ValueError):

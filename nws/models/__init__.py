@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from .mlp import fc1024, lenet300
 from .mobilenet import mobilenet_v2
 from .resnet import replace_head, resnet18, resnet34
 from .vgg import vgg16
 
-ARCHITECTURES = {"resnet18": resnet18, "resnet34": resnet34, "vgg16": vgg16, "mobilenet_v2": mobilenet_v2}
+ARCHITECTURES = {"resnet18": resnet18, "resnet34": resnet34, "vgg16": vgg16, "mobilenet_v2": mobilenet_v2,
+                 "fc1024": fc1024, "lenet300": lenet300}
 
 
 def build(name: str, **kwargs) -> nn.Module:
@@ -23,4 +25,5 @@ def build(name: str, **kwargs) -> nn.Module:
     return ARCHITECTURES[name](**kwargs)
 
 
-__all__ = ["ARCHITECTURES", "build", "mobilenet_v2", "replace_head", "resnet18", "resnet34", "vgg16"]
+__all__ = ["ARCHITECTURES", "build", "fc1024", "lenet300", "mobilenet_v2", "replace_head", "resnet18", "resnet34",
+           "vgg16"]

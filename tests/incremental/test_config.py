@@ -86,3 +86,17 @@ def test_every_method_is_checked_before_the_first_trains(digits, pretrained, tmp
     with pytest.raises(ConfigError, match="methods: unknown method 'nope'"):
         run(make_config(num_tasks=1), digits, pretrained, tmp_path / "out", methods=["nws", "nope"])
     assert not (tmp_path / "out").exists()  # nws trained nothing
+
+
+def test_model_input_size_is_opt_in_and_only_for_fully_connected_networks():
+    """`model.input_size` (the first layer of fc1024/lenet300 depends on it) is left out of the resolved config when
+    unset, so configs written before it existed keep their hash (computed with the model section of before it)."""
+    from pipeline.config import ModelConfig
+
+    assert config_hash(resolved(ModelConfig())) == "22f1735dd4619e3b"
+    assert config_hash(resolved(ModelConfig(arch="vgg16", width=0.5))) == "223ea49f086e7a77"
+    fc = ModelConfig(arch="lenet300", input_size=32)
+    assert resolved(fc)["input_size"] == 32 and validate(ModelConfig, resolved(fc)) == fc
+    assert fc.build(3).features[0].in_features == 32 * 32
+    with pytest.raises(ConfigError, match="model.input_size is for the fully connected networks"):
+        ModelConfig(input_size=32).build(3)

@@ -237,7 +237,8 @@ def test_grayscale_input():
 
 
 @pytest.mark.parametrize("name,kwargs", [("resnet18", {"stem": "nws"}), ("resnet34", {"stem": "nws"}),
-                                         ("vgg16", {}), ("mobilenet_v2", {"stem": "cifar"})])
+                                         ("vgg16", {}), ("mobilenet_v2", {"stem": "cifar"}),
+                                         ("fc1024", {"input_size": 32}), ("lenet300", {"input_size": 32})])
 def test_learns_digits(name, kwargs):
     """Every parameter gets a gradient and a narrow network fits 40 real digits (5 classes) in a few steps."""
     torch.manual_seed(SEED)
@@ -259,3 +260,22 @@ def test_learns_digits(name, kwargs):
         losses.append(loss.item())
     # measured 0.002-0.14 over seeds 0-2 (MobileNetV2 the slowest); a network that does not learn stays near 1
     margin.below("last / first loss", losses[-1] / losses[0], 0.45)
+
+
+def test_fully_connected_networks():
+    """SupSup's FC 1024-1024 and LeNet-300-100: bias-free hidden layers, no BatchNorm, the grey image flattened (an
+    RGB copy of a grey image gives the same logits), a wrong image size named."""
+    torch.manual_seed(SEED)
+    net = models.build("fc1024", num_classes=10)
+    assert [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, nn.Linear)] == \
+        [(784, 1024), (1024, 1024), (1024, 10)]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules()) and n_params(net) == 784 * 1024 + 1024 ** 2 \
+        + 1024 * 10
+    grey = torch.rand(3, 1, 28, 28)
+    # the channel mean of three equal values is the value up to one rounding (measured: at most 6e-8 here)
+    assert torch.allclose(net(grey.repeat(1, 3, 1, 1)), net(grey), rtol=0, atol=1e-6)
+    assert net.num_features == 1024 and models.replace_head(net, 2).out_features == 2
+    lenet = models.build("lenet300", num_classes=10, width=0.5)
+    assert [m.out_features for m in lenet.modules() if isinstance(m, nn.Linear)] == [150, 50, 10]
+    with pytest.raises(ValueError, match=r"reads 28x28 images \(model.input_size\), got \(32, 32\)"):
+        net(torch.rand(1, 3, 32, 32))
