@@ -8,7 +8,8 @@ computes. At the end: `<out>/<method>/metrics.json` (accuracy metrics, measured 
 task's test-set size and class count, and the test of every final accuracy against chance, incremental.chance) and
 an MLflow child run per method (tag `chance_tasks`: the tasks at chance; the data folder as its dataset input; after
 each task the step incremental.run_metrics describes, logged once even when a run is resumed). A task at chance also
-gets a WARNING line on stderr.
+gets a WARNING line on stderr. Before task t >= 1 trains, the two accuracies of forward transfer (FWT,
+incremental.evaluate_transfer) are measured on its test split, each saved in the progress as soon as it is measured.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from accelerate.state import AcceleratorState
 from data_prep.loaders import make_loader
 from data_prep.manifest import read_unit
 from data_prep.tasks import Task, load_tasks
-from incremental import chance, checkpoint, memory, method_names, metrics, run_metrics
+from incremental import chance, checkpoint, evaluate_transfer, memory, method_names, metrics, run_metrics
 from incremental.config import RESUME_NEUTRAL
 from incremental.evaluate import evaluate_stored
 from incremental.methods import Method, get_method, make_method
@@ -106,7 +107,7 @@ def eval_size(method: Method, j: int) -> int:
 def load_progress(method_dir: Path, digest: str) -> dict:
     path = method_dir / PROGRESS
     if not path.is_file():
-        return {"config_hash": digest, "rows": {}, "reports": {}, "eval_seconds": {}}
+        return {"config_hash": digest, "rows": {}, "reports": {}, "eval_seconds": {}, "transfer": {}}
     progress = read_json(path)
     if progress.get("config_hash") != digest:
         raise ValueError(f"{method_dir} holds tasks of another configuration (config hash "
@@ -168,6 +169,7 @@ def run_method(accelerator, method: Method, runs_dir: Path, on_epoch_end=None) -
                     + " ".join(f"{a:.4f}" for a in progress["rows"][str(t)]))
                 continue
             folder = ctx.task_dir(t)
+            _measure_transfer(accelerator, method, t, progress)
             if not is_sealed(folder):
                 _train_and_store(accelerator, method, t, tracker, log, on_epoch_end)
             start = time.perf_counter()
@@ -201,7 +203,33 @@ def _log_task(tracker, method: Method, progress: dict, t: int) -> None:
     """Step t + 1 of the method's run (incremental.run_metrics) from the evaluated rows and the stored files."""
     rows = [progress["rows"][str(i)] for i in range(t + 1)]
     train = read_json(_train_report(method.ctx.method_dir, t))
-    tracker.log_metrics(run_metrics.task_step(rows, memory.total(method, t + 1), train["train_seconds"]), step=t + 1)
+    step = run_metrics.task_step(rows, memory.total(method, t + 1), train["train_seconds"],
+                                 *_transfer(progress, t + 1))
+    tracker.log_metrics(step, step=t + 1)
+
+
+def _transfer(progress: dict, T: int) -> tuple[list[float | None], list[float | None]]:
+    """(R[t-1][t], b_t) of tasks 0..T-1 as measured (None: not measured; always for task 0)."""
+    done = progress.get("transfer", {})
+    return ([done.get(str(t), {}).get("before") for t in range(T)],
+            [done.get(str(t), {}).get("random") for t in range(T)])
+
+
+def _measure_transfer(accelerator, method: Method, t: int, progress: dict) -> None:
+    """R[t-1][t] and b_t of task t >= 1 (incremental.evaluate_transfer), each saved (rank 0) once measured, so a
+    resumed run measures neither again. R[t-1][t] needs the state before task t was stored: a task sealed by a run
+    made before FWT was measured keeps it unmeasured (its setup would read the shared files task t rewrote)."""
+    if t == 0:
+        return
+    done = progress.setdefault("transfer", {}).setdefault(str(t), {})
+    sealed = is_sealed(method.ctx.task_dir(t))
+    for key in [k for k in ("before", "random") if k not in done and not (k == "before" and sealed)]:
+        loader = test_loader(method, t, accelerator)
+        done[key] = (evaluate_transfer.before_learning(method, t, loader, accelerator) if key == "before" else
+                     evaluate_transfer.random_init(method.ctx.cfg, t, method.ctx.tasks[t].num_classes, loader,
+                                                   accelerator))
+        if accelerator.is_main_process:
+            atomic_write_json(method.ctx.method_dir / PROGRESS, progress)
 
 
 def _train_and_store(accelerator, method: Method, t: int, tracker, log, on_epoch_end) -> None:
@@ -231,13 +259,14 @@ def _train_and_store(accelerator, method: Method, t: int, tracker, log, on_epoch
 def _metrics(method: Method, progress: dict, digest: str, accelerator, run_id: str | None) -> dict:
     tasks, inc, T = method.ctx.tasks, method.inc, len(method.ctx.tasks)
     R = metrics.from_rows([progress["rows"][str(t)] for t in range(T)])
+    before, random = _transfer(progress, T)
     train = [read_json(_train_report(method.ctx.method_dir, t)) for t in range(T)]
     reports = [progress["reports"][str(t)] for t in range(T)]
     doc = {"method": method.name, "tasks": [task.name for task in tasks], "acc_matrix": R,
            "test_samples": [eval_size(method, j) for j in range(T)], "task_classes": [t.num_classes for t in tasks]}
     return {
         **doc, "num_tasks": T,
-        **metrics.summary(R),
+        **metrics.summary(R, before, random),
         "chance": chance.summary(chance.check_run(doc)[0]),
         **memory.report(method, T),
         "train_seconds": sum(r["train_seconds"] for r in train),
@@ -255,10 +284,10 @@ def _metrics(method: Method, progress: dict, digest: str, accelerator, run_id: s
 
 def _log_run(tracker, method: Method, result: dict) -> None:
     """The run's totals at step T (once: a rerun over finished tasks logs them again only as artifacts and tags),
-    except forgetting and BWT, which every step has (_log_task)."""
+    except forgetting, BWT and FWT, which every step has (_log_task)."""
     T = result["num_tasks"]
     scalars = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)
-               and k not in ("forgetting", "bwt", "final_avg_acc")}
+               and k not in ("forgetting", "bwt", "fwt", "final_avg_acc")}
     scalars.update({f"memory_bytes.{k}": v for k, v in result["memory_bytes"].items()})
     if T not in tracker.steps("final_avg_acc"):
         tracker.log_metrics({**scalars, "final_avg_acc": result["final_avg_acc"]}, step=T)

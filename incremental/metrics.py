@@ -71,7 +71,23 @@ def bwt(R: Matrix) -> float | None:
     return sum(R[T - 1][i] - R[i][i] for i in range(T - 1)) / (T - 1)
 
 
-def summary(R: Matrix) -> dict:
+def fwt_per_task(before: list[float | None], random: list[float | None]) -> list[float | None]:
+    """Entry i-1: R[i-1][i] - b_i for tasks i = 1..T-1 (None where either was not measured)."""
+    if len(before) != len(random):
+        raise ValueError(f"{len(before)} accuracies before learning, {len(random)} of the random model")
+    return [None if a is None or b is None else a - b for a, b in zip(before[1:], random[1:], strict=True)]
+
+
+def fwt(before: list[float | None], random: list[float | None]) -> float | None:
+    f = fwt_per_task(before, random)
+    return sum(f) / len(f) if f and None not in f else None
+
+
+def summary(R: Matrix, before: list[float | None] | None = None, random: list[float | None] | None = None) -> dict:
+    """The metrics of R; FWT too from `before` and `random` (one entry per task; None: not measured)."""
+    T = check(R)
+    before, random = before or [None] * T, random or [None] * T
     return {"acc_matrix": R, "final_avg_acc": final_avg_acc(R), "avg_incremental_acc": avg_incremental_acc(R),
             "avg_acc_per_step": avg_acc_per_step(R), "forgetting": forgetting(R),
-            "forgetting_per_task": forgetting_per_task(R), "bwt": bwt(R)}
+            "forgetting_per_task": forgetting_per_task(R), "bwt": bwt(R), "fwt": fwt(before, random),
+            "fwt_per_task": fwt_per_task(before, random), "acc_before_learning": before, "acc_random_init": random}

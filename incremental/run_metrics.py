@@ -6,9 +6,10 @@ At step t + 1, from the rows R[0..t] of the accuracy matrix evaluated so far (in
 - `forgetting/taskJJ` for j < t: the largest earlier accuracy on task j minus R[t][j] (Chaudhry, as metrics.py),
   and its mean `forgetting` and `bwt` (GEM) from the second task on;
 - `memory_bytes`: the bytes of the files tasks 0..t are rebuilt from, measured when task t was stored;
-- `train_seconds_task`: the training time of task t.
-FWT is not logged: it needs each task's accuracy before it is learned (or a reference model's), which a
-task-incremental run does not have (task t's head does not exist before task t), and the project measures none.
+- `train_seconds_task`: the training time of task t;
+- from the second task on, where measured (incremental.evaluate_transfer): `fwt/taskJJ` = R[t-1][t] - b_t of the
+  new task and `fwt`, GEM's forward transfer over tasks 1..t (incremental.metrics.fwt; near 0 in multi-head
+  task-incremental learning, where task t's head is untrained in both models).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from incremental import metrics
 STEP_KEY = "avg_acc"  # logged last at each step: its history lists the steps already logged
 
 
-def task_step(rows: list[list[float]], memory_bytes: int, train_seconds: float) -> dict[str, float]:
-    """The metrics of step len(rows) (after task t = len(rows) - 1), STEP_KEY last."""
+def task_step(rows: list[list[float]], memory_bytes: int, train_seconds: float,
+              before: list[float | None] | None = None, random: list[float | None] | None = None
+              ) -> dict[str, float]:
+    """The metrics of step len(rows) (after task t = len(rows) - 1), STEP_KEY last; `before` and `random` (one
+    entry per task so far, None where not measured) give the FWT entries."""
     t = len(rows) - 1
     R = metrics.from_rows(rows)
     out = {f"acc/task{j:02d}": rows[t][j] for j in range(t + 1)}
@@ -27,5 +31,8 @@ def task_step(rows: list[list[float]], memory_bytes: int, train_seconds: float) 
     out.update({f"forgetting/task{j:02d}": f for j, f in enumerate(metrics.forgetting_per_task(R))})
     if t > 0:
         out.update({"forgetting": metrics.forgetting(R), "bwt": metrics.bwt(R)})
+        before, random = before or [None] * (t + 1), random or [None] * (t + 1)
+        new, fwt = metrics.fwt_per_task(before, random)[-1], metrics.fwt(before, random)
+        out.update({**({} if new is None else {f"fwt/task{t:02d}": new}), **({} if fwt is None else {"fwt": fwt})})
     out.update({"memory_bytes": memory_bytes, "train_seconds_task": train_seconds, STEP_KEY: sum(rows[t]) / (t + 1)})
     return out

@@ -3,8 +3,9 @@ own, full precision, for spreadsheets and scripts) and results.tex (a booktabs t
 paper's Tables 1 and 2, to paste into a paper). Both hold the rows of results.md's main table, written atomically
 beside it; the csv module, not pandas, since the table is a handful of rows.
 
-Units: accuracies, forgetting and BWT in %, memory in MiB (2^20 bytes), as in results.md. A std column is empty
-for a method run with one seed.
+Units: accuracies, forgetting, BWT and FWT in %, memory in MiB (2^20 bytes), as in results.md. A std column is
+empty for a method run with one seed; a cell is empty (csv) or "--" (tex) where metrics.json has no value (FWT of a
+run written before FWT was measured).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ RESULTS_CSV, RESULTS_TEX = "results.csv", "results.tex"
 # (results.json key, column name, its header in results.tex, scale): the columns after the per-task accuracies
 SUMMARY = (("final_avg_acc", "avg acc", r"Avg Acc (\%)", 100.0),
            ("forgetting", "forgetting", r"Forgetting (\%)", 100.0),
-           ("bwt", "BWT", r"BWT (\%)", 100.0))
+           ("bwt", "BWT", r"BWT (\%)", 100.0),
+           ("fwt", "FWT", r"FWT (\%)", 100.0))
 
 
 def memory_digits(results: dict) -> int:

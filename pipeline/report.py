@@ -6,7 +6,8 @@ with that run's resolved config.yaml) and writes runs/<name>/report/:
 - results.json: benchmark, seeds, tasks, and under `methods` every method's metrics.json aggregated over seeds
   (pipeline.aggregate: numbers -> mean and std, lists elementwise);
 - results.md: the layout of seed 004_ Tables 1 and 2 (method, task-wise accuracy, average accuracy, memory), with
-  forgetting, BWT and training time added, mean ± std over seeds; and the appendix tables' per-seed rows;
+  forgetting, BWT, FWT and training time added, mean ± std over seeds (FWT "–" for a metrics.json written before
+  FWT was measured); and the appendix tables' per-seed rows;
 - results.csv, results.tex: the rows of that table for spreadsheets and papers (pipeline.export);
 - plots/: pipeline.plots' figures (accuracy matrices, task-wise accuracy, memory and average accuracy against the
   number of tasks, accuracy against memory, and for NWS Fig. 4's heatmaps and the appendix §6 index distributions
@@ -322,19 +323,19 @@ def markdown(results: dict) -> str:
              "on each task's test split (a task is named by its classes), measured on the models rebuilt from the "
              "stored files; memory in MiB (2^20 bytes) of those files, shared pools included. The same rows: "
              f"[{export.RESULTS_CSV}]({export.RESULTS_CSV}), [{export.RESULTS_TEX}]({export.RESULTS_TEX}).", "",
-             "## Task-wise accuracy, average accuracy, forgetting, BWT and memory", "",
+             "## Task-wise accuracy, average accuracy, forgetting, BWT, FWT and memory", "",
              f"As Tables 1 and 2 of {PAPER}.", "",
              "| Method | " + " | ".join(export.labels(results)) + " | Avg Acc (%) | Forgetting (%) | BWT (%) | "
-             "Memory (MiB) | "
+             "FWT (%) | Memory (MiB) | "
              "Train time (s) |",
-             "|---|" + "---:|" * (len(tasks) + 5)]
+             "|---|" + "---:|" * (len(tasks) + 6)]
     at_chance = {(c["method"], c["task"]) for c in results.get("chance", {}).get("flagged", [])}
     for name, doc in results["methods"].items():
         final = doc["acc_matrix"][-1]
         cells = [chance.mark(_fmt(a, 100), (name, t) in at_chance) for t, a in zip(tasks, final, strict=True)]
-        cells += [_fmt(doc["final_avg_acc"], 100), _fmt(doc["forgetting"], 100),
-                                                 _fmt(doc["bwt"], 100), _fmt(doc["memory_bytes"]["total"], 1 / MIB,
-                                                                             digits), _fmt(doc["train_seconds"])]
+        cells += [_fmt(doc["final_avg_acc"], 100), _fmt(doc["forgetting"], 100), _fmt(doc["bwt"], 100),
+                  _fmt(doc.get("fwt"), 100), _fmt(doc["memory_bytes"]["total"], 1 / MIB, digits),
+                  _fmt(doc["train_seconds"])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += chance_lines(results)
     lines += ["", "## Per seed (appendix tables)", "", "| Method | Seed | Avg Acc (%) | Memory (MiB) |",
@@ -362,7 +363,7 @@ def log(tracker, results: dict, out: Path) -> None:
         tracker.log_artifact(out / rel, artifact_path=f"{REPORT}/{PLOTS}")
     metrics = {}
     for name, doc in results["methods"].items():
-        values = {key: doc.get(key) for key in ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt",
+        values = {key: doc.get(key) for key in ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt", "fwt",
                                                  "train_seconds")}
         values["memory_mib"] = doc["memory_bytes"]["total"]
         for key, value in values.items():

@@ -1,5 +1,5 @@
 """What a method's MLflow run holds (issue 19): one step per learned task with the whole accuracy row, the running
-average, per-task forgetting, BWT and the cumulative memory, each equal to metrics.json; every step once, across a
+average, per-task forgetting, BWT, FWT and the cumulative memory, each equal to metrics.json; every step once, across a
 run that first kept tasks of an untracked run and was then resumed with one more task; the provenance tags and the
 data folder as a dataset input. A tiny real run: digits, NWS, 3 tasks of 2 steps."""
 
@@ -65,7 +65,11 @@ def test_every_task_is_one_step_equal_to_metrics_json(tracked):
     for key in client.get_run(rid).data.metrics:
         steps = [m.step for m in client.get_metric_history(rid, key)]
         assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {steps}"
-    assert not client.get_metric_history(rid, "fwt")  # not defined for task-incremental runs (run_metrics)
+    f = doc["fwt_per_task"]  # forward transfer of every task learned after the first, measured before it trained
+    assert None not in f and [h for _, h in history(client, rid, "fwt")] == pytest.approx([f[0], (f[0] + f[1]) / 2])
+    assert history(client, rid, "fwt")[-1] == (T, pytest.approx(doc["fwt"]))
+    for t in range(1, T):
+        assert history(client, rid, f"fwt/task{t:02d}") == [(t + 1, pytest.approx(f[t - 1]))]
 
 
 def test_tags_and_dataset_input(tracked, digits):

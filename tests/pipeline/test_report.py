@@ -116,8 +116,8 @@ def test_results_md_is_the_papers_table(experiment, reported):
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| Method | "))
     assert [c.strip() for c in header.strip("|").split("|")] == ["Method", *class_labels(experiment), "Avg Acc (%)",
-                                                                 "Forgetting (%)", "BWT (%)", "Memory (MiB)",
-                                                                 "Train time (s)"]
+                                                                 "Forgetting (%)", "BWT (%)", "FWT (%)",
+                                                                 "Memory (MiB)", "Train time (s)"]
     assert "Neural Weight Search for Scalable Task Incremental Learning" in text and "seed 004_" not in text
     for method in METHODS:
         docs = metrics(experiment, method)
@@ -130,7 +130,7 @@ def test_results_md_is_the_papers_table(experiment, reported):
         assert cells == [cell([d["acc_matrix"][1][t] for d in docs], 100) + ("*" if at_chance[t] else "")
                          for t in range(2)] + [
                          cell([d["final_avg_acc"] for d in docs], 100), cell([d["forgetting"] for d in docs], 100),
-                         cell([d["bwt"] for d in docs], 100),
+                         cell([d["bwt"] for d in docs], 100), cell([d["fwt"] for d in docs], 100),
                          cell([d["memory_bytes"]["total"] for d in docs], 1 / MIB, 3),
                          cell([d["train_seconds"] for d in docs])]
         for s, doc in zip(SEEDS, docs, strict=True):  # the appendix tables' per-seed rows
@@ -168,7 +168,8 @@ def test_csv_and_tex_hold_the_rows_of_results_json(experiment, reported):
     for row in rows:
         doc = results["methods"][row["method"]]
         expected = {f"acc {name} (%)": acc for name, acc in zip(labels, doc["acc_matrix"][-1], strict=True)}
-        expected |= {"avg acc (%)": doc["final_avg_acc"], "forgetting (%)": doc["forgetting"], "BWT (%)": doc["bwt"]}
+        expected |= {"avg acc (%)": doc["final_avg_acc"], "forgetting (%)": doc["forgetting"], "BWT (%)": doc["bwt"],
+                     "FWT (%)": doc["fwt"]}
         assert row["seeds"] == "0 1" and len(row) == 2 + 2 * (len(expected) + 1)
         for column, value in expected.items():
             name, unit = column.rsplit(" ", 1)
@@ -179,16 +180,17 @@ def test_csv_and_tex_hold_the_rows_of_results_json(experiment, reported):
         assert float(row["memory std (MiB)"]) == pytest.approx(memory["std"] / MIB, rel=1e-12)
 
     tex = (out / "results.tex").read_text().splitlines()
-    assert "\\usepackage{booktabs}" in tex[0] and tex[1] == "\\begin{tabular}{l" + "r" * 6 + "}"
+    assert "\\usepackage{booktabs}" in tex[0] and tex[1] == "\\begin{tabular}{l" + "r" * 7 + "}"
     assert tex[-2:] == ["\\bottomrule", "\\end{tabular}"]
     head = tex[tex.index("\\toprule") + 1].removesuffix(" \\\\").split(" & ")
-    assert head == ["Method", *labels, r"Avg Acc (\%)", r"Forgetting (\%)", r"BWT (\%)", "Memory (MiB)"]
+    assert head == ["Method", *labels, r"Avg Acc (\%)", r"Forgetting (\%)", r"BWT (\%)", r"FWT (\%)",
+                    "Memory (MiB)"]
     body = tex[tex.index("\\midrule") + 1: tex.index("\\bottomrule")]
     assert [line.split(" & ")[0] for line in body] == list(METHODS)  # one row per method
     for line, method in zip(body, METHODS, strict=True):
         cells, docs = line.removesuffix(" \\\\").split(" & ")[1:], metrics(experiment, method)
         expected = [cell([d["acc_matrix"][1][t] for d in docs], 100) for t in range(2)] + [
-            cell([d[key] for d in docs], 100) for key in ("final_avg_acc", "forgetting", "bwt")] + [
+            cell([d[key] for d in docs], 100) for key in ("final_avg_acc", "forgetting", "bwt", "fwt")] + [
             cell([d["memory_bytes"]["total"] for d in docs], 1 / MIB, 3)]
         assert [c.rstrip("*") for c in cells[:2]] + cells[2:] == [e.replace("±", "$\\pm$") for e in expected]
 
@@ -257,6 +259,28 @@ def test_one_seed_and_one_method(experiment, tmp_path):
     assert mean == pytest.approx(doc["avg_acc_per_step"]) and spread == [None, None]
 
 
+def test_a_metrics_json_without_fwt_shows_a_dash(experiment, tmp_path):
+    """A run stored before FWT was measured has no fwt in its metrics.json: its FWT cells are "–" (results.md),
+    empty (results.csv) and "--" (results.tex), and the other columns are as before."""
+    folder = tmp_path / "x" / "seed1" / "incremental" / "finetune"
+    shutil.copytree(experiment / "seed1" / "incremental" / "finetune", folder)
+    shutil.copy(experiment / "seed1" / "config.yaml", tmp_path / "x" / "seed1" / "config.yaml")
+    doc = json.loads((folder / "metrics.json").read_text())
+    for key in ("fwt", "fwt_per_task", "acc_before_learning", "acc_random_init"):
+        del doc[key]
+    (folder / "metrics.json").write_text(json.dumps(doc))
+    make_report(tmp_path / "x")
+    out = tmp_path / "x" / "report"
+    row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| finetune | "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-3:] == ["–", f"{doc['memory_bytes']['total'] / MIB:.3f}", f"{doc['train_seconds']:.1f}"]
+    assert cells[-4] == f"{100 * doc['bwt']:.1f}"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert rows[0]["FWT mean (%)"] == "" and float(rows[0]["BWT mean (%)"]) == pytest.approx(100 * doc["bwt"])
+    tex = (out / "results.tex").read_text().splitlines()
+    assert tex[tex.index("\\midrule") + 1].removesuffix(" \\\\").split(" & ")[-2] == "--"
+
+
 def test_report_is_logged_to_an_mlflow_run(experiment, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -275,6 +299,7 @@ def test_report_is_logged_to_an_mlflow_run(experiment, tmp_path, monkeypatch):
     nws = results["methods"]["nws"]
     assert logged["report.nws.final_avg_acc"] == pytest.approx(nws["final_avg_acc"]["mean"])
     assert logged["report.nws.final_avg_acc_std"] == pytest.approx(nws["final_avg_acc"]["std"])
+    assert logged["report.nws.fwt"] == pytest.approx(nws["fwt"]["mean"])
     assert logged["report.finetune.memory_mib"] == pytest.approx(
         results["methods"]["finetune"]["memory_bytes"]["total"]["mean"] / MIB)
     files = {a.path for a in client.list_artifacts(parent.run_id, "report")}
