@@ -5,8 +5,9 @@ Reads what the incremental stage wrote for every seed run (runs/<name>/seed<S>/i
 with that run's resolved config.yaml) and writes runs/<name>/report/:
 - results.json: benchmark, seeds, tasks, and under `methods` every method's metrics.json aggregated over seeds
   (pipeline.aggregate: numbers -> mean and std, lists elementwise);
-- results.md: the layout of seed 004_ Tables 1 and 2 (method, task-wise accuracy, average accuracy, memory), with
-  forgetting, BWT and training time added, mean ± std over seeds; and the appendix tables' per-seed rows;
+- results.md: the layout of seed 004_ Tables 1 and 2 (method, task-wise accuracy, average accuracy, memory as
+  stored), with the coded memory (incremental.coded), forgetting, BWT and training time added, mean ± std over
+  seeds; and the appendix tables' per-seed rows;
 - results.csv, results.tex: the rows of that table for spreadsheets and papers (pipeline.export);
 - plots/: pipeline.plots' figures (accuracy matrices, task-wise accuracy, memory and average accuracy against the
   number of tasks, accuracy against memory, and for NWS Fig. 4's heatmaps and the appendix §6 index distributions
