@@ -14,9 +14,9 @@ safetensors file as the smallest of the codings that give it back bit for bit:
 - `sparse`: the same bits as the gaps between set bits (SupSup's ~2.5% dense masks), by nws.codec;
 - `planes`: the bit planes `<name>.bit0` ... `<name>.bit{B-1}` of one shape (PackNet's owner map) joined into their
   integer values, coded as `values` (the owner of a weight is one symbol, not B independent bits).
-A safetensors file that would not get smaller is copied as it is, and so are the other files: NWS's index blobs
-(already coded: "NWS indices as now"), manifests and checksums. So the coded memory is at most the stored one,
-file by file.
+A safetensors file that would not get smaller is kept as it is (a hard link where possible), and so are the other
+files: NWS's index blobs (already coded: "NWS indices as now"), manifests and checksums. So the coded memory is at
+most the stored one, file by file.
 
 Every coded file is decoded right after it is written and must give the stored file back byte for byte (`write`);
 `restore` writes the decoded files into another folder, from which the method rebuilds its tasks
@@ -30,6 +30,7 @@ is an extra measurement, written at the end of a method's run and written again 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -217,13 +218,27 @@ def write(method, num_tasks: int) -> dict[str, list[Path]]:
     for name, paths in memory.components(method, num_tasks).items():
         for path in paths:
             dst = coded_path(method_dir, path)
-            data = encode_file(path)
-            if not dst.is_file() or dst.read_bytes() != data:
-                atomic_write_bytes(dst, data)
+            _place(dst, encode_file(path), path)
             if decode_bytes(dst) != path.read_bytes():
                 raise RuntimeError(f"{dst}: does not decode to the bytes of {path} (a coding bug)")
             out.setdefault(name, []).append(dst)
     return out
+
+
+def _place(dst: Path, data: bytes, stored: Path) -> None:
+    """Write `data` to `dst` unless it already holds it; a file that codes to itself is a hard link to the stored one
+    where the file system allows (no second copy of a float32 network on disk)."""
+    if dst.is_file() and dst.read_bytes() == data:
+        return
+    if data == stored.read_bytes():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(stored, dst)
+            return
+        except OSError:
+            pass
+    atomic_write_bytes(dst, data)
 
 
 def report(method, num_tasks: int) -> dict:
