@@ -67,7 +67,8 @@ def register(subparsers) -> None:
 
 
 def print_table(results: dict[str, dict]) -> bool:
-    """Every method's final task accuracies (%), a task at chance marked; True when one is."""
+    """Every method's final task accuracies (%), a task at chance marked, and its memory in MiB as stored and coded
+    (incremental.coded); True when a task is at chance."""
     from incremental import chance
 
     rows, flagged = [], False
@@ -78,10 +79,12 @@ def print_table(results: dict[str, dict]) -> bool:
         flagged |= any(c.flagged for c in cells.values())
         rows.append([name] + [chance.mark(f"{100 * a:.1f}", t in cells and cells[t].flagged)
                               for t, a in zip(result["tasks"], result["acc_matrix"][-1], strict=True)]
-                    + [f"{100 * result['final_avg_acc']:.1f}"])
+                    + [f"{100 * result['final_avg_acc']:.1f}", f"{result['memory_mib']['total']:.3f}",
+                       f"{result['memory_coded_mib']['total']:.3f}" if "memory_coded_mib" in result else "–"])
     if not rows:
         return False
-    header = ["task accuracy (%)"] + list(next(r for r in results.values() if r)["tasks"]) + ["avg"]
+    header = ["task accuracy (%)"] + list(next(r for r in results.values() if r)["tasks"]) + ["avg", "MiB",
+                                                                                                "coded MiB"]
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     for row in [header] + rows:
         print(row[0].ljust(widths[0]) + "".join(c.rjust(w + 2) for c, w in zip(row[1:], widths[1:], strict=True)))

@@ -4,7 +4,8 @@ for each task t of tasks.json: the method sets the task up, the task trains (inc
 epoch), the method writes the task artifact, the loop seals it (checksums), and then every task j <= t is rebuilt
 from its stored files and evaluated on its test split: row t of the accuracy matrix R. Finished tasks are never
 redone: a sealed task is not retrained and an evaluated row is not recomputed. Rank 0 writes; every process
-computes. At the end: `<out>/<method>/metrics.json` (accuracy metrics, measured memory, times, method report, each
+computes. At the end: `<out>/<method>/metrics.json` (accuracy metrics, measured memory as stored and coded
+(incremental.coded, which writes `<out>/<method>/coded/`), times, method report, each
 task's test-set size and class count, and the test of every final accuracy against chance, incremental.chance) and
 an MLflow child run per method (tag `chance_tasks`: the tasks at chance; the data folder as its dataset input; after
 each task the step incremental.run_metrics describes, logged once even when a run is resumed). A task at chance also
@@ -26,7 +27,7 @@ from accelerate.state import AcceleratorState
 from data_prep.loaders import make_loader
 from data_prep.manifest import read_unit
 from data_prep.tasks import Task, load_tasks
-from incremental import chance, checkpoint, evaluate_transfer, memory, method_names, metrics, run_metrics
+from incremental import chance, checkpoint, coded, evaluate_transfer, memory, method_names, metrics, run_metrics
 from incremental.config import RESUME_NEUTRAL
 from incremental.evaluate import evaluate_stored
 from incremental.methods import Method, get_method, make_method
@@ -190,7 +191,8 @@ def run_method(accelerator, method: Method, runs_dir: Path, on_epoch_end=None) -
             _log_run(tracker, method, result)
             chance.warn(chance.check_run(result)[0])
             log(f"final average accuracy {result['final_avg_acc']:.4f}, memory "
-                f"{result['memory_mib']['total']:.3f} MiB -> {method_dir / METRICS}")
+                f"{result['memory_mib']['total']:.3f} MiB as stored, {result['memory_coded_mib']['total']:.3f} MiB "
+                f"coded -> {method_dir / METRICS}")
     accelerator.wait_for_everyone()  # no process moves on (or exits) while rank 0 still writes
     return result
 
@@ -269,6 +271,7 @@ def _metrics(method: Method, progress: dict, digest: str, accelerator, run_id: s
         **metrics.summary(R, before, random),
         "chance": chance.summary(chance.check_run(doc)[0]),
         **memory.report(method, T),
+        **coded.report(method, T),  # writes <method>/coded/: the same files under the best lossless coding
         "train_seconds": sum(r["train_seconds"] for r in train),
         "train_seconds_per_task": [r["train_seconds"] for r in train],
         "eval_seconds": sum(progress["eval_seconds"][str(t)] for t in range(T)),
@@ -289,6 +292,7 @@ def _log_run(tracker, method: Method, result: dict) -> None:
     scalars = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)
                and k not in ("forgetting", "bwt", "fwt", "final_avg_acc")}
     scalars.update({f"memory_bytes.{k}": v for k, v in result["memory_bytes"].items()})
+    scalars.update({f"memory_coded_bytes.{k}": v for k, v in result["memory_coded_bytes"].items()})
     if T not in tracker.steps("final_avg_acc"):
         tracker.log_metrics({**scalars, "final_avg_acc": result["final_avg_acc"]}, step=T)
     tracker.set_tags({"chance_tasks": ",".join(result["chance"]["flagged"])})

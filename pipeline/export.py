@@ -3,9 +3,9 @@ own, full precision, for spreadsheets and scripts) and results.tex (a booktabs t
 paper's Tables 1 and 2, to paste into a paper). Both hold the rows of results.md's main table, written atomically
 beside it; the csv module, not pandas, since the table is a handful of rows.
 
-Units: accuracies, forgetting, BWT and FWT in %, memory in MiB (2^20 bytes), as in results.md. A std column is
-empty for a method run with one seed; a cell is empty (csv) or "--" (tex) where metrics.json has no value (FWT of a
-run written before FWT was measured).
+Units: accuracies, forgetting, BWT and FWT in %, memory in MiB (2^20 bytes), as in results.md: as stored (the
+paper's) and coded (incremental.coded). A std column is empty for a method run with one seed; a cell is empty (csv)
+or "--" (tex) where metrics.json has no value (FWT, coded memory: runs written before they were measured).
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ def memory_digits(results: dict) -> int:
     return 1 if min(sizes) >= 10 else 3
 
 
+def coded_memory(doc: dict):
+    """The aggregated `memory_coded_bytes` total of one method (incremental.coded), None when a seed's metrics.json
+    was written before it existed (shown as "–": never a mean over some of the seeds)."""
+    value = (doc.get("memory_coded_bytes") or {}).get("total")
+    return None if value is None or None in seed_values(value) else value
+
+
 def labels(results: dict) -> list[str]:
     return results.get("task_labels") or results["tasks"]
 
@@ -39,13 +46,13 @@ def labels(results: dict) -> list[str]:
 def columns(results: dict) -> list[tuple[str, str]]:
     """(name, unit) of every numeric column, in table order."""
     tasks = [(f"acc {label}", "%") for label in labels(results)]
-    return tasks + [(name, "%") for _, name, _, _ in SUMMARY] + [("memory", "MiB")]
+    return tasks + [(name, "%") for _, name, _, _ in SUMMARY] + [("memory", "MiB"), ("memory coded", "MiB")]
 
 
 def cells(doc: dict) -> list[tuple[float | None, float | None]]:
     """(mean, std) of every numeric column of one method's aggregated metrics, in the units of `columns`."""
     values = [(a, 100.0) for a in doc["acc_matrix"][-1]] + [(doc.get(key), scale) for key, _, _, scale in SUMMARY]
-    values.append((doc["memory_bytes"]["total"], 1 / MIB))
+    values += [(doc["memory_bytes"]["total"], 1 / MIB), (coded_memory(doc), 1 / MIB)]
     out = []
     for value, scale in values:
         m, s = mean(value), std(value)
@@ -85,7 +92,7 @@ def to_latex(results: dict) -> str:
     """One row per method; needs \\usepackage{booktabs}. A task accuracy at chance in some seed is marked `*`, as in
     results.md (incremental.chance)."""
     head = ["Method"] + [latex_escape(label) for label in labels(results)]
-    head += [tex for _, _, tex, _ in SUMMARY] + ["Memory (MiB)"]
+    head += [tex for _, _, tex, _ in SUMMARY] + ["Memory (MiB)", "Coded (MiB)"]
     mem_digits = memory_digits(results)
     at_chance = {(c["method"], c["task"]) for c in (results.get("chance") or {}).get("flagged", [])}
     lines = ["% results of " + latex_escape(results.get("experiment") or "") + "; needs \\usepackage{booktabs}",
@@ -94,7 +101,7 @@ def to_latex(results: dict) -> str:
         pairs, T = cells(doc), len(results["tasks"])
         row = [_tex_cell(m, s, 1) + ("*" if (name, task) in at_chance else "")
                for (m, s), task in zip(pairs[:T], results["tasks"], strict=True)]
-        row += [_tex_cell(m, s, 1) for m, s in pairs[T:-1]] + [_tex_cell(*pairs[-1], mem_digits)]
+        row += [_tex_cell(m, s, 1) for m, s in pairs[T:-2]] + [_tex_cell(m, s, mem_digits) for m, s in pairs[-2:]]
         lines.append(" & ".join([latex_escape(name)] + row) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,8 @@
 kept apart from the drawing so that what a figure shows can be checked as numbers:
 
 - accuracy against memory: one point per method, final average accuracy against the total memory of the stored
-  files, mean ± std over seeds (the paper's message at a glance: NWS's accuracy at a fraction of the memory);
+  files, mean ± std over seeds (the paper's message at a glance: NWS's accuracy at a fraction of the memory), and a
+  second point at the memory of the same files coded (incremental.coded; none for runs made before it);
 - average accuracy against the number of tasks: after each task t, the average accuracy over the tasks learned so
   far, A_t = mean_{j<=t} R[t][j] (incremental.metrics.avg_acc_per_step), computed per seed and then averaged.
 """
@@ -14,16 +15,19 @@ from dataclasses import dataclass
 from incremental.metrics import avg_acc_per_step
 from nws.memory import MIB
 from pipeline.aggregate import mean, seed_values, stat, std
+from pipeline.export import coded_memory
 
 
 @dataclass
 class Point:
-    """One method in the accuracy-memory plane: accuracy as a fraction, memory in MiB; std None for one seed."""
+    """One method in the accuracy-memory plane: accuracy as a fraction, memory in MiB (as stored, and coded: None
+    for runs made before incremental.coded); std None for one seed."""
 
     memory_mib: float
     memory_std: float | None
     accuracy: float
     accuracy_std: float | None
+    coded_mib: float | None = None
 
 
 def memory_accuracy(methods: dict[str, dict]) -> dict[str, Point]:
@@ -32,7 +36,9 @@ def memory_accuracy(methods: dict[str, dict]) -> dict[str, Point]:
     for name, doc in methods.items():
         memory, acc = doc["memory_bytes"]["total"], doc["final_avg_acc"]
         spread = std(memory)
-        out[name] = Point(mean(memory) / MIB, None if spread is None else spread / MIB, mean(acc), std(acc))
+        coded = coded_memory(doc)
+        out[name] = Point(mean(memory) / MIB, None if spread is None else spread / MIB, mean(acc), std(acc),
+                          None if coded is None else mean(coded) / MIB)
     return out
 
 

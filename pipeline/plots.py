@@ -113,18 +113,24 @@ def _wide(values: list[float], ratio: float = 30.0) -> bool:
 
 def accuracy_vs_memory(path: Path, points: dict[str, Point]) -> Path:
     """Every method as one point: final average accuracy against the total memory of its stored files, with the
-    std over seeds as error bars; up and to the left is better."""
+    std over seeds as error bars, and a hollow marker of the same colour at the memory of the same files coded
+    (incremental.coded), joined by a dotted line; up and to the left is better."""
     fig = Figure(figsize=(5.5, 4.0))
     ax = fig.add_subplot()
     for method, p in points.items():
-        ax.errorbar([p.memory_mib], [100 * p.accuracy], xerr=None if p.memory_std is None else [p.memory_std],
+        bars = ax.errorbar([p.memory_mib], [100 * p.accuracy], xerr=None if p.memory_std is None else [p.memory_std],
                     yerr=None if p.accuracy_std is None else [100 * p.accuracy_std], marker="o", capsize=3,
                     label=method)
+        if p.coded_mib is not None:
+            colour = bars[0].get_color()
+            ax.plot([p.memory_mib, p.coded_mib], [100 * p.accuracy] * 2, ":", color=colour, linewidth=1)
+            ax.plot([p.coded_mib], [100 * p.accuracy], "o", mfc="none", color=colour)
         ax.annotate(method, (p.memory_mib, 100 * p.accuracy), xytext=(5, 5), textcoords="offset points",
                     fontsize=8)
-    if _wide([p.memory_mib for p in points.values()]):
+    if _wide([p.memory_mib for p in points.values()] + [p.coded_mib for p in points.values() if p.coded_mib]):
         ax.set_xscale("log")
-    ax.set_xlabel("memory (MiB, measured from the stored files)")
+    coded = any(p.coded_mib is not None for p in points.values())
+    ax.set_xlabel("memory (MiB, measured from the stored files" + ("; hollow: coded)" if coded else ")"))
     ax.set_ylabel("final average accuracy (%)")
     ax.set_title("Accuracy against memory")
     ax.grid(alpha=0.3)

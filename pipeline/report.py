@@ -5,9 +5,10 @@ Reads what the incremental stage wrote for every seed run (runs/<name>/seed<S>/i
 with that run's resolved config.yaml) and writes runs/<name>/report/:
 - results.json: benchmark, seeds, tasks, and under `methods` every method's metrics.json aggregated over seeds
   (pipeline.aggregate: numbers -> mean and std, lists elementwise);
-- results.md: the layout of seed 004_ Tables 1 and 2 (method, task-wise accuracy, average accuracy, memory), with
-  forgetting, BWT, FWT and training time added, mean ± std over seeds (FWT "–" for a metrics.json written before
-  FWT was measured); and the appendix tables' per-seed rows;
+- results.md: the layout of seed 004_ Tables 1 and 2 (method, task-wise accuracy, average accuracy, memory as
+  stored), with forgetting, BWT, FWT, the coded memory (incremental.coded) and training time added, mean ± std over
+  seeds ("–" where a metrics.json written before FWT or coded memory has no value); and the appendix tables'
+  per-seed rows;
 - results.csv, results.tex: the rows of that table for spreadsheets and papers (pipeline.export);
 - plots/: pipeline.plots' figures (accuracy matrices, task-wise accuracy, memory and average accuracy against the
   number of tasks, accuracy against memory, and for NWS Fig. 4's heatmaps and the appendix §6 index distributions
@@ -321,13 +322,14 @@ def markdown(results: dict) -> str:
     lines = [f"# Results: {results['experiment']} ({results['benchmark']}, {len(tasks)} tasks)", "",
              f"Seeds: {', '.join(map(str, seeds)) or 'unknown'}; mean ± {STD_NOTE}. Accuracies in % "
              "on each task's test split (a task is named by its classes), measured on the models rebuilt from the "
-             "stored files; memory in MiB (2^20 bytes) of those files, shared pools included. The same rows: "
+             "stored files; memory in MiB (2^20 bytes) of those files, shared pools included, as stored (the "
+             "paper's convention) and coded (the same files under the best lossless coding: masks and owner maps "
+             "entropy-coded, floats as stored; – for runs made before it). The same rows: "
              f"[{export.RESULTS_CSV}]({export.RESULTS_CSV}), [{export.RESULTS_TEX}]({export.RESULTS_TEX}).", "",
              "## Task-wise accuracy, average accuracy, forgetting, BWT, FWT and memory", "",
              f"As Tables 1 and 2 of {PAPER}.", "",
              "| Method | " + " | ".join(export.labels(results)) + " | Avg Acc (%) | Forgetting (%) | BWT (%) | "
-             "FWT (%) | Memory (MiB) | "
-             "Train time (s) |",
+             "FWT (%) | Memory (MiB) | Coded memory (MiB) | Train time (s) |",
              "|---|" + "---:|" * (len(tasks) + 6)]
     at_chance = {(c["method"], c["task"]) for c in results.get("chance", {}).get("flagged", [])}
     for name, doc in results["methods"].items():
@@ -335,20 +337,26 @@ def markdown(results: dict) -> str:
         cells = [chance.mark(_fmt(a, 100), (name, t) in at_chance) for t, a in zip(tasks, final, strict=True)]
         cells += [_fmt(doc["final_avg_acc"], 100), _fmt(doc["forgetting"], 100), _fmt(doc["bwt"], 100),
                   _fmt(doc.get("fwt"), 100), _fmt(doc["memory_bytes"]["total"], 1 / MIB, digits),
-                  _fmt(doc["train_seconds"])]
+                  _fmt(export.coded_memory(doc), 1 / MIB, digits), _fmt(doc["train_seconds"])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += chance_lines(results)
-    lines += ["", "## Per seed (appendix tables)", "", "| Method | Seed | Avg Acc (%) | Memory (MiB) |",
-              "|---|---|---:|---:|"]
+    lines += ["", "## Per seed (appendix tables)", "", "| Method | Seed | Avg Acc (%) | Memory (MiB) | "
+              "Coded memory (MiB) |", "|---|---|---:|---:|---:|"]
     for name, doc in results["methods"].items():
         accs, mems = seed_values(doc["final_avg_acc"]), seed_values(doc["memory_bytes"]["total"])
-        for seed, acc, mem in zip(results["method_seeds"][name], accs, mems, strict=True):
-            lines.append(f"| {name} | {seed} | {100 * acc:.1f} | {mem / MIB:.{digits}f} |")
+        coded = (doc.get("memory_coded_bytes") or {}).get("total")
+        codeds = [None] * len(accs) if coded is None else seed_values(coded)
+        for seed, acc, mem, cod in zip(results["method_seeds"][name], accs, mems, codeds, strict=True):
+            lines.append(f"| {name} | {seed} | {100 * acc:.1f} | {mem / MIB:.{digits}f} | "
+                         f"{_fmt(cod, 1 / MIB, digits)} |")
         if len(accs) > 1:
             acc_s, mem_s = doc["final_avg_acc"]["std"], doc["memory_bytes"]["total"]["std"]
+            coded = export.coded_memory(doc)
             lines.append(f"| {name} | Mean | {100 * mean(doc['final_avg_acc']):.1f} | "
-                         f"{mean(doc['memory_bytes']['total']) / MIB:.{digits}f} |")
-            lines.append(f"| {name} | STD | {100 * acc_s:.2f} | {mem_s / MIB:.{digits}f} |")
+                         f"{mean(doc['memory_bytes']['total']) / MIB:.{digits}f} | "
+                         f"{_fmt(mean(coded), 1 / MIB, digits)} |")
+            lines.append(f"| {name} | STD | {100 * acc_s:.2f} | {mem_s / MIB:.{digits}f} | "
+                         f"{_fmt(std(coded), 1 / MIB, digits)} |")
     lines += inference_lines(results)
     lines += ["", "## Plots", ""] + [f"- [{Path(p).stem}]({p})" for p in results.get("plots", [])]
     return "\n".join(lines) + "\n"
@@ -366,11 +374,13 @@ def log(tracker, results: dict, out: Path) -> None:
         values = {key: doc.get(key) for key in ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt", "fwt",
                                                  "train_seconds")}
         values["memory_mib"] = doc["memory_bytes"]["total"]
+        values["memory_coded_mib"] = export.coded_memory(doc)
         for key, value in values.items():
+            scale = MIB if key.startswith("memory") else 1
             if is_number(mean(value)):
-                metrics[f"report.{name}.{key}"] = mean(value) / (MIB if key == "memory_mib" else 1)
+                metrics[f"report.{name}.{key}"] = mean(value) / scale
             if is_number(std(value)):
-                metrics[f"report.{name}.{key}_std"] = std(value) / (MIB if key == "memory_mib" else 1)
+                metrics[f"report.{name}.{key}_std"] = std(value) / scale
     tracker.log_metrics(metrics)
     tracker.set_tags({"chance_tasks": chance_tag(chance_cells(results))})
 

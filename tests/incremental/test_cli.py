@@ -39,7 +39,8 @@ def test_cli_runs_a_method_with_overrides(digits, pretrained, tmp_path, capsys):
     # progress: the task among all, the epoch, the rounded loss and the epoch's training accuracy
     assert re.search(r"task 0 \(1/1\) epoch 2/2: loss \d+\.\d{4}, train acc \d+\.\d%, \d+ steps", captured.out)
     row = next(line for line in captured.out.splitlines() if line.startswith("finetune "))
-    assert row.split()[1:] == [f"{100 * doc['acc_matrix'][0][0]:.1f}", f"{100 * doc['final_avg_acc']:.1f}"]
+    assert row.split()[1:] == [f"{100 * doc['acc_matrix'][0][0]:.1f}", f"{100 * doc['final_avg_acc']:.1f}",
+                               f"{doc['memory_mib']['total']:.3f}", f"{doc['memory_coded_mib']['total']:.3f}"]
     assert LEGEND not in captured.out and "WARNING" not in captured.err
 
 

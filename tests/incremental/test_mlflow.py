@@ -60,6 +60,8 @@ def test_every_task_is_one_step_equal_to_metrics_json(tracked):
     assert history(client, rid, "bwt")[-1][1] == pytest.approx(doc["bwt"])
     assert history(client, rid, "memory_bytes") == [(t + 1, b) for t, b in enumerate(doc["memory_bytes_cumulative"])]
     assert doc["memory_bytes_cumulative"][0] < doc["memory_bytes_cumulative"][-1]
+    for key, value in doc["memory_coded_bytes"].items():  # the coded files' bytes, with the run's totals
+        assert history(client, rid, f"memory_coded_bytes.{key}")[-1] == (T, value)
     # the totals once per finished run (2 tasks, then 3), no step twice anywhere
     assert history(client, rid, "final_avg_acc")[-1] == (T, pytest.approx(doc["final_avg_acc"]))
     for key in client.get_run(rid).data.metrics:

@@ -117,7 +117,8 @@ def test_results_md_is_the_papers_table(experiment, reported):
     header = next(line for line in lines if line.startswith("| Method | "))
     assert [c.strip() for c in header.strip("|").split("|")] == ["Method", *class_labels(experiment), "Avg Acc (%)",
                                                                  "Forgetting (%)", "BWT (%)", "FWT (%)",
-                                                                 "Memory (MiB)", "Train time (s)"]
+                                                                 "Memory (MiB)", "Coded memory (MiB)",
+                                                                 "Train time (s)"]
     assert "Neural Weight Search for Scalable Task Incremental Learning" in text and "seed 004_" not in text
     for method in METHODS:
         docs = metrics(experiment, method)
@@ -132,10 +133,12 @@ def test_results_md_is_the_papers_table(experiment, reported):
                          cell([d["final_avg_acc"] for d in docs], 100), cell([d["forgetting"] for d in docs], 100),
                          cell([d["bwt"] for d in docs], 100), cell([d["fwt"] for d in docs], 100),
                          cell([d["memory_bytes"]["total"] for d in docs], 1 / MIB, 3),
+                         cell([d["memory_coded_bytes"]["total"] for d in docs], 1 / MIB, 3),
                          cell([d["train_seconds"] for d in docs])]
         for s, doc in zip(SEEDS, docs, strict=True):  # the appendix tables' per-seed rows
             assert f"| {method} | {s} | {100 * doc['final_avg_acc']:.1f} | " \
-                   f"{doc['memory_bytes']['total'] / MIB:.3f} |" in lines
+                   f"{doc['memory_bytes']['total'] / MIB:.3f} | {doc['memory_coded_bytes']['total'] / MIB:.3f} |" \
+                   in lines
         accs = 100 * np.array([d["final_avg_acc"] for d in docs])
         assert any(line.startswith(f"| {method} | STD | {accs.std(ddof=1):.2f} |") for line in lines)
 
@@ -170,7 +173,7 @@ def test_csv_and_tex_hold_the_rows_of_results_json(experiment, reported):
         expected = {f"acc {name} (%)": acc for name, acc in zip(labels, doc["acc_matrix"][-1], strict=True)}
         expected |= {"avg acc (%)": doc["final_avg_acc"], "forgetting (%)": doc["forgetting"], "BWT (%)": doc["bwt"],
                      "FWT (%)": doc["fwt"]}
-        assert row["seeds"] == "0 1" and len(row) == 2 + 2 * (len(expected) + 1)
+        assert row["seeds"] == "0 1" and len(row) == 2 + 2 * (len(expected) + 2)
         for column, value in expected.items():
             name, unit = column.rsplit(" ", 1)
             assert float(row[f"{name} mean {unit}"]) == pytest.approx(100 * value["mean"], rel=1e-12)
@@ -178,20 +181,23 @@ def test_csv_and_tex_hold_the_rows_of_results_json(experiment, reported):
         memory = doc["memory_bytes"]["total"]
         assert float(row["memory mean (MiB)"]) == pytest.approx(memory["mean"] / MIB, rel=1e-12)
         assert float(row["memory std (MiB)"]) == pytest.approx(memory["std"] / MIB, rel=1e-12)
+        coded = doc["memory_coded_bytes"]["total"]
+        assert float(row["memory coded mean (MiB)"]) == pytest.approx(coded["mean"] / MIB, rel=1e-12)
 
     tex = (out / "results.tex").read_text().splitlines()
     assert "\\usepackage{booktabs}" in tex[0] and tex[1] == "\\begin{tabular}{l" + "r" * 7 + "}"
     assert tex[-2:] == ["\\bottomrule", "\\end{tabular}"]
     head = tex[tex.index("\\toprule") + 1].removesuffix(" \\\\").split(" & ")
     assert head == ["Method", *labels, r"Avg Acc (\%)", r"Forgetting (\%)", r"BWT (\%)", r"FWT (\%)",
-                    "Memory (MiB)"]
+                    "Memory (MiB)", "Coded (MiB)"]
     body = tex[tex.index("\\midrule") + 1: tex.index("\\bottomrule")]
     assert [line.split(" & ")[0] for line in body] == list(METHODS)  # one row per method
     for line, method in zip(body, METHODS, strict=True):
         cells, docs = line.removesuffix(" \\\\").split(" & ")[1:], metrics(experiment, method)
         expected = [cell([d["acc_matrix"][1][t] for d in docs], 100) for t in range(2)] + [
             cell([d[key] for d in docs], 100) for key in ("final_avg_acc", "forgetting", "bwt", "fwt")] + [
-            cell([d["memory_bytes"]["total"] for d in docs], 1 / MIB, 3)]
+            cell([d["memory_bytes"]["total"] for d in docs], 1 / MIB, 3),
+            cell([d["memory_coded_bytes"]["total"] for d in docs], 1 / MIB, 3)]
         assert [c.rstrip("*") for c in cells[:2]] + cells[2:] == [e.replace("±", "$\\pm$") for e in expected]
 
 
@@ -210,6 +216,8 @@ def test_the_headline_figures_show_the_seeds_numbers(experiment, reported):
         p = points[method]
         assert (p.memory_mib, p.memory_std) == pytest.approx((memory.mean(), memory.std(ddof=1)))
         assert (p.accuracy, p.accuracy_std) == pytest.approx((acc.mean(), acc.std(ddof=1)))
+        coded = np.array([d["memory_coded_bytes"]["total"] for d in docs]) / MIB
+        assert p.coded_mib == pytest.approx(coded.mean()) and p.coded_mib <= p.memory_mib
         so_far = np.array([[np.mean(d["acc_matrix"][t][: t + 1]) for t in range(2)] for d in docs])  # seeds x tasks
         mean, spread = curves[method]
         assert mean == pytest.approx(so_far.mean(axis=0)) and spread == pytest.approx(so_far.std(axis=0, ddof=1))
@@ -273,12 +281,34 @@ def test_a_metrics_json_without_fwt_shows_a_dash(experiment, tmp_path):
     out = tmp_path / "x" / "report"
     row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| finetune | "))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[-3:] == ["–", f"{doc['memory_bytes']['total'] / MIB:.3f}", f"{doc['train_seconds']:.1f}"]
-    assert cells[-4] == f"{100 * doc['bwt']:.1f}"
+    assert cells[-4:] == ["–", f"{doc['memory_bytes']['total'] / MIB:.3f}",
+                          f"{doc['memory_coded_bytes']['total'] / MIB:.3f}", f"{doc['train_seconds']:.1f}"]
+    assert cells[-5] == f"{100 * doc['bwt']:.1f}"
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert rows[0]["FWT mean (%)"] == "" and float(rows[0]["BWT mean (%)"]) == pytest.approx(100 * doc["bwt"])
     tex = (out / "results.tex").read_text().splitlines()
-    assert tex[tex.index("\\midrule") + 1].removesuffix(" \\\\").split(" & ")[-2] == "--"
+    assert tex[tex.index("\\midrule") + 1].removesuffix(" \\\\").split(" & ")[-3] == "--"
+
+
+def test_a_metrics_json_from_before_coded_memory_is_reported_with_a_dash(experiment, tmp_path):
+    """A run made before incremental.coded (no memory_coded_* keys) keeps its report: "–" in results.md, empty in
+    results.csv, "--" in results.tex, and no coded point in the accuracy-memory plane."""
+    folder = tmp_path / "x" / "seed3" / "incremental" / "finetune"
+    folder.parent.mkdir(parents=True)
+    shutil.copy(experiment / "seed1" / "config.yaml", tmp_path / "x" / "seed3" / "config.yaml")
+    shutil.copytree(experiment / "seed1" / "incremental" / "finetune", folder)
+    doc = json.loads((folder / "metrics.json").read_text())
+    old = {k: v for k, v in doc.items() if not k.startswith("memory_coded")}
+    assert len(old) == len(doc) - 3
+    (folder / "metrics.json").write_text(json.dumps(old))
+    results = make_report(tmp_path / "x")
+    report = tmp_path / "x" / "report"
+    row = next(line for line in (report / "results.md").read_text().splitlines()
+               if line.startswith("| finetune | ") and "task" not in line)
+    assert f"| {old['memory_bytes']['total'] / MIB:.3f} | – |" in row
+    assert list(csv.DictReader((report / "results.csv").open()))[0]["memory coded mean (MiB)"] == ""
+    assert (report / "results.tex").read_text().splitlines()[5].endswith(" & -- \\\\")
+    assert headline.memory_accuracy(results["methods"])["finetune"].coded_mib is None
 
 
 def test_report_is_logged_to_an_mlflow_run(experiment, tmp_path, monkeypatch):
@@ -302,6 +332,8 @@ def test_report_is_logged_to_an_mlflow_run(experiment, tmp_path, monkeypatch):
     assert logged["report.nws.fwt"] == pytest.approx(nws["fwt"]["mean"])
     assert logged["report.finetune.memory_mib"] == pytest.approx(
         results["methods"]["finetune"]["memory_bytes"]["total"]["mean"] / MIB)
+    assert logged["report.finetune.memory_coded_mib"] == pytest.approx(
+        results["methods"]["finetune"]["memory_coded_bytes"]["total"]["mean"] / MIB)
     files = {a.path for a in client.list_artifacts(parent.run_id, "report")}
     assert {"report/results.json", "report/results.md", "report/plots"} <= files
     plots = {a.path for a in client.list_artifacts(parent.run_id, "report/plots")}
