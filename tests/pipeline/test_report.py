@@ -185,7 +185,7 @@ def test_csv_and_tex_hold_the_rows_of_results_json(experiment, reported):
         assert float(row["memory coded mean (MiB)"]) == pytest.approx(coded["mean"] / MIB, rel=1e-12)
 
     tex = (out / "results.tex").read_text().splitlines()
-    assert "\\usepackage{booktabs}" in tex[0] and tex[1] == "\\begin{tabular}{l" + "r" * 7 + "}"
+    assert "\\usepackage{booktabs}" in tex[0] and tex[1] == "\\begin{tabular}{l" + "r" * 8 + "}"
     assert tex[-2:] == ["\\bottomrule", "\\end{tabular}"]
     head = tex[tex.index("\\toprule") + 1].removesuffix(" \\\\").split(" & ")
     assert head == ["Method", *labels, r"Avg Acc (\%)", r"Forgetting (\%)", r"BWT (\%)", r"FWT (\%)",
