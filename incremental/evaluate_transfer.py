@@ -7,10 +7,13 @@ model is a stored task model, and neither enters the accuracy matrix.
 - random (GEM's b̄_t): a randomly initialised network of the configured architecture with a head for task t,
   seeded from the run's seed and t (the same for every method), on the same split.
 
-In multi-head task-incremental learning task t's head is untrained in both, so both sit near chance and FWT
-(incremental.metrics.fwt) is near 0 for every method: a backbone cannot transfer through a head that has not
-learned yet. That is why mask-based TIL papers rarely report it; it is measured here because the continual-learning
-frameworks (Mammoth, Avalanche) do.
+In multi-head task-incremental learning task t's head has not learned task t in either model, so FWT
+(incremental.metrics.fwt) measures the head a method starts from more than transfer through the backbone. A fresh
+head (Finetune, Sequential, SupSup's fresh scores) is a random direction over the features: near chance on average,
+but on a two-class task one draw lands far from 50% in either direction. NWS starts task t from task t-1's head rows
+(official reset_last_layer), whose class order is arbitrary for task t: on Fashion-MNIST 5×2 its R[t-1][t] was
+75-100% (FWT +36%) while Finetune's was 50-65% (+4%), BENCHMARKS.md. That is why mask-based TIL papers rarely report
+it; it is measured here because the continual-learning frameworks (Mammoth, Avalanche) do.
 """
 
 from __future__ import annotations

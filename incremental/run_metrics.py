@@ -8,8 +8,8 @@ At step t + 1, from the rows R[0..t] of the accuracy matrix evaluated so far (in
 - `memory_bytes`: the bytes of the files tasks 0..t are rebuilt from, measured when task t was stored;
 - `train_seconds_task`: the training time of task t;
 - from the second task on, where measured (incremental.evaluate_transfer): `fwt/taskJJ` = R[t-1][t] - b_t of the
-  new task and `fwt`, GEM's forward transfer over tasks 1..t (incremental.metrics.fwt; near 0 in multi-head
-  task-incremental learning, where task t's head is untrained in both models).
+  new task and `fwt`, GEM's forward transfer over tasks 1..t (incremental.metrics.fwt; in multi-head
+  task-incremental learning it measures the head task t starts from, incremental.evaluate_transfer).
 """
 
 from __future__ import annotations

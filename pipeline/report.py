@@ -330,7 +330,7 @@ def markdown(results: dict) -> str:
              f"As Tables 1 and 2 of {PAPER}.", "",
              "| Method | " + " | ".join(export.labels(results)) + " | Avg Acc (%) | Forgetting (%) | BWT (%) | "
              "FWT (%) | Memory (MiB) | Coded memory (MiB) | Train time (s) |",
-             "|---|" + "---:|" * (len(tasks) + 6)]
+             "|---|" + "---:|" * (len(tasks) + 7)]
     at_chance = {(c["method"], c["task"]) for c in results.get("chance", {}).get("flagged", [])}
     for name, doc in results["methods"].items():
         final = doc["acc_matrix"][-1]

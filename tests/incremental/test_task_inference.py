@@ -11,7 +11,7 @@ import yaml
 from incremental.cli import main
 from incremental.loop import run
 from incremental.methods import make_method
-from incremental.task_inference import OUT, entropy, evaluate, min_entropy, one_shot_gradient
+from incremental.task_inference import OUT, batch_stat_outputs, entropy, evaluate, min_entropy, one_shot_gradient
 from nws.artifact import ArtifactError
 from tests import margin
 from tests.incremental.fixtures import DATA, MODEL, make_config
@@ -60,7 +60,7 @@ def test_evaluation_from_a_finished_run(digits, pretrained, tmp_path, name):
     method = make_method(name, cfg, digits, pretrained, tmp_path / "out" / name, _tasks(digits))
     result = evaluate(method, batch_size=16)
     assert json.loads((tmp_path / "out" / name / OUT).read_text()) == json.loads(json.dumps(result))
-    rules = ["one_shot_gradient", "min_entropy"] if name == "supsup" else ["min_entropy"]
+    rules = ["one_shot_gradient"] * (name == "supsup") + ["min_entropy", "min_entropy_batch_bn"]
     assert list(result["rules"]) == rules and result["batch_size"] == 16
     final_row = doc["acc_matrix"][-1]
     for rule in rules:
@@ -107,3 +107,25 @@ def test_cli_task_inference_on_a_run_and_again_on_the_finished_run(digits, pretr
     again = json.loads(path.read_text())
     assert again["entropy_samples"] == 1 and first["entropy_samples"] == "batch"
     assert again["acc_given"] == first["acc_given"]
+
+
+def test_batch_statistics_rule_leaves_the_stored_models_as_they_are():
+    """min_entropy_batch_bn's logits are those of the model in train mode (BatchNorm on the batch), and the model's
+    running statistics and mode are untouched, so the other rules still see the stored model."""
+    import copy
+
+    from nws import models
+
+    torch.manual_seed(0)
+    net = models.resnet18(num_classes=3, stem="cifar", width=0.25).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    before = copy.deepcopy(net.state_dict())
+    x = torch.randn(8, 3, 16, 16)
+    (out,) = batch_stat_outputs([net], x)
+    with torch.no_grad():
+        assert torch.equal(out, copy.deepcopy(net).train()(x))
+        assert not torch.allclose(out, net(x), atol=1e-3)  # the eval-mode logits differ: the rule sees the batch
+    assert not net.training and all(torch.equal(v, before[k]) for k, v in net.state_dict().items())

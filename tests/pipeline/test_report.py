@@ -119,6 +119,8 @@ def test_results_md_is_the_papers_table(experiment, reported):
                                                                  "Forgetting (%)", "BWT (%)", "FWT (%)",
                                                                  "Memory (MiB)", "Coded memory (MiB)",
                                                                  "Train time (s)"]
+    for table in (i for i, line in enumerate(lines) if line.startswith("| Method | ")):  # each table's rule row
+        assert lines[table + 1].count("|") == lines[table].count("|"), lines[table:table + 2]
     assert "Neural Weight Search for Scalable Task Incremental Learning" in text and "seed 004_" not in text
     for method in METHODS:
         docs = metrics(experiment, method)
