@@ -9,7 +9,8 @@ The budget of a task (issue 14, incremental.schedule): `epochs` as in the paper,
 epochs follow from each task's size), raised for a small task to `min_steps`; `milestones` are epochs (integers)
 or fractions of the task's steps (numbers in (0, 1), e.g. the paper's [0.5, 0.8]). `steps` and `min_steps` are
 opt-in: left at their defaults they are not part of the resolved config, so a config written before they existed
-resolves, trains and hashes (stored runs, pipeline stage keys) exactly as it did.
+resolves, trains and hashes (stored runs, pipeline stage keys) exactly as it did; so is `recipe` left at
+"official" (issue 15: each baseline's own optimizer, or "paper": the shared SGD of §5.4 for every method).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pipeline.config import Section
 # budget keys epochs/steps/min_steps/milestones all change what a task trains: none of them is neutral)
 RESUME_NEUTRAL = ("methods", "num_tasks", "track", "num_workers", "eval_batch_size", "log_every")
 # opt-in keys and their "off" value: left out of the resolved config when off (module docstring)
-OPT_IN = {"steps": None, "min_steps": 0}
+OPT_IN = {"steps": None, "min_steps": 0, "recipe": "official"}
 PAPER_FRACTIONS = [0.5, 0.8]  # §5.4: lr /10 after 50 and 80 of 100 epochs
 
 
@@ -45,6 +46,9 @@ class IncrementalConfig(Section):
     # default [50, 80] with an `epochs` budget, [0.5, 0.8] with a `steps` budget
     milestones: list[int | float] = Field(default_factory=lambda: [50, 80])
     gamma: float = Field(0.1, gt=0)
+    # each method's own optimizer recipe, or the paper's shared SGD for all (§5.4, App. 5; incremental.methods);
+    # options.<method>.recipe overrides it for one method
+    recipe: Literal["official", "paper"] = "official"
     beta: float = Field(0.5, ge=0)  # NWS: weight of the summed Eq. 2 similarity terms
     head: Literal["nws", "float"] = "nws"  # NWS: the head is an NWS layer over the head pool, or a float layer
     codec: Literal["smallest", "packed", "entropy", "delta", "near"] = "smallest"  # NWS: how task indices are stored

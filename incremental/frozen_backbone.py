@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 
 from incremental import mask_schedule
 from incremental.backbone import check_plain, load_plain
-from incremental.bn_stats import recalibrate_task
+from incremental.bn_stats import freeze_batchnorm, recalibrate_task
 from incremental.methods import Method
 from incremental.stored import is_sealed
 from nws.artifact import ArtifactError
@@ -98,14 +98,15 @@ def original_weights(net: nn.Module) -> dict[str, torch.Tensor]:
             if parametrize.is_parametrized(conv, "weight")}
 
 
-def param_groups(net: nn.Module, lr_mask: float, lr_bn: float, lr_head: float) -> list[dict]:
-    """Adam groups of the official mask code: the masks, the BatchNorm parameters, the head, each its own lr."""
+def param_groups(net: nn.Module, lr_mask: float | None, lr_bn: float | None, lr_head: float | None) -> list[dict]:
+    """Groups of the official mask code: the masks, the BatchNorm parameters, the head, each its own lr (None: a
+    group without "lr", which takes the optimizer's, incremental.lr under recipe "paper")."""
     masks = [p for m in mask_modules(net).values() for p in m.parameters()]
     head = list(getattr(net, HEAD).parameters())
     taken = {id(p) for p in masks + head}
     rest = [p for p in net.parameters() if p.requires_grad and id(p) not in taken]
-    return [g for g in ({"params": masks, "lr": lr_mask}, {"params": rest, "lr": lr_bn},
-                        {"params": head, "lr": lr_head}) if g["params"]]
+    return [{"params": ps, **({"lr": lr} if lr is not None else {})}
+            for ps, lr in ((masks, lr_mask), (rest, lr_bn), (head, lr_head)) if ps]
 
 
 def task_state(net: nn.Module, shared: set[str]) -> dict[str, torch.Tensor]:
@@ -146,8 +147,10 @@ def rebuild_net(ctx, t: int, folder: Path, scales: dict[str, torch.Tensor], sour
 
 class MaskMethod(Method):
     """What Piggyback and KSM share: the frozen backbone stored once for all tasks, the official mask code's Adam
-    over the masks, BatchNorm and head, each with its lr (options lr_mask, lr_bn, lr_head), and BatchNorm statistics
-    re-estimated for the final masks (option bn_batches). A subclass says what mask a conv gets (`make_mask`)."""
+    over the masks, BatchNorm and head, each with its lr (options lr_mask, lr_bn, lr_head; recipe "paper": the shared
+    SGD, incremental.methods), and BatchNorm trained per task with its statistics re-estimated for the final masks
+    (option bn_batches), or option `bn: frozen`: the pretrained BN in evaluation mode and out of the optimizer (the
+    official scripts without --train_bn). A subclass says what mask a conv gets (`make_mask`)."""
 
     task = -1  # the task set up last
 
@@ -157,10 +160,11 @@ class MaskMethod(Method):
 
     def setup_task(self, t: int) -> nn.Module:
         self.task = t
-        return attach(start_net(self.ctx, t), self.make_mask)
+        net = attach(start_net(self.ctx, t), self.make_mask)
+        return freeze_batchnorm(net) if self.opts.bn == "frozen" else net
 
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
-        if epoch + 1 == self.schedule(self.task).epochs:
+        if epoch + 1 == self.schedule(self.task).epochs and self.opts.bn == "train":
             recalibrate_task(model, self.ctx, self.task, self.opts.bn_batches)
 
     def prepare(self) -> None:
@@ -191,7 +195,12 @@ class MaskMethod(Method):
         return mask, opts.lr_bn if opts.lr_bn is not None else mask, head
 
     def param_groups(self, model: nn.Module) -> list[dict]:
+        """The official Adam's three groups with their lrs; recipe "paper": the masks at `lr_mask` as given (App. 5
+        of seed 001_ keeps KSM's mask lr 2e-4, its one method-specific hyperparameter), BN and head at the paper's
+        incremental.lr (a group without "lr")."""
+        if self.recipe == "paper":
+            return param_groups(model, self.opts.lr_mask, None, None)
         return param_groups(model, *self.lrs(self.task))
 
-    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+    def official_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=0.0)

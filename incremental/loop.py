@@ -277,6 +277,7 @@ def _metrics(method: Method, progress: dict, digest: str, accelerator, run_id: s
         "eval_seconds": sum(progress["eval_seconds"][str(t)] for t in range(T)),
         "skipped_steps": sum(r["skipped_steps"] for r in train),
         "epochs": inc.epochs, "precision": inc.precision, "world_size": accelerator.num_processes,
+        "recipe": method.recipe,  # "official" (the method's own optimizer) or "paper" (§5.4's shared SGD)
         "schedule_per_task": [method.ctx.schedule_for(t).as_dict() for t in range(T)],  # incremental.schedule
         "config_hash": digest, "mlflow_run_id": run_id,
         "task_dirs": [method.ctx.task_dir(t).name for t in range(T)],

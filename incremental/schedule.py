@@ -24,7 +24,7 @@ always was. Methods read the resolved schedule of the task they train as `ctx.sc
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from data_prep.loaders import resolve_rank
 from data_prep.manifest import read_unit
@@ -44,6 +44,8 @@ class TaskSchedule:
     milestones: tuple[int, ...]  # optimizer steps (0-based) from which the lr is multiplied by gamma once more
     gamma: float
     budget: str
+    extra_epochs: int = 0  # epochs the method trains after the budget (PackNet's retraining), included in epochs
+
 
     def lr_factor(self, step: int) -> float:
         """gamma ** (milestones reached) at optimizer step `step` (0-based): the multiplier on every initial lr."""
@@ -56,7 +58,10 @@ class TaskSchedule:
         return sum(self.gamma ** k * (b - a) for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)))
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "milestones": list(self.milestones)}
+        data = {**asdict(self), "milestones": list(self.milestones)}
+        if not self.extra_epochs:  # schedules without them read as they always did (metrics.json)
+            del data["extra_epochs"]
+        return data
 
     def describe(self) -> str:
         """`288 images, 9 steps/epoch, 6 epochs = 54 steps, lr x0.1 at steps 27, 43`: the task's log line."""
@@ -64,6 +69,8 @@ class TaskSchedule:
                 f"{self.steps} steps")
         if self.budget == "min_steps":
             text += " (raised to incremental.min_steps)"
+        if self.extra_epochs:
+            text += f" (the last {self.extra_epochs} after the budget: the method's retraining)"
         reached = [m for m in self.milestones if m < self.steps]
         if reached:
             text += f", lr x{self.gamma:g} at step{'s' if len(reached) > 1 else ''} " + ", ".join(map(str, reached))
@@ -105,6 +112,17 @@ def resolve(inc, task: int, samples: int, world_size: int = 1) -> TaskSchedule:
                         epochs=epochs, steps=steps, milestones=tuple(milestones), gamma=inc.gamma, budget=budget)
 
 
+def lengthened(sched: TaskSchedule, extra_epochs: int) -> TaskSchedule:
+    """`sched` followed by `extra_epochs` more epochs at the lr its last milestone left (PackNet's retraining after
+    pruning: seed 001_ App. 5 trains 100 epochs, prunes, then retrains 30; the official retraining runs at the
+    training lr ÷ 10, which the paper's lr 0.01 ÷ 100 after its milestones at 50 and 80 matches)."""
+    if not extra_epochs:
+        return sched
+    epochs = sched.epochs + extra_epochs
+    return replace(sched, epochs=epochs, steps=epochs * sched.steps_per_epoch,
+                   extra_epochs=sched.extra_epochs + extra_epochs)
+
+
 def _nearest(x: float) -> int:
     return math.floor(x + 0.5)
 
@@ -115,8 +133,9 @@ def train_samples(ctx, t: int) -> int:
 
 
 def for_task(ctx, t: int, world_size: int | None = None) -> TaskSchedule:
-    """Task t's schedule under ctx's config; `world_size` defaults to the running process group's (the one the
-    training loader is sharded over)."""
+    """Task t's schedule under ctx's config, lengthened by the epochs the method adds after the budget
+    (`ctx.extra_epochs`); `world_size` defaults to the running process group's (the one the training loader is
+    sharded over)."""
     if world_size is None:
         world_size = resolve_rank()[1]
-    return resolve(ctx.cfg.incremental, t, train_samples(ctx, t), world_size)
+    return lengthened(resolve(ctx.cfg.incremental, t, train_samples(ctx, t), world_size), ctx.extra_epochs)

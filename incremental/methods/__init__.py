@@ -9,6 +9,14 @@ which stored files are its memory (`artifact_files`, `shared_files`). Every repo
 A method is the module `incremental/methods/<name>.py` exposing `METHOD`, a Method subclass: adding a baseline
 is adding one file. Method-specific options come from `incremental.options.<name>` and are validated by the
 method's `Options` schema (unknown keys are errors).
+
+Recipes (issue 15): a baseline's own paper and code train it with their own optimizer (SupSup, DST, Piggyback, KSM:
+Adam with their lrs), while seed 004_ §5.4 and its App. 5 train every method with one SGD recipe ("the same common
+hyperparameters": lr, batch size, epochs, optimizer, scheduler) and keep only method-specific hyperparameters
+(KSM's mask lr) at their defaults. `incremental.recipe` picks one for every method, `options.<name>.recipe` for one:
+"official" calls the method's `official_optimizer`, "paper" the shared SGD over the method's `param_groups` (a
+method whose groups carry their own lrs drops all but the paper's method-specific ones under "paper"). Option keys
+of a method's official recipe (`recipe_keys`, e.g. SupSup's lr) are refused with "paper", which replaces them.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -31,7 +39,14 @@ from incremental.schedule import TaskSchedule
 from pipeline.config import ConfigError, Section, validate
 
 
-class NoOptions(Section):
+class MethodOptions(Section):
+    """Options every method takes (the base of each method's `Options`): `recipe` overrides incremental.recipe for
+    this method alone (None: incremental.recipe)."""
+
+    recipe: Literal["official", "paper"] | None = None
+
+
+class NoOptions(MethodOptions):
     """A method without options of its own."""
 
 
@@ -50,6 +65,7 @@ class Context:
     tasks: list[Task]
     options: Section
     schedule: TaskSchedule | None = None
+    extra_epochs: int = 0  # epochs every task trains after its budget, set by the method (PackNet's retraining)
 
     def task_dir(self, t: int) -> Path:
         """`<out>/<method>/task{t:02d}/` (tasks named `taskNN` by the data stage) or `task{t:02d}_<name>/` (tasks
@@ -72,12 +88,24 @@ class Method(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[Section]] = NoOptions
     # incremental settings this method does not read: changing them keeps its stored tasks (NWS reads them all)
-    ignores: ClassVar[tuple[str, ...]] = ("beta", "head", "codec")
+    # ("recipe": the paper's SGD is the official optimizer of the methods that keep the base `official_optimizer`)
+    ignores: ClassVar[tuple[str, ...]] = ("beta", "head", "codec", "recipe")
+    # option keys that belong to the method's official optimizer recipe: refused under recipe "paper"
+    recipe_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.opts = ctx.options
         self.inc = ctx.cfg.incremental
+        self.recipe: str = getattr(self.opts, "recipe", None) or self.inc.recipe
+        self.optimizer: torch.optim.Optimizer | None = None  # the current task's (make_optimizer)
+        clash = sorted(k for k in self.recipe_keys if k in self.opts.model_fields_set)
+        if self.recipe == "paper" and clash:
+            where = ("incremental.options." + self.name + ".recipe" if getattr(self.opts, "recipe", None)
+                     else "incremental.recipe")
+            raise ConfigError(f"incremental.options.{self.name}: {', '.join(clash)} belong to {self.name}'s official "
+                              f"recipe, but {where} is 'paper' (the shared SGD of seed 004_ §5.4 replaces them); "
+                              "drop them or use recipe: official")
 
     def prepare(self) -> None:
         """Once per run, on the main process: check the pretrain outputs and put the shared files (stored once
@@ -98,9 +126,18 @@ class Method(ABC):
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
     def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
-        """The paper's common optimizer (§5.4: SGD, momentum, weight decay from the config); a method whose
-        original recipe differs (SupSup, DST: Adam) may return its own. The loop scales every group's initial lr
-        by the task's schedule (`ctx.schedule.lr_factor(step)`, set before every step)."""
+        """The task's optimizer under the method's recipe (module docstring), kept as `self.optimizer`: "paper" is
+        the shared SGD (§5.4: lr, momentum, Nesterov, weight decay of incremental; a group's own "lr" stays), else
+        `official_optimizer`. The loop scales every group's initial lr by the task's schedule
+        (`ctx.schedule.lr_factor(step)`, set before every step)."""
+        from incremental.train import sgd
+
+        self.optimizer = sgd(groups, self.inc) if self.recipe == "paper" else self.official_optimizer(groups)
+        return self.optimizer
+
+    def official_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        """The optimizer of the method's own paper and code; by default the paper's SGD (NWS, Finetune, PackNet's
+        official SGD with momentum). SupSup, DST, Piggyback and KSM return their Adam."""
         from incremental.train import sgd
 
         return sgd(groups, self.inc)

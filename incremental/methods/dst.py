@@ -53,12 +53,11 @@ from incremental.backbone import check_plain, load_plain
 from incremental.bn_recal_supsup_dst import recalibrate_task
 from incremental.masked_net import assemble, masked_params, task_state
 from incremental.masks import load_masks, packed_bytes, save_masks
-from incremental.methods import Method
+from incremental.methods import Method, MethodOptions
 from incremental.sparse import death_rate, init_masks, prune_magnitude, regrow
 from incremental.stored import is_sealed, verify_task
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors
-from pipeline.config import Section
 
 OFFICIAL_LR = 1e-3
 UPDATES_PER_TASK = 4  # an unset update_frequency is ceil(steps / 4): rounds at 1/4, 1/2, 3/4 of the task
@@ -67,7 +66,7 @@ OWNED = "owned.safetensors"
 STATE = "state.safetensors"
 
 
-class Options(Section):
+class Options(MethodOptions):
     """`incremental.options.dst` (defaults of cifar100.py of the official code)."""
 
     density: float = Field(0.2, gt=0, le=1)  # fraction of masked weights active in each task's mask
@@ -101,6 +100,8 @@ def trained_with(meta: dict[str, str]) -> dict:
 class DST(Method):
     name = "dst"
     Options = Options
+    ignores = ("beta", "head", "codec")  # recipe "paper" replaces its Adam
+    recipe_keys = ("optimizer", "lr", "weight_decay")
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -109,7 +110,6 @@ class DST(Method):
         self.used: dict[str, torch.Tensor] = {}  # union of the masks of earlier tasks (frozen positions)
         self.frozen: dict[str, torch.Tensor] = {}  # values stored by earlier tasks (0 where none)
         self.task, self.step, self.total_steps, self.every = -1, 0, 1, 1
-        self.optimizer: torch.optim.Optimizer | None = None
         self._grads: dict[str, torch.Tensor] = {}
         self._dev: tuple | None = None
 
@@ -148,7 +148,9 @@ class DST(Method):
 
     def lr(self, t: int) -> float:
         """`lr` as given; unset, the official Adam 1e-3 raised to what task t's schedule needs (incremental.adam_reach);
-        the official SGD option keeps 1e-3."""
+        the official SGD option keeps 1e-3; recipe "paper": incremental.lr."""
+        if self.recipe == "paper":
+            return self.inc.lr
         if self.opts.lr is not None:
             return self.opts.lr
         if self.opts.optimizer == "sgd":
@@ -187,15 +189,13 @@ class DST(Method):
         self.apply_mask(net)
         return net
 
-    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
-        o = self.opts
-        lr = self.lr(self.task)
+    def official_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        """Adam (the official default) or the official SGD option, at `lr(task)` with the option's weight decay."""
+        o, lr = self.opts, self.lr(self.task)
         if o.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=o.weight_decay)
-        else:
-            self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=self.inc.momentum, weight_decay=o.weight_decay,
-                                             nesterov=self.inc.nesterov and self.inc.momentum > 0)
-        return self.optimizer
+            return torch.optim.Adam(groups, lr=lr, weight_decay=o.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=self.inc.momentum, weight_decay=o.weight_decay,
+                               nesterov=self.inc.nesterov and self.inc.momentum > 0)
 
     def _on(self, device) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(mask, earlier tasks' positions, their values) per layer on `device` (cached until the masks change)."""

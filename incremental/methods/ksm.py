@@ -8,12 +8,14 @@
   a = 0, hard kernels included, stay 0); mask = hard + 0.5·a, so 1 on hard kernels and in [0, 0.5] elsewhere;
   W_eff = mask ⊙ W broadcast over the k×k kernel.
 - BatchNorm: per task, trained with the masks (official `train_bn` default True) and stored, its running statistics
-  re-estimated for the final masks after the last epoch (incremental.frozen_backbone). The head is new per task.
-- Optimizer: Adam, lr 2e-4 for the masks and BN (one official optimizer) and 2e-4 for the head, no weight decay.
-  The official cosine schedule (hard-coded 30-epoch horizon) is replaced by the loop's milestones. A schedule too
-  short for a mask entry to travel `min_travel` (4) times mask_init − threshold at these lrs gets the lrs left at
-  their defaults scaled up by one factor (incremental.mask_schedule: at the official lr no kernel turns soft in
-  fewer than 25 steps); thousands of steps keep them exactly.
+  re-estimated for the final masks after the last epoch (incremental.frozen_backbone); option `bn: frozen` keeps the
+  pretrained BN (train_bn False). The head is new per task.
+- Optimizer (recipe "official"; "paper": the shared SGD with the mask lr kept, seed 001_ App. 5): Adam, lr 2e-4 for
+  the masks and BN (one official optimizer) and 2e-4 for the head, no weight decay. The official cosine schedule
+  (hard-coded 30-epoch horizon) is replaced by the loop's milestones. A schedule too short for a mask entry to
+  travel `min_travel` (4) times mask_init − threshold at these lrs gets the lrs left at their defaults scaled up by
+  one factor (incremental.mask_schedule: at the official lr no kernel turns soft in fewer than 25 steps); thousands
+  of steps keep them exactly.
 - Stored per task: `kernel_masks.safetensors`, the hard part at 1 bit per kernel (incremental.masks);
   `soft.safetensors`, the soft values of the kernels whose hard bit is 0 only (row-major order), at `soft_dtype`
   (float32 by default: the official code's precision, so the rebuilt model is the trained one exactly; float16 halves
@@ -35,9 +37,9 @@ from incremental import frozen_backbone as fb
 from incremental.bn_stats import DEFAULT_BATCHES
 from incremental.mask_schedule import MIN_TRAVEL
 from incremental.masks import load_masks, save_masks
+from incremental.methods import MethodOptions
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors
-from pipeline.config import Section
 
 MASKS = "kernel_masks.safetensors"
 SOFT = "soft.safetensors"
@@ -45,7 +47,7 @@ SOFT_WEIGHT = 0.5  # mask = hard + 0.5·a (official)
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-class KSMOptions(Section):
+class KSMOptions(MethodOptions):
     threshold: float = 5e-3
     mask_init: float = 1e-2
     scale: float = Field(1200.0, gt=0)  # official Beta
@@ -54,6 +56,8 @@ class KSMOptions(Section):
     lr_bn: float | None = Field(None, gt=0)  # None: lr_mask
     lr_head: float = Field(2e-4, gt=0)
     soft_dtype: Literal["float32", "float16"] = "float32"
+    # BatchNorm per task, trained and re-estimated at the end (official --train_bn), or the pretrained BN frozen
+    bn: Literal["train", "frozen"] = "train"
     bn_batches: int = Field(DEFAULT_BATCHES, ge=0)  # batches that re-estimate BN statistics at the end; 0 = none
     # threshold gaps (mask_init - threshold) a mask entry must be able to travel over the task's schedule; a short
     # schedule scales the lrs left at their defaults up to allow it (incremental.mask_schedule); 0 = never
@@ -132,6 +136,8 @@ def kernel_scales(hard: dict[str, torch.Tensor], soft: dict[str, torch.Tensor], 
 class KSM(fb.MaskMethod):
     name = "ksm"
     Options = KSMOptions
+    ignores = ("beta", "head", "codec")  # recipe "paper" replaces its Adam
+    recipe_keys = ("lr_bn", "lr_head")
 
     def make_mask(self, conv: nn.Conv2d) -> nn.Module:
         return KernelMask(conv.weight.shape, self.opts)

@@ -29,12 +29,11 @@ from torch import nn
 
 import nws
 from incremental import nws_net
-from incremental.methods import Method
+from incremental.methods import Method, MethodOptions
 from incremental.stored import share_copy
 from nws.artifact import INDICES, MANIFEST, STATE, load_task, read_manifest, save_task
 from nws.io import load_tensors, save_tensors, sha256_file
 from nws.levers import keep_previous
-from pipeline.config import Section
 
 POOLS = "pools.safetensors"
 BASE_INDICES = "base_indices.bin"
@@ -42,7 +41,7 @@ BASE_MODEL = "base_model"
 REPORTS = "reports"
 
 
-class Options(Section):
+class Options(MethodOptions):
     """`incremental.options.nws`: storage levers (issue 9; measured in BENCHMARKS.md, Storage)."""
 
     keep_margin: float = Field(0.0, ge=0)  # 0 = off; keep the previous index within (1 + margin) × the nearest
@@ -50,7 +49,7 @@ class Options(Section):
 
 class NWS(Method):
     name = "nws"
-    ignores = ()  # beta, head and codec are NWS settings
+    ignores = ("recipe",)  # beta, head and codec are NWS settings; its official optimizer is the paper's SGD
     Options = Options
 
     def __init__(self, ctx):

@@ -6,9 +6,11 @@ task loop.
 - Task t takes every free weight (owner ← t+1) and trains only those: gradients of the others are zeroed before
   each step and after each step the others are written back (weights of tasks < t to their stored values, freed
   ones to 0), so no other task's weight ever changes, bit for bit, whatever the optimizer or weight decay does.
-- After `train_epochs` epochs (default: 2/3 of the task's epochs as incremental.schedule resolves them; the official
-  20 training + 10 retraining epochs), in each layer the `prune_perc` (0.75, the official per-task ratio) of task
-  t's weights with the smallest |w| are freed (owner ← 0, value ← 0) and the remaining epochs retrain what is left.
+- After `train_epochs` epochs, in each layer the `prune_perc` (0.75, the official per-task ratio; seed 001_ App. 5:
+  0.6, the CPG code's) of task t's weights with the smallest |w| are freed (owner ← 0, value ← 0) and the remaining
+  epochs retrain what is left. With `retrain_epochs` (App. 5: 30) the task trains its whole budget (App. 5: 100
+  epochs), then that many epochs more (incremental.schedule.lengthened: at the lr the last milestone left); without
+  it the budget is split, 2/3 training + 1/3 retraining (the official 20 + 10 epochs).
   Every task is pruned, the last one too (the official script keeps the last task unpruned; here a later run may
   still add tasks).
 - Inference for task i uses the weights owned by tasks <= i; later tasks' and free weights are 0.
@@ -47,11 +49,11 @@ from incremental.backbone import check_plain, load_plain
 from incremental.bn_stats import DEFAULT_BATCHES, freeze_batchnorm, recalibrate_task
 from incremental.masked_net import assemble, masked_params, task_state
 from incremental.masks import load_masks, packed_bytes, save_masks
-from incremental.methods import Method
+from incremental.methods import Method, MethodOptions
 from incremental.stored import is_sealed, staged_path
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors
-from pipeline.config import ConfigError, Section
+from pipeline.config import ConfigError
 
 NETWORK = "network.safetensors"
 OWNERS = "owners.safetensors"
@@ -60,11 +62,14 @@ BITS = "owner_bits"
 MAX_OWNER = 255  # owners are uint8 in memory
 
 
-class Options(Section):
+class Options(MethodOptions):
     """`incremental.options.packnet`."""
 
     prune_perc: float = Field(0.75, ge=0, lt=1)  # fraction of each task's weights freed after training
-    train_epochs: int | None = Field(None, ge=1)  # epochs before pruning; None = round(2/3 · epochs), at least 1
+    # epochs of retraining after the task's budget (seed 001_ App. 5: 100 + 30); None: the budget is split
+    retrain_epochs: int | None = Field(None, ge=1)
+    # epochs before pruning; None = the budget with retrain_epochs, else round(2/3 · epochs), at least 1
+    train_epochs: int | None = Field(None, ge=1)
     bn: Literal["train", "frozen"] = "train"  # per-task BN re-estimated at the end, or the official frozen BN
     bn_batches: int = Field(DEFAULT_BATCHES, ge=0)  # batches that re-estimate BN statistics ("train"); 0 = none
 
@@ -101,8 +106,9 @@ class PackNet(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
+        ctx.extra_epochs = self.opts.retrain_epochs or 0  # every task's schedule: the budget, then the retraining
         if self.inc.epochs is not None:  # an epochs budget: refuse a bad train_epochs before any work
-            self.train_epochs, self.epochs = self.epochs_of(self.inc.epochs)
+            self.train_epochs, self.epochs = self.epochs_of(self.inc.epochs + ctx.extra_epochs)
         self.owners: dict[str, torch.Tensor] = {}  # uint8 owner map while training task `task`
         self.frozen: dict[str, torch.Tensor] = {}  # values of the shared network when the task started
         self.task, self.pruned = -1, False
@@ -140,8 +146,9 @@ class PackNet(Method):
     # ----- training -----
 
     def epochs_of(self, epochs: int) -> tuple[int, int]:
-        """(epochs before pruning, all epochs) of a task that trains `epochs` epochs."""
-        train = self.opts.train_epochs or max(1, round(2 * epochs / 3))
+        """(epochs before pruning, all epochs) of a task that trains `epochs` epochs (its retraining included)."""
+        retrain = self.opts.retrain_epochs
+        train = self.opts.train_epochs or (epochs - retrain if retrain else max(1, round(2 * epochs / 3)))
         if train > epochs:
             raise ConfigError(f"incremental.options.packnet.train_epochs={train} exceeds the {epochs} epochs a task "
                               "trains (incremental.epochs, or its schedule in steps)")

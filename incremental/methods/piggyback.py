@@ -4,15 +4,18 @@
 - Per task: a real-valued mask m of the shape of every conv weight (the head excluded), all entries `mask_init`
   (official `--mask_init 1s --mask_scale 1e-2`); the forward uses W ⊙ 1[m > threshold] (official
   DEFAULT_THRESHOLD 5e-3, the binarizer) and the backward passes the gradient straight through to m.
-- BatchNorm: per task, trained from the pretrained statistics and stored in the artifact (the official
-  `--train_bn`; without it the BN of the backbone would be shared and frozen); its running statistics are
-  re-estimated for the final masks after the last epoch (incremental.frozen_backbone). The head is new per task.
-- Optimizer: Adam (official `--mask_adam`) with lr 1e-4 for the masks (and BN, which the official mask optimizer
-  holds too) and 1e-4 for the head, no weight decay; the loop's milestones scale both (official: ×0.1 every 15 of
-  30 epochs, i.e. `incremental.milestones: [15]`). A schedule too short for a mask entry to travel `min_travel`
-  (4) times mask_init − threshold at these lrs gets the lrs left at their defaults scaled up by one factor
-  (incremental.mask_schedule: at the official lr nothing flips in fewer than 50 steps); thousands of steps keep
-  them exactly.
+- BatchNorm (option `bn`): "train" (default), per task, trained from the pretrained statistics and stored in the
+  artifact (the official `--train_bn`, as KSM and the NWS paper's baselines keep BN per task); its running
+  statistics are re-estimated for the final masks after the last epoch (incremental.frozen_backbone). "frozen": the
+  official script's default without `--train_bn`, the pretrained BN shared and frozen (evaluation mode, no
+  gradients). The head is new per task.
+- Optimizer (recipe "official"): Adam (official `--mask_adam`) with lr 1e-4 for the masks (and BN, which the
+  official mask optimizer holds too) and 1e-4 for the head, no weight decay; the loop's milestones scale both
+  (official: ×0.1 every 15 of 30 epochs, i.e. `incremental.milestones: [15]`). A schedule too short for a mask entry
+  to travel `min_travel` (4) times mask_init − threshold at these lrs gets the lrs left at their defaults scaled up
+  by one factor (incremental.mask_schedule: at the official lr nothing flips in fewer than 50 steps); thousands of
+  steps keep them exactly. Recipe "paper" (incremental.methods): the shared SGD, the masks at lr_mask as given and
+  BN and head at incremental.lr.
 - Stored per task: `masks.safetensors`, 1 bit per masked weight (incremental.masks), and `state.safetensors`
   (BN + head). The rebuilt model is a plain network with conv weights W ⊙ mask.
 """
@@ -20,6 +23,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -29,17 +33,19 @@ from incremental import frozen_backbone as fb
 from incremental.bn_stats import DEFAULT_BATCHES
 from incremental.mask_schedule import MIN_TRAVEL
 from incremental.masks import load_masks, save_masks
-from pipeline.config import Section
+from incremental.methods import MethodOptions
 
 MASKS = "masks.safetensors"
 
 
-class PiggybackOptions(Section):
+class PiggybackOptions(MethodOptions):
     threshold: float = 5e-3  # m > threshold keeps the weight
     mask_init: float = 1e-2  # every real-valued mask entry starts here
     lr_mask: float = Field(1e-4, gt=0)
     lr_bn: float | None = Field(None, gt=0)  # None: lr_mask
     lr_head: float = Field(1e-4, gt=0)
+    # BatchNorm per task, trained and re-estimated at the end (official --train_bn), or the pretrained BN frozen
+    bn: Literal["train", "frozen"] = "train"
     bn_batches: int = Field(DEFAULT_BATCHES, ge=0)  # batches that re-estimate BN statistics at the end; 0 = none
     # threshold gaps (mask_init - threshold) a mask entry must be able to travel over the task's schedule; a short
     # schedule scales the lrs left at their defaults up to allow it (incremental.mask_schedule); 0 = never
@@ -85,6 +91,8 @@ class ElementMask(nn.Module):
 class Piggyback(fb.MaskMethod):
     name = "piggyback"
     Options = PiggybackOptions
+    ignores = ("beta", "head", "codec")  # recipe "paper" replaces its Adam
+    recipe_keys = ("lr_bn", "lr_head")
 
     def make_mask(self, conv: nn.Conv2d) -> nn.Module:
         return ElementMask(conv.weight.shape, self.opts.mask_init, self.opts.threshold)

@@ -42,11 +42,10 @@ from incremental import adam_reach
 from incremental.backbone import check_plain
 from incremental.bn_recal_supsup_dst import recalibrate_task
 from incremental.masks import load_masks, packed_bytes, save_masks
-from incremental.methods import Method
+from incremental.methods import Method, MethodOptions
 from incremental.stored import share_copy
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors
-from pipeline.config import Section
 
 BACKBONE = "backbone.safetensors"
 SIGNS = "signs.safetensors"
@@ -56,7 +55,7 @@ GAIN = math.sqrt(2.0)  # nn.init.calculate_gain("relu"), the official signed_con
 OFFICIAL_LR = 1e-3
 
 
-class Options(Section):
+class Options(MethodOptions):
     weights: Literal["signed_constant", "backbone"] = "signed_constant"
     density_rule: Literal["er", "uniform"] = "er"
     er_scale: float = Field(8.0, gt=0)  # s of the ER rule (official --sparsity with --er-sparsity)
@@ -135,10 +134,11 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
 class SupSup(Method):
     name = "supsup"
     Options = Options
+    ignores = ("beta", "head", "codec")  # recipe "paper" replaces its Adam and cosine schedule
+    recipe_keys = ("lr", "weight_decay", "schedule")
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self._optimizer: torch.optim.Optimizer | None = None
         self._epoch, self._task = 0, 0
 
     # ---- the frozen weights, stored once ----
@@ -219,22 +219,25 @@ class SupSup(Method):
                 m.bias.requires_grad_(False)
         return net
 
-    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
-        self._optimizer = torch.optim.Adam(groups, lr=self.lr(self._task), weight_decay=self.opts.weight_decay)
-        return self._optimizer
+    def official_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(groups, lr=self.lr(self._task), weight_decay=self.opts.weight_decay)
 
     def lr(self, t: int) -> float:
-        """`lr` as given; unset, the official 1e-3 raised to what task t's schedule needs (incremental.adam_reach)."""
+        """`lr` as given; unset, the official 1e-3 raised to what task t's schedule needs (incremental.adam_reach);
+        recipe "paper": incremental.lr."""
+        if self.recipe == "paper":
+            return self.inc.lr
         if self.opts.lr is not None:
             return self.opts.lr
         factor = adam_reach.cosine if self.opts.schedule == "cosine" else None
         return adam_reach.adam_lr(OFFICIAL_LR, adam_reach.reach(self.ctx, t, factor))
 
     def before_step(self, model: nn.Module) -> None:
-        """CosineAnnealingLR(T_max = epochs) stepped per epoch, as the official GG runs (replaces the milestones)."""
-        if self.opts.schedule == "cosine" and self._optimizer is not None:
+        """CosineAnnealingLR(T_max = epochs) stepped per epoch, as the official GG runs (replaces the milestones; the
+        official recipe only: "paper" keeps the loop's milestones)."""
+        if self.recipe == "official" and self.opts.schedule == "cosine" and self.optimizer is not None:
             factor = adam_reach.cosine(self._epoch, self.epochs())
-            for g in self._optimizer.param_groups:
+            for g in self.optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * factor
 
     def epochs(self) -> int:

@@ -267,3 +267,25 @@ def test_a_kill_while_storing_a_task_resumes(digits, pretrained, tmp_path, monke
     for name in (NETWORK, OWNERS, "task01/" + STATE):
         assert same_content(out / "packnet" / name, ref_dir / "packnet" / name), name
     assert not list((out / "packnet").glob("*" + stored.STAGED))
+
+
+def test_retraining_after_the_budget_as_in_the_appendix(digits, pretrained, tmp_path, capsys):
+    """retrain_epochs (seed 001_ App. 5: 100 epochs, prune 60%, retrain 30): the task trains its whole budget (2
+    epochs), is pruned, then retrains 1 epoch more at the lr the last milestone left; with the option unset the same
+    budget is split 2/3 + 1/3 as before."""
+    cfg = make_config(num_tasks=1, epochs=2, milestones=[1], options={"packnet": {"prune_perc": 0.6,
+                                                                                  "retrain_epochs": 1}})
+    doc = run(cfg, digits, pretrained, tmp_path / "appendix", methods=["packnet"])["packnet"]
+    sched = doc["schedule_per_task"][0]
+    assert (sched["epochs"], sched["extra_epochs"], sched["steps"]) == (3, 1, 3 * sched["steps_per_epoch"])
+    assert sched["milestones"] == [sched["steps_per_epoch"]]  # the budget's milestone where it was
+    assert doc["train_epochs_per_task"] == [2]  # pruned after the budget
+    assert doc["owned_fraction_per_task"] == pytest.approx([0.4], abs=0.01)
+    assert "3 epochs = " in capsys.readouterr().out
+    assert_statistics_match_weights(method_of("packnet", cfg, digits, pretrained, tmp_path / "appendix"), 0)
+    margin.above("packnet 2 + 1 retraining epochs, task 0 acc", doc["acc_matrix"][0][0], 0.9)
+    split = run(make_config(num_tasks=1, epochs=3, milestones=[1]), digits, pretrained, tmp_path / "split",
+                methods=["packnet"])["packnet"]
+    assert split["train_epochs_per_task"] == [2] and "extra_epochs" not in split["schedule_per_task"][0]
+    with pytest.raises(ConfigError, match="train_epochs=4 exceeds the 3 epochs"):
+        packnet(digits, pretrained, tmp_path / "bad", epochs=2, retrain_epochs=1, train_epochs=4)

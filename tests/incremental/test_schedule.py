@@ -135,7 +135,9 @@ def test_min_steps_lift_tiny_tasks_from_chance(tiny_digits, pretrained, tmp_path
               ["finetune"], runs_dir=tmp_path)["finetune"]
     assert [(s["epochs"], s["steps"], s["milestones"]) for s in old["schedule_per_task"]] == [(2, 2, [1])] * 5
     assert [(s["epochs"], s["steps"], s["milestones"]) for s in new["schedule_per_task"]] == [(50, 50, [25])] * 5
-    assert [s.as_dict() for s in seen] == old["schedule_per_task"] + new["schedule_per_task"]  # ctx.schedule
+    # ctx.schedule as each task's set-up saw it (FWT sets up tasks 1.. once more before training: same schedule)
+    assert [s.as_dict() for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]] == \
+        old["schedule_per_task"] + new["schedule_per_task"]
     assert "40 images, 1 steps/epoch, 50 epochs = 50 steps (raised to incremental.min_steps), lr x0.1 at step 25" \
         in capsys.readouterr().out
     margin.below("tiny tasks, old 2-epoch budget: avg acc", old["final_avg_acc"], 0.7)

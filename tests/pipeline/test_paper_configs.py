@@ -1,6 +1,7 @@
 """The paper's configs, smoke-tested end to end on tiny fixtures in the official on-disk formats (the real data is
 not on this machine): ImageNet pool pretraining, then Split-CIFAR-100 and CUB-to-Sketches reusing its outputs, each
-through the pipeline with the shipped config and only size overrides (narrow network, few steps, tiny images)."""
+through the pipeline with the shipped config and only size overrides (narrow network, few steps, tiny images): every
+method and seed the config lists, with its recipes and PackNet's App. 5 settings (issue 15)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ SMALL = ["model.width=0.125", "model.pool_size=16", "pretrain.epochs=1", "pretra
          "pretrain.batch_size=8", "pretrain.num_workers=0", "pretrain.milestones=[]", "data.image_size=32",
          "pretrain.checkpoint_every=0", "pretrain.eval_batch_size=16"]
 TASKS = ["incremental.num_tasks=2", "incremental.epochs=1", "incremental.max_steps_per_epoch=2",
-         "incremental.batch_size=4", "incremental.milestones=[]", "incremental.num_workers=0",
-         "incremental.methods=[nws,finetune]"]
+         "incremental.batch_size=4", "incremental.milestones=[]", "incremental.num_workers=0"]
+METHODS = {"nws", "finetune", "sequential", "packnet", "ksm", "piggyback", "supsup", "dst"}
+SEEDS = [1993, 1994, 1995]
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +55,17 @@ def test_benchmark_configs_reuse_the_imagenet_pools(imagenet_pools, config, fixt
     pools = runs / "imagenet_pools_resnet18" / "seed0" / "pretrain"
     summary = run_pipeline(CONFIGS / config, [f"data.root={data}", f"pretrain.reuse={pools}", *SMALL, *TASKS],
                            runs_dir=runs)
-    assert {k: v["status"] for k, v in summary.items()} == {"data": "ran", "pretrain (seed 1993)": "ran",
-                                                            "incremental (seed 1993)": "ran", "report": "ran"}
+    assert {k: v["status"] for k, v in summary.items()} == {
+        "data": "ran", **{f"{stage} (seed {s})": "ran" for s in SEEDS for stage in ("pretrain", "incremental")},
+        "report": "ran"}
     name = config.removesuffix(".yaml")
     assert len(read_json(runs / name / "data" / "tasks.json")["tasks"]) == tasks
-    assert not (runs / name / "seed1993" / "pretrain" / "pools.safetensors").exists()  # reused, not retrained
+    for s in SEEDS:
+        assert not (runs / name / f"seed{s}" / "pretrain" / "pools.safetensors").exists()  # reused, not retrained
+        packnet = read_json(runs / name / f"seed{s}" / "incremental" / "packnet" / "metrics.json")
+        # App. 5: 60% pruned after the budget (here 1 epoch), then 30 epochs of retraining
+        assert packnet["prune_perc"] == 0.6 and packnet["train_epochs_per_task"] == [1, 1]
+        assert [(d["epochs"], d["extra_epochs"]) for d in packnet["schedule_per_task"]] == [(31, 30)] * 2
     results = read_json(runs / name / "report" / "results.json")
-    assert set(results["methods"]) == {"nws", "finetune"}
-    assert results["methods"]["nws"]["num_tasks"] == 2  # one seed: its metrics.json as it is
+    assert set(results["methods"]) == METHODS
+    assert results["method_seeds"] == {m: SEEDS for m in results["methods"]}
