@@ -263,7 +263,8 @@ def config_options(args):
 
     args.overrides = [args.source, *args.overrides] if args.source else args.overrides
     defaults = {"--root": (args.root, None), "--tasks": (args.tasks, "auto"), "--format": (args.format, "wds,ffcv"),
-                "--per-class": (args.per_class, [])}
+                "--per-class": (args.per_class, []), "--count": (args.count, None), "--angles": (args.angles, None),
+                "--max-angle": (args.max_angle, None)}
     given = [flag for flag, (value, default) in defaults.items() if value != default]
     if given:
         raise ConfigError(f"{', '.join(given)}: with -c the config's data section says these (override data.KEY=...)")

@@ -261,3 +261,7 @@ def test_the_command_line(tmp_path, capsys):
     assert [t.transform["degrees"] for t in load_tasks(out / "tasks.json")[0]] == [0, 45]
     assert data_main(["prepare", "digits", "--out", str(out), "--tasks", "blocks", "--count", "3"]) == 2
     assert "--count is for --tasks permuted or rotated" in capsys.readouterr().err
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {source: digits, tasks: {kind: permuted, count: 2}}\nincremental: {augment: false}\n")
+    assert data_main(["prepare", "-c", str(config), "--out", str(out), "--count", "3"]) == 2
+    assert "--count: with -c the config's data section says these" in capsys.readouterr().err
