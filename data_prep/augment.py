@@ -5,6 +5,11 @@ Two policies, as in the paper's benchmarks (seed 004_ §4, CPG/NWS recipes): *sm
 and evaluate as they are; *large* images (ImageNet, CUB-to-Sketches) train with random-resized-crop (scale
 0.08-1, ratio 3/4-4/3, bilinear) plus flip and evaluate with a resize of the shorter side to size/0.875 and a
 center crop. Every loader format feeds the same functions, so formats differ only in how pixels are stored.
+
+A task of a family (permuted, rotated) has its transform (data_prep.task_transform) applied here too, at the
+network's input size and before normalisation. Augmentation is refused for such a task: a random crop or flip moves
+pixels, which undoes a fixed permutation, and a flipped image rotated by a degrees looks like one rotated by -a,
+another task's angle.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from data_prep.task_transform import TaskTransform
 
 SMALL_MAX_SIDE = 64
 EVAL_CROP_RATIO = 0.875  # 224/256
@@ -123,7 +130,8 @@ def crop_to_size(image: np.ndarray, size: int, train: bool, gen: torch.Generator
 class BatchTransform:
     """uint8 NCHW batch -> normalised float32 NCHW: augmentation (when `augment`), then (x/255 - mean)/std
     with the unit's train-split statistics from the manifest. `cropped`: the large-image crop already happened
-    per sample before collation (variable-size images), only the flip is left."""
+    per sample before collation (variable-size images), only the flip is left. `task_transform`: a family task's
+    record, applied after the resize (or crop) to image_size and before normalisation; it excludes `augment`."""
 
     policy: str  # small | large
     image_size: int
@@ -132,8 +140,16 @@ class BatchTransform:
     augment: bool
     cropped: bool = False
     pad: int = 4
+    task_transform: dict | None = None
 
     def __post_init__(self):
+        self._task = None if self.task_transform is None else TaskTransform(self.task_transform)
+        if self._task is not None and self.augment:
+            kind = self._task.record["kind"]
+            why = ("undoes the task's fixed pixel permutation" if kind == "permute" else
+                   "turns an image rotated by a degrees into one that looks rotated by -a, another task's angle")
+            raise ValueError(f"augmentation (random crop and flip) {why}: a {kind} task trains without it; set "
+                             "incremental.augment: false in the config (augment=False for a loader)")
         std = torch.tensor(self.std, dtype=torch.float32)
         self._scale = (1.0 / (255.0 * std))[None, :, None, None]
         self._shift = (torch.tensor(self.mean, dtype=torch.float32) / std)[None, :, None, None]
@@ -151,4 +167,6 @@ class BatchTransform:
             x = random_flip(random_resized_crop(x.float(), self.image_size, gen), gen)
         else:
             x = resize_center_crop(x.float(), self.image_size)
+        if self._task is not None:
+            x = self._task(x.float())
         return x.float() * self._scale - self._shift

@@ -14,7 +14,7 @@ import yaml
 
 from data_prep.manifest import split_files
 
-TASK_KINDS = ("auto", "group", "blocks", "random", "explicit", "all")
+TASK_KINDS = ("auto", "group", "blocks", "random", "explicit", "all", "permuted", "rotated")
 EPILOG = """examples:
   nws data prepare -c configs/demo.yaml                           # the config's data section -> runs/demo/data
   nws data prepare -c configs/fmnist.yaml data.per_class.train=150 --runs-dir /scratch/runs
@@ -25,6 +25,8 @@ EPILOG = """examples:
   nws data prepare imagenet --root ILSVRC2012 --out runs/data/imagenet --tasks all --image-size 256 --workers 8
   nws data prepare image_folder --root my_data --out runs/data/mine --option test_fraction=0.2
   nws data prepare fashion_mnist --out runs/data/fmnist150 --per-class train=150   # 150 training images a class
+  nws data prepare fashion_mnist --out runs/data/pfmnist --tasks permuted --count 10  # 10 permuted 10-class tasks
+  nws data prepare fashion_mnist --out runs/data/rfmnist --tasks rotated --count 4   # at 0, 90, 180, 270 degrees
 
 Re-running skips units whose files re-hash to the manifest; --force rebuilds them."""
 
@@ -57,7 +59,13 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
                         "Fashion-MNIST: 5 tasks); else all (one task)")
     g.add_argument("--classes-per-task", type=int, default=None, help="blocks/random: classes in each task")
     g.add_argument("--num-tasks", type=int, default=None, help="blocks/random: number of tasks")
-    g.add_argument("--seed", type=int, default=0, help="random: seed of the class permutation")
+    g.add_argument("--seed", type=int, default=0, help="random: seed of the class permutation; permuted: task t's "
+                                                       "pixel permutation is seeded seed + t")
+    g.add_argument("--count", type=int, default=None, help="permuted/rotated: number of tasks")
+    g.add_argument("--angles", default=None, metavar="A,B,...",
+                   help="rotated: each task's angle in degrees (counter-clockwise); default count angles evenly "
+                        "spaced over [0, --max-angle)")
+    g.add_argument("--max-angle", type=float, default=None, help="rotated: default 360")
     g.add_argument("--order", choices=("alphabetical", "source"), default=None, help="group: task order")
     g.add_argument("--explicit", default=None, metavar="A,B;C,D",
                    help="explicit: tasks separated by ';', classes (names, or ids) by ','")
@@ -136,6 +144,13 @@ def run_verify(args) -> int:
         return 2
     problems, files = [], 0
     for name, entry in sorted(units.items()):
+        if entry.get("view_of"):  # a family's task: the files of its base unit, re-hashed as that unit's
+            base = units.get(entry["view_of"])
+            found = [] if base is not None and base["splits"] == entry["splits"] else [
+                f"{args.dir / name}: a view of unit {entry['view_of']!r}, which the manifest lists otherwise"]
+            problems += found
+            print(f"{name}: {'view of ' + entry['view_of'] if not found else '1 problem'}")
+            continue
         found = verify_unit(args.dir / name, entry)
         files += sum(len(split_files(s)) for s in entry["splits"].values())
         problems += found
@@ -173,14 +188,28 @@ def task_options(args, source) -> tuple[str, dict]:
         if not args.explicit:
             raise ValueError("--tasks explicit needs --explicit 'A,B;C,D'")
         explicit = [[c for c in part.split(",") if c] for part in args.explicit.split(";") if part]
-    return split_options(source, args.tasks, args.classes_per_task, args.num_tasks, args.seed, args.order, explicit)
+    angles = None
+    if args.angles is not None:
+        try:
+            angles = [float(a) for a in args.angles.split(",") if a.strip()]
+        except ValueError:
+            raise ValueError(f"--angles {args.angles!r}: expected comma-separated numbers, e.g. 0,90,180") from None
+    if args.tasks not in ("permuted", "rotated"):
+        given = [flag for flag, v in (("--count", args.count), ("--angles", angles), ("--max-angle", args.max_angle))
+                 if v is not None]
+        if given:
+            raise ValueError(f"{given[0]} is for --tasks permuted or rotated, not {args.tasks}")
+    return split_options(source, args.tasks, args.classes_per_task, args.num_tasks, args.seed, args.order, explicit,
+                         family={"count": args.count, "angles": angles, "max_angle": args.max_angle})
 
 
 def split_options(source, kind: str, classes_per_task: int | None = None, num_tasks: int | None = None,
-                  seed: int = 0, order: str | None = None, explicit: list | None = None) -> tuple[str, dict]:
+                  seed: int = 0, order: str | None = None, explicit: list | None = None,
+                  family: dict | None = None) -> tuple[str, dict]:
     """(kind, split_tasks options) with `auto` decided from the opened source: group when it has groups, else
     blocks of 2 classes for at most 20 classes (or when a size is given), else all. Explicit class ids given as
-    digit strings become ints unless a class has that name."""
+    digit strings become ints unless a class has that name. `family`: count, angles, max_angle of the permuted and
+    rotated kinds (None values left out)."""
     sized = classes_per_task is not None or num_tasks is not None
     if kind == "auto":
         n = len(source.classes)
@@ -201,6 +230,11 @@ def split_options(source, kind: str, classes_per_task: int | None = None, num_ta
         names = set(source.classes)
         opts["explicit"] = [[c if not isinstance(c, str) or c in names or not c.isdigit() else int(c) for c in part]
                             for part in explicit]
+    elif kind in ("permuted", "rotated"):
+        given = {k: v for k, v in (family or {}).items() if v is not None}
+        if "count" not in given and (kind == "permuted" or "angles" not in given):
+            raise ValueError(f"{kind} tasks need the number of tasks (tasks.count, --count)")
+        opts = {**given, "seed": seed} if kind == "permuted" else given
     return kind, opts
 
 
@@ -212,7 +246,8 @@ def prepare_section(d, out: Path, force: bool = False, progress: bool = True) ->
 
     source = open_source(d.source, d.root, **d.options)
     t = d.tasks
-    kind, opts = split_options(source, t.kind, t.classes_per_task, t.num_tasks, t.seed, t.order, t.explicit)
+    kind, opts = split_options(source, t.kind, t.classes_per_task, t.num_tasks, t.seed, t.order, t.explicit,
+                               family=t.split_options())
     return prepare(d.source, d.root, out, d.formats, kind, opts, source_options=d.options,
                    pretrain_set=d.pretrain_set, max_per_shard=d.max_per_shard, strict=d.strict, force=force,
                    source=source, per_class=d.per_class, per_class_seed=d.per_class_seed, progress=progress)
@@ -228,7 +263,8 @@ def config_options(args):
 
     args.overrides = [args.source, *args.overrides] if args.source else args.overrides
     defaults = {"--root": (args.root, None), "--tasks": (args.tasks, "auto"), "--format": (args.format, "wds,ffcv"),
-                "--per-class": (args.per_class, [])}
+                "--per-class": (args.per_class, []), "--count": (args.count, None), "--angles": (args.angles, None),
+                "--max-angle": (args.max_angle, None)}
     given = [flag for flag, (value, default) in defaults.items() if value != default]
     if given:
         raise ConfigError(f"{', '.join(given)}: with -c the config's data section says these (override data.KEY=...)")
@@ -277,7 +313,8 @@ def format_summary(summary: dict) -> str:
     splits = sorted({s for u in summary["units"].values() for s in u["splits"]})
     head = ["unit", "classes", *splits, "MiB", "bad", "status"]
     rows = [[name, str(u["classes"]), *(str(u["splits"].get(s, "-")) for s in splits),
-             f"{u['bytes'] / 2**20:.1f}", str(u["bad_images"]), "built" if u["built"] else "verified, skipped"]
+             f"{u['bytes'] / 2**20:.1f}", str(u["bad_images"]),
+             f"view of {u['view_of']}" if u.get("view_of") else "built" if u["built"] else "verified, skipped"]
             for name, u in summary["units"].items()]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]

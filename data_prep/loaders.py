@@ -11,6 +11,9 @@ every rank streams all shards and keeps every world-th sample (exact, at world_s
 (`train=True`) all ranks are cut to the same number of samples so DDP steps stay in lock-step; evaluation keeps
 every sample exactly once. FFCV runs on CPU (no ToDevice) with its own traversal order doing this dealing, so it
 needs no torch.distributed group (FFCV's `distributed=True` would).
+
+A task of a family (permuted, rotated) is a view in the manifest (data_prep.manifest): its loader reads the files
+of the unit it is a view of and applies the task's transform to every batch, in every format, for every split.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 from data_prep.augment import EVAL_CROP_RATIO, BatchTransform, crop_to_size, policy_for
-from data_prep.manifest import read_unit, split_files, verify_files
+from data_prep.manifest import files_dir, read_unit, split_files, verify_files
 from data_prep.write_ffcv import keep_torch_threads
 from data_prep.write_wds import decode_image
 
@@ -78,7 +81,8 @@ class UnitLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.split, self.split_entry = split, self.entry["splits"][split]
-        check_sizes(self.unit_dir, self.split_entry)
+        self.files_dir = files_dir(self.unit_dir, self.entry)  # a view's files are its base unit's
+        check_sizes(self.files_dir, self.split_entry)
         self.total = int(self.split_entry["num_samples"])
         self.batch_size, self.train, self.seed, self.epoch = batch_size, train, seed, epoch
         self.augment = train if augment is None else augment
@@ -91,9 +95,13 @@ class UnitLoader:
         if image_size is None:
             image_size = max(self.stored_size) if policy == "small" else LARGE_IMAGE_SIZE
         self.image_size = image_size
-        self.transform = BatchTransform(policy, image_size, list(self.entry["mean"] if mean is None else mean),
-                                        list(self.entry["std"] if std is None else std), self.augment,
-                                        cropped=self.stored_size is None)
+        try:
+            self.transform = BatchTransform(policy, image_size, list(self.entry["mean"] if mean is None else mean),
+                                            list(self.entry["std"] if std is None else std), self.augment,
+                                            cropped=self.stored_size is None,
+                                            task_transform=self.entry.get("transform"))
+        except ValueError as e:
+            raise ValueError(f"{self.unit_dir}: {e}") from None
 
     @property
     def classes(self) -> list[str]:
@@ -157,16 +165,17 @@ def read_all(unit_dir, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{unit_dir}: images of varying size cannot be stacked in memory; prepare the unit "
                          "with --image-size")
     n, (h, w) = split_entry["num_samples"], entry["image_size"]
+    folder = files_dir(unit_dir, entry)
     images = torch.empty(n, h, w, 3, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.int64)
     if "wds" in split_entry:
         # the whole split is read anyway: its shards are re-hashed against the manifest first (issue 17)
-        problems = verify_files(unit_dir, split_entry["wds"]["shards"])
+        problems = verify_files(folder, split_entry["wds"]["shards"])
         if problems:
             raise ValueError(f"{problems[0]}: the data is damaged; prepare it again (nws data prepare rebuilds the "
                              "unit)" + (f" ({len(problems) - 1} more)" if len(problems) > 1 else ""))
         pos = 0
-        for sample in _read_shards([unit_dir / s["path"] for s in split_entry["wds"]["shards"]]):
+        for sample in _read_shards([folder / s["path"] for s in split_entry["wds"]["shards"]]):
             images[pos].numpy()[:] = sample[0]
             labels[pos] = sample[1]
             pos += 1
@@ -238,7 +247,7 @@ class FfcvLoader(UnitLoader):
         pipelines = {"image": [decoder, ToTensor()], "label": [IntDecoder(), ToTensor()],
                      "index": [IntDecoder(), ToTensor()]}
         with keep_torch_threads():
-            return Loader(str(self.unit_dir / self.split_entry["ffcv"]["path"]), batch_size=self.batch_size,
+            return Loader(str(self.files_dir / self.split_entry["ffcv"]["path"]), batch_size=self.batch_size,
                           num_workers=max(1, self.num_workers), order=_rank_order(self), drop_last=self.drop_last,
                           seed=self.seed, pipelines=pipelines)
 
@@ -305,7 +314,7 @@ class WdsLoader(UnitLoader):
 
         order, by_shard, _ = self._plan()
         starts = np.cumsum([0] + [s["num_samples"] for s in self.shards])
-        offset = {str(self.unit_dir / s["path"]): int(starts[i]) for i, s in enumerate(self.shards)}
+        offset = {str(self.files_dir / s["path"]): int(starts[i]) for i, s in enumerate(self.shards)}
         rank, world = self.rank, self.world_size
 
         def nodes(src):
@@ -315,7 +324,7 @@ class WdsLoader(UnitLoader):
             worker, nw = _worker_info()
             yield from (_islice(src, worker, nw) if by_shard else src)
 
-        dataset = wds.WebDataset([str(self.unit_dir / self.shards[i]["path"]) for i in order], shardshuffle=False,
+        dataset = wds.WebDataset([str(self.files_dir / self.shards[i]["path"]) for i in order], shardshuffle=False,
                                  nodesplitter=nodes, workersplitter=workers, empty_check=False)
         dataset.append(lambda src: self._samples(src, offset, by_shard))
         if self.num_workers > 0:
@@ -406,7 +415,8 @@ def make_loader(unit_dir, split: str, fmt: str = "wds", **kw) -> UnitLoader:
     options: batch_size, train (sets augment/shuffle/equal per-rank counts), augment, shuffle, image_size (model
     input; default the stored size for small images, 224 for large), mean/std (default: the manifest's), seed,
     epoch, rank/world_size (default: torch.distributed, then RANK/WORLD_SIZE), num_workers, drop_last,
-    with_index (also yield each sample's position in the split)."""
+    with_index (also yield each sample's position in the split). A family task's transform is applied (and
+    augmentation refused for it) from its manifest entry."""
     if fmt not in LOADERS:
         raise ValueError(f"unknown loader format {fmt!r}; expected one of {FORMATS}")
     return LOADERS[fmt](unit_dir, split, **kw)

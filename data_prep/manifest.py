@@ -5,6 +5,10 @@ unit (each task, plus `pretrain`) and split it lists every file with its sha256 
 the classes, the image size and the train split's per-channel mean/std that loaders normalise with. It is written
 last, after the files it describes, so an entry present means a complete unit; `verify_unit` re-hashes the files
 before a re-run trusts it.
+
+A task of a family (permuted, rotated: data_prep.tasks) is a *view*: its entry copies the entry of the unit that
+holds its images (`view_of`, the all-classes unit `pretrain`) and adds the task's `transform`; it has no folder of
+its own. `files_dir` says where a unit's files are, so every reader of `<out>/<task>` finds them.
 """
 
 from __future__ import annotations
@@ -58,8 +62,16 @@ def verify_files(unit_dir: Path, files: list[dict], rehash: bool = True) -> list
     return problems
 
 
+def files_dir(unit_dir: str | Path, entry: dict) -> Path:
+    """The folder holding the files of the unit `unit_dir` (`<out>/<unit>`): its own, or for a view the folder of
+    the unit it is a view of."""
+    unit_dir = Path(unit_dir)
+    return unit_dir.parent / entry["view_of"] if entry.get("view_of") else unit_dir
+
+
 def verify_unit(unit_dir: Path, entry: dict, rehash: bool = True) -> list[str]:
-    return [p for split in entry["splits"].values() for p in verify_files(unit_dir, split_files(split), rehash)]
+    folder = files_dir(unit_dir, entry)
+    return [p for split in entry["splits"].values() for p in verify_files(folder, split_files(split), rehash)]
 
 
 def load_manifest(out: Path) -> dict:

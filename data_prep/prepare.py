@@ -8,10 +8,21 @@ recorded in the partial folder's progress.json; a complete unit is swapped into 
 entered in the manifest. So an interrupted run resumes at the next split, a failing run leaves every finished
 unit as it was, and a re-run skips units whose manifest entry matches the request and whose files re-hash to
 the recorded sha256 (DESIGN §5). Units of earlier requests that this one does not name stay as they are.
+
+The tasks of a family (permuted, rotated) all hold every image of the source, so their images are written once:
+the `pretrain` unit (every class, as for any kind) is built first and each task is a view of it in the manifest
+(data_prep.manifest): the same file records, classes, statistics and label map (class id = label), plus the task's
+transform, which the loaders apply on the fly. One set of files keeps the checksum logic as it is (the files are
+hashed, verified and rebuilt as the `pretrain` unit's), and every reader that opens `<out>/<task>` through the
+manifest gets the task's transform without knowing about families. A view's config hash includes its base's, so a
+rebuilt base re-records its views; views cost no I/O and are recomputed on every run. The normalisation statistics
+are the base's (a permutation keeps them exactly; a rotation's black corners shift them slightly, and SupSup
+normalises every task with the same MNIST constants too).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import re
 import shutil
@@ -38,7 +49,7 @@ from data_prep.manifest import (
 )
 from data_prep.progress import bar as progress_bar
 from data_prep.sources import open_source
-from data_prep.tasks import Task, load_tasks, save_tasks, split_tasks, task_records
+from data_prep.tasks import FAMILIES, Task, load_tasks, save_tasks, split_tasks, task_records
 from data_prep.types import BadImage, Source, Split
 from data_prep.write_wds import ShardWriter, encode_image, image_ext
 from nws.io import atomic_write_bytes, atomic_write_json, read_json
@@ -275,11 +286,27 @@ def build_unit(source: Source, task: Task, kind: str, out: Path, cfg_hash: str, 
     return entry
 
 
+def view_entry(task: Task, base: str, base_entry: dict) -> dict:
+    """The manifest entry of a family task: the entry of its base unit (files, classes, statistics) as a view of it,
+    with the task's transform; its config hash follows the base's and the task's record."""
+    entry = json.loads(json.dumps(base_entry))
+    entry.update(kind="task", view_of=base, transform=dict(task.transform),
+                 config_hash=config_hash({"view_of": base, "base": base_entry["config_hash"], "unit": task.to_dict()}))
+    return entry
+
+
 def _units(source: Source, task_kind: str, task_opts: dict, pretrain_set: bool) -> list[tuple[Task, str]]:
+    """(task, kind) of every unit, in build order: kind task, pretrain, or view (a family's task, after its base)."""
     opts = dict(task_opts)
     if task_kind == "all":
         opts.setdefault("name", PRETRAIN)
     tasks = split_tasks(source, task_kind, **opts)
+    if task_kind in FAMILIES:
+        if not pretrain_set:
+            raise ValueError(f"{task_kind} tasks are views of the all-classes unit {PRETRAIN!r} (their images, stored "
+                             "once): the pretraining set cannot be skipped (data.pretrain_set, --no-pretrain-set)")
+        base = Task(PRETRAIN, list(source.classes), list(range(len(source.classes))))
+        return [(base, PRETRAIN), *((t, "view") for t in tasks)]
     units = [(t, "task") for t in tasks]
     if pretrain_set and not (task_kind == "all" and tasks[0].name == PRETRAIN):
         if PRETRAIN in {t.name for t in tasks}:
@@ -294,7 +321,8 @@ def _units(source: Source, task_kind: str, task_opts: dict, pretrain_set: bool) 
 
 def _write_bad_log(out: Path, manifest: dict) -> None:
     lines = [f"{unit}\t{split}\t{name}\t{reason}"
-             for unit, e in sorted(manifest["units"].items()) for split, s in e["splits"].items()
+             for unit, e in sorted(manifest["units"].items()) if not e.get("view_of")
+             for split, s in e["splits"].items()
              for name, reason in zip(s["bad_images"]["names"], s["bad_images"]["reasons"], strict=True)]
     atomic_write_bytes(out / BAD_LOG, ("".join(line + "\n" for line in lines)).encode())
 
@@ -340,12 +368,22 @@ def prepare(source_name: str, root, out, formats=FORMATS, task_kind: str = "bloc
     if per_class:
         meta["per_class"] = {"counts": per_class, "seed": per_class_seed}
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [t for t, kind in units if kind == "task"]
+    tasks = [t for t, kind in units if kind in ("task", "view")]
     _retire_other_tasks_file(out / TASKS, tasks, meta)
     manifest = load_manifest(out)
     summary = Summary(source=source_name, out=str(out))
     summary.other_units = sorted(set(manifest["units"]) - {t.name for t, _ in units})
     for task, kind in units:
+        if kind == "view":
+            entry = view_entry(task, PRETRAIN, manifest["units"][PRETRAIN])
+            built = manifest["units"].get(task.name) != entry
+            if (out / task.name).is_dir():  # the folder of a unit of an earlier request: this name is a view now
+                shutil.rmtree(out / task.name)
+            if built:
+                manifest["units"][task.name] = entry
+                save_manifest(out, manifest)
+            summary.add(task.name, entry, built=built)
+            continue
         cfg = {"format_version": FORMAT_VERSION, "source": source_name, "root": root_text,
                "source_options": source_options, "unit": task.to_dict(), "kind": kind, "write": asdict(opts),
                "splits": {s: int(len(task_records(sp, task))) for s, sp in source.splits.items()}}
@@ -391,14 +429,18 @@ class Summary:
     bad_images: int = 0
 
     def add(self, name: str, entry: dict, built: bool) -> None:
-        size = sum(f["bytes"] for s in entry["splits"].values() for f in split_files(s))
+        """A view (a family's task) stores no file: 0 bytes and no bad image of its own (both are its base's)."""
+        view = bool(entry.get("view_of"))
+        size = 0 if view else sum(f["bytes"] for s in entry["splits"].values() for f in split_files(s))
+        bad = 0 if view else entry["bad_images"]
         self.units[name] = {"splits": {s: e["num_samples"] for s, e in entry["splits"].items()},
-                            "classes": len(entry["classes"]["ids"]), "bytes": size,
-                            "bad_images": entry["bad_images"], "built": built}
+                            "classes": len(entry["classes"]["ids"]), "bytes": size, "bad_images": bad, "built": built}
+        if view:
+            self.units[name]["view_of"] = entry["view_of"]
         (self.built if built else self.skipped).append(name)
         self.bytes_total += size
         self.bytes_written += size if built else 0
-        self.bad_images += entry["bad_images"]
+        self.bad_images += bad
 
     def finish(self, seconds: float) -> dict:
         return {**asdict(self), "seconds": round(seconds, 2)}

@@ -10,7 +10,17 @@ Kinds (split_tasks):
 - random: RandomState(seed).permutation(num_classes), then blocks (SupSup's RandSplitCIFAR100, seed 002_);
   labels follow the permutation order inside a task.
 - explicit: lists of class names or ids from the config, each optionally named.
-- all: one task with every class (the pool pretraining set)."""
+- all: one task with every class (the pool pretraining set).
+- permuted: a task family (SupSup's PermutedMNIST, seed 002_): `count` tasks, each with every class of the source
+  and its own pixel permutation, seeded `seed + t` as SupSup seeds task t (so task 0 is permuted too, not the
+  identity).
+- rotated: a task family (SupSup's RotatingMNIST, seed 002_): `count` tasks with every class, each rotated by its
+  angle: the given `angles`, else t * max_angle / count (max_angle 360 as SupSup's i * (360 // num_tasks), here
+  without the integer division).
+
+A family task carries a `transform` record (data_prep.task_transform) that the loaders apply on the fly; its
+images are the source's, stored once (data_prep.prepare). tasks.json files written before families existed have
+no such field and load as they did."""
 
 from __future__ import annotations
 
@@ -19,23 +29,31 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.task_transform import check_transform, same_effect
 from data_prep.types import Source, Split
 from nws.io import atomic_write_json, read_json
 
-KINDS = ("group", "blocks", "random", "explicit", "all")
+KINDS = ("group", "blocks", "random", "explicit", "all", "permuted", "rotated")
+FAMILIES = ("permuted", "rotated")  # every task has every class; tasks differ by their transform
+DEFAULT_MAX_ANGLE = 360.0
 # order=None for the group kind: the paper's task order per source (alphabetical superclasses for CIFAR-100);
 # every other source uses its own order (first seen by ascending class id).
 DEFAULT_GROUP_ORDER = {"cifar100": "alphabetical"}
 TASKS_VERSION = 1
+# tasks.json of a family (tasks with a transform) is version 2: code from before families refuses it instead of
+# reading every task as the untransformed source; files without transforms stay version 1, byte for byte
+FAMILY_TASKS_VERSION = 2
 
 
 @dataclass
 class Task:
-    """One task: its classes as original ids and names; label remap class_ids[j] -> j (0..v-1)."""
+    """One task: its classes as original ids and names; label remap class_ids[j] -> j (0..v-1); for a task of a
+    family, the pixel transform its loaders apply (data_prep.task_transform), else None."""
 
     name: str
     class_names: list[str]
     class_ids: list[int]
+    transform: dict | None = None
     _index: dict[int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -50,6 +68,8 @@ class Task:
                              f"{len(self.class_names)} class names")
         if len(set(self.class_ids)) != len(self.class_ids):
             raise ValueError(f"task {self.name!r}: a class appears twice in {self.class_ids}")
+        if self.transform is not None:
+            self.transform = check_transform(self.transform, f"task {self.name!r}: transform")
         self._index = {c: j for j, c in enumerate(self.class_ids)}
 
     @property
@@ -76,28 +96,39 @@ class Task:
         return out
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "class_names": list(self.class_names), "class_ids": list(self.class_ids)}
+        """The tasks.json entry; `transform` only when there is one, so a task of another kind writes (and hashes
+        into its unit's config hash) what it did before families existed."""
+        d = {"name": self.name, "class_names": list(self.class_names), "class_ids": list(self.class_ids)}
+        if self.transform is not None:
+            d["transform"] = dict(self.transform)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Task:
         missing = {"name", "class_names", "class_ids"} - set(d)
         if missing:
             raise ValueError(f"task entry {d!r} lacks keys {sorted(missing)}")
-        return cls(name=d["name"], class_names=list(d["class_names"]), class_ids=list(d["class_ids"]))
+        stray = set(d) - {"name", "class_names", "class_ids", "transform"}
+        if stray:
+            raise ValueError(f"task entry {d.get('name')!r} has unknown keys {sorted(stray)}")
+        return cls(name=d["name"], class_names=list(d["class_names"]), class_ids=list(d["class_ids"]),
+                   transform=d.get("transform"))
 
 
 def split_tasks(source: Source, kind: str, *, classes_per_task: int | None = None,
                 num_tasks: int | None = None, seed: int = 0, order: str | None = None,
-                explicit: list | None = None, name: str | None = None) -> list[Task]:
+                explicit: list | None = None, name: str | None = None, count: int | None = None,
+                angles: list[float] | None = None, max_angle: float | None = None) -> list[Task]:
     """Tasks of `source` for split `kind` (see the module docstring). Options that do not apply to the kind
-    must be left unset (seed is only read by `random`). Task names: the group name, `name` for `all`
-    (default "all"), the given names for `explicit`, else task{t:02d}."""
+    must be left unset (seed is only read by `random` and `permuted`). Task names: the group name, `name` for
+    `all` (default "all"), the given names for `explicit`, else task{t:02d}."""
     if kind not in KINDS:
         raise ValueError(f"unknown task split kind {kind!r}; known kinds: {', '.join(KINDS)}")
     given = {"classes_per_task": classes_per_task, "num_tasks": num_tasks, "order": order,
-             "explicit": explicit, "name": name}
+             "explicit": explicit, "name": name, "count": count, "angles": angles, "max_angle": max_angle}
     allowed = {"group": {"order"}, "blocks": {"classes_per_task", "num_tasks"},
-               "random": {"classes_per_task", "num_tasks"}, "explicit": {"explicit"}, "all": {"name"}}[kind]
+               "random": {"classes_per_task", "num_tasks"}, "explicit": {"explicit"}, "all": {"name"},
+               "permuted": {"count"}, "rotated": {"count", "angles", "max_angle"}}[kind]
     stray = sorted(k for k, v in given.items() if v is not None and k not in allowed)
     if stray:
         raise ValueError(f"task split {kind!r} does not take {stray}; it takes {sorted(allowed)}")
@@ -111,10 +142,41 @@ def split_tasks(source: Source, kind: str, *, classes_per_task: int | None = Non
         tasks = _blocks(source, permuted, classes_per_task, num_tasks)
     elif kind == "explicit":
         tasks = _explicit(source, explicit)
+    elif kind == "permuted":
+        tasks = _family(source, [{"kind": "permute", "seed": seed + t} for t in range(_count(count))])
+    elif kind == "rotated":
+        tasks = _family(source, [{"kind": "rotate", "degrees": a} for a in rotation_angles(count, angles, max_angle)])
     else:
         tasks = [Task(name or "all", list(source.classes), list(range(n)))]
     check_tasks(tasks)
     return tasks
+
+
+def _count(count: int | None) -> int:
+    if count is None or isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"a task family needs count >= 1 (the number of tasks), got {count!r}")
+    return count
+
+
+def rotation_angles(count: int | None, angles: list[float] | None, max_angle: float | None) -> list[float]:
+    """The rotated family's angles: `angles` as given (count, if given too, must be their number), else count
+    angles evenly spaced over [0, max_angle) (default 360: SupSup's RotatingMNIST)."""
+    if angles is not None:
+        if max_angle is not None:
+            raise ValueError("rotated tasks take angles or max_angle, not both")
+        if not angles or (count is not None and count != len(angles)):
+            raise ValueError(f"rotated tasks: count {count} but {len(angles or [])} angles {angles}")
+        return [float(a) for a in angles]
+    limit = DEFAULT_MAX_ANGLE if max_angle is None else float(max_angle)
+    if not 0 < limit <= 360:
+        raise ValueError(f"rotated tasks: max_angle must lie in (0, 360], got {max_angle}")
+    n = _count(count)
+    return [t * limit / n for t in range(n)]
+
+
+def _family(source: Source, transforms: list[dict]) -> list[Task]:
+    ids = list(range(len(source.classes)))
+    return [Task(f"task{t:02d}", list(source.classes), ids, transform=tr) for t, tr in enumerate(transforms)]
 
 
 def _group_tasks(source: Source, order: str) -> list[Task]:
@@ -183,12 +245,23 @@ def _explicit(source: Source, explicit: list | None) -> list[Task]:
 
 
 def check_tasks(tasks: list[Task]) -> None:
-    """Task names are unique and no class is in two tasks (of one split kind: the `all` set is separate)."""
+    """Task names are unique and no class is in two tasks (of one split kind: the `all` set is separate); the
+    tasks of a family share their classes instead, and no two of them transform the images alike."""
     seen_names, owner = set(), {}
-    for task in tasks:
+    family = [t for t in tasks if t.transform is not None]
+    if family and len(family) != len(tasks):
+        raise ValueError(f"tasks {[t.name for t in family]} have a transform and others do not: a family's tasks "
+                         "all have one")
+    for i, task in enumerate(tasks):
         if task.name in seen_names:
             raise ValueError(f"task name {task.name!r} used twice")
         seen_names.add(task.name)
+        if family:
+            twin = next((o for o in tasks[:i] if same_effect(o.transform, task.transform)), None)
+            if twin is not None:
+                raise ValueError(f"tasks {twin.name!r} and {task.name!r} transform the images alike "
+                                 f"({twin.transform} and {task.transform}): they would be one task twice")
+            continue
         for c, cname in zip(task.class_ids, task.class_names, strict=True):
             if c in owner:
                 raise ValueError(f"class {cname!r} (id {c}) is in two tasks: {owner[c]!r} and {task.name!r}")
@@ -206,7 +279,8 @@ def save_tasks(path: str | Path, tasks: list[Task], meta: dict | None = None) ->
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: task names must be unique, got {names}")
-    return atomic_write_json(path, {"version": TASKS_VERSION, "tasks": [t.to_dict() for t in tasks],
+    version = FAMILY_TASKS_VERSION if any(t.transform is not None for t in tasks) else TASKS_VERSION
+    return atomic_write_json(path, {"version": version, "tasks": [t.to_dict() for t in tasks],
                                     "meta": dict(meta or {})})
 
 
@@ -214,8 +288,9 @@ def load_tasks(path: str | Path) -> tuple[list[Task], dict]:
     doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list):
         raise ValueError(f"{path}: expected a JSON object with a 'tasks' list")
-    if doc.get("version") != TASKS_VERSION:
-        raise ValueError(f"{path}: tasks.json version {doc.get('version')!r}, expected {TASKS_VERSION}")
+    if doc.get("version") not in (TASKS_VERSION, FAMILY_TASKS_VERSION):
+        raise ValueError(f"{path}: tasks.json version {doc.get('version')!r}, expected {TASKS_VERSION} or "
+                         f"{FAMILY_TASKS_VERSION}")
     try:
         tasks = [Task.from_dict(d) for d in doc["tasks"]]
     except (TypeError, ValueError) as e:

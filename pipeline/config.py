@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 M = TypeVar("M", bound=BaseModel)
 # an experiment name is a folder under the runs directory and a word of Slurm job names and MLflow runs: letters,
@@ -137,7 +137,7 @@ def _describe(schema: type[BaseModel], err: dict) -> str:
         valid = sorted(_fields_at(schema, loc[:-1]))
         return f"unknown key {where!r}; valid keys here: {', '.join(valid)}"
     if err["type"] == "value_error":  # a validator's own message, without pydantic's "Value error, " before it
-        return f"{where}: {err['ctx']['error']}"
+        return f"{where}: {err['ctx']['error']}" if where else str(err["ctx"]["error"])
     return f"{where}: {err['msg']}"
 
 
@@ -183,6 +183,15 @@ def experiment_schema():
         @classmethod
         def _safe_name(cls, value: str) -> str:
             return check_name(value, "the experiment name")
+
+        @model_validator(mode="after")
+        def _family_without_augmentation(self):
+            """A permuted or rotated task trains without augmentation (data_prep.augment says why): refused when
+            the config loads, not when the incremental stage opens its first loader."""
+            if self.data.tasks.kind in ("permuted", "rotated") and self.incremental.augment:
+                raise ValueError(f"incremental.augment: {self.data.tasks.kind} tasks (data.tasks.kind) train without "
+                                 "augmentation (a random crop or flip moves pixels); set incremental.augment: false")
+            return self
 
     return Experiment
 

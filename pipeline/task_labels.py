@@ -2,8 +2,9 @@
 says nothing about what was learned, while "0,1" or "T-shirt/top,Trouser" does.
 
 A task named by its source (a CIFAR-100 superclass, a dataset of CUB-to-Sketches, an explicit name in the config)
-keeps that name: it already says what the task is, and its classes would be a long list. Without tasks.json (the
-data folder moved or removed) every task keeps its name.
+keeps that name: it already says what the task is, and its classes would be a long list. A task of a family
+(permuted, rotated) has every class, so its transform names it (`perm 3`, `rot 36°`). Without tasks.json (the data
+folder moved or removed) every task keeps its name.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from data_prep.task_transform import describe
 from data_prep.tasks import Task, load_tasks
 
 GENERATED = re.compile(r"task\d+")  # the names data_prep.tasks gives blocks, random and unnamed explicit tasks
@@ -18,9 +20,12 @@ MAX_CLASSES = 4  # a label lists at most this many classes, then how many there 
 
 
 def label(task: Task) -> str:
-    """"0,1" for a generated name; the first classes and the count when there are many; the given name otherwise."""
+    """"0,1" for a generated name; the first classes and the count when there are many; a family task's transform;
+    the given name otherwise."""
     if not GENERATED.fullmatch(task.name):
         return task.name
+    if task.transform is not None:
+        return describe(task.transform)
     names = task.class_names
     if len(names) <= MAX_CLASSES:
         return ",".join(names)
