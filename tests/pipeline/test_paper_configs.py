@@ -22,6 +22,9 @@ TASKS = ["incremental.num_tasks=2", "incremental.epochs=1", "incremental.max_ste
          "incremental.batch_size=4", "incremental.milestones=[]", "incremental.num_workers=0"]
 METHODS = {"nws", "finetune", "sequential", "packnet", "ksm", "piggyback", "supsup", "dst"}
 SEEDS = [1993, 1994, 1995]
+# §5.4's shared SGD where the paper's recipe trains; the mask methods' own Adam (their masks do not learn under SGD)
+RECIPES = {"nws": "paper", "finetune": "paper", "sequential": "paper", "packnet": "paper", "ksm": "official",
+           "piggyback": "official", "supsup": "official", "dst": "official"}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,8 @@ def test_benchmark_configs_reuse_the_imagenet_pools(imagenet_pools, config, fixt
         # App. 5: 60% pruned after the budget (here 1 epoch), then 30 epochs of retraining
         assert packnet["prune_perc"] == 0.6 and packnet["train_epochs_per_task"] == [1, 1]
         assert [(d["epochs"], d["extra_epochs"]) for d in packnet["schedule_per_task"]] == [(31, 30)] * 2
+    incremental = runs / name / f"seed{SEEDS[0]}" / "incremental"
+    assert {m: read_json(incremental / m / "metrics.json")["recipe"] for m in METHODS} == RECIPES
     results = read_json(runs / name / "report" / "results.json")
     assert set(results["methods"]) == METHODS
     assert results["method_seeds"] == {m: SEEDS for m in results["methods"]}
