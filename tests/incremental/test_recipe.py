@@ -23,7 +23,8 @@ def optimizer_of(m, t=0):
 @pytest.mark.parametrize("name,official", [("supsup", torch.optim.Adam), ("dst", torch.optim.Adam),
                                            ("piggyback", torch.optim.Adam), ("ksm", torch.optim.Adam),
                                            ("finetune", torch.optim.SGD), ("packnet", torch.optim.SGD),
-                                           ("sequential", torch.optim.SGD), ("nws", torch.optim.SGD)])
+                                           ("sequential", torch.optim.SGD), ("nws", torch.optim.SGD),
+                                           ("wsn", torch.optim.Adam)])
 def test_the_switch_changes_the_optimizer(digits, pretrained, tmp_path, name, official):
     own = optimizer_of(method_for(name, digits, pretrained, tmp_path / "official", **PAPER))
     assert type(own) is official
