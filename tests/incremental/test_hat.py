@@ -235,6 +235,17 @@ def test_options_and_recipe(digits, pretrained, tmp_path):
     opt = m.make_optimizer(m.param_groups(m.setup_task(0)))
     assert isinstance(opt, torch.optim.SGD) and [g["lr"] for g in opt.param_groups] == [0.05] * 3
     assert all(g["momentum"] == 0 and g["weight_decay"] == 0 for g in opt.param_groups)
+    # the shared SGD: its weight decay on BN and head; on the shared weights it is added to the gradient before
+    # Eq. 2 scales it (so a weight earlier tasks fully use gets no decay either); none on the embeddings
+    m = hat(digits, pretrained, tmp_path / "paper", recipe="paper", lr=0.02, momentum=0.8, weight_decay=0.5)
+    model = m.setup_task(0)
+    opt = m.make_optimizer(m.param_groups(model))
+    assert [(g["lr"], g["momentum"], g["weight_decay"]) for g in opt.param_groups] == [
+        (0.02, 0.8, 0.0), (0.02, 0.8, 0.0), (0.02, 0.8, 0.5)]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    m.before_step(model)
+    assert all(torch.equal(p.grad, 0.5 * p.detach()) for p in masked_params(model).values())
 
 
 def test_end_to_end_two_tasks_and_resume(digits, pretrained, tmp_path):
