@@ -15,7 +15,7 @@ from nws.io import load_metadata, load_tensors, save_tensors
 from tests.incremental.fixtures import make_config
 from tests.incremental.test_methods import sample_batch
 
-METHODS = ("finetune", "supsup", "dst", "packnet", "piggyback", "ksm", "nws", "wsn")
+METHODS = ("finetune", "supsup", "dst", "packnet", "piggyback", "ksm", "nws", "wsn", "hat")
 # the component that gets smaller (measured stored / coded on this run: supsup 2.3, piggyback 1.6, packnet 1.17, dst
 # 1.13); KSM's kernel masks (one bit a kernel, about half set after a few steps) and WSN's Huffman-coded mask blocks
 # stay as stored
