@@ -56,3 +56,12 @@ def load_masks(path: Path) -> dict[str, torch.Tensor]:
 def packed_bytes(masks: dict[str, torch.Tensor]) -> int:
     """The payload bytes `save_masks` stores for these masks (without the header): Σ ceil(numel / 8)."""
     return sum((m.numel() + 7) // 8 for m in masks.values())
+
+
+def union(masks: list[dict[str, torch.Tensor]], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Element-wise OR of mask sets (all False when there are none), shaped like `like`."""
+    out = {n: torch.zeros(v.shape, dtype=torch.bool) for n, v in like.items()}
+    for m in masks:
+        for n in out:
+            out[n] |= m[n]
+    return out

@@ -52,7 +52,7 @@ from incremental import adam_reach
 from incremental.backbone import check_plain, load_plain
 from incremental.bn_recal_supsup_dst import recalibrate_task
 from incremental.masked_net import assemble, masked_params, task_state
-from incremental.masks import load_masks, packed_bytes, save_masks
+from incremental.masks import load_masks, packed_bytes, save_masks, union
 from incremental.methods import Method, MethodOptions
 from incremental.sparse import death_rate, init_masks, prune_magnitude, regrow
 from incremental.stored import is_sealed, verify_task
@@ -79,15 +79,6 @@ class Options(MethodOptions):
     lr: float | None = Field(None, gt=0)  # None: 1e-3 (official), raised on a short schedule (incremental.adam_reach)
     weight_decay: float = Field(0.0, ge=0)
     recalibrate_bn: bool = True  # store BN statistics recomputed for the final network (False: the running averages)
-
-
-def union(masks: list[dict[str, torch.Tensor]], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Element-wise OR of mask sets (all False when there are none), shaped like `like`."""
-    out = {n: torch.zeros(v.shape, dtype=torch.bool) for n, v in like.items()}
-    for m in masks:
-        for n in out:
-            out[n] |= m[n]
-    return out
 
 
 def trained_with(meta: dict[str, str]) -> dict:

@@ -61,6 +61,7 @@ from incremental import adam_reach
 from incremental.backbone import check_plain, load_plain
 from incremental.bn_stats import DEFAULT_BATCHES, recalibrate_task
 from incremental.masked_net import HEAD, assemble, bare, masked_params
+from incremental.masks import union
 from incremental.methods import Method, MethodOptions
 from incremental.methods._wsn_huffman import block_stats, load_block, pack_tasks, save_block
 from incremental.stored import is_sealed, staged_path
@@ -117,14 +118,6 @@ def subnet_layers(net: nn.Module) -> dict[str, nn.Module]:
 def weight_of(layer: nn.Module) -> nn.Parameter:
     """The trained weight under a layer's Subnet parametrization."""
     return layer.parametrizations.weight.original
-
-
-def union(masks: list[dict[str, torch.Tensor]], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {n: torch.zeros(v.shape, dtype=torch.bool) for n, v in like.items()}
-    for m in masks:
-        for n in out:
-            out[n] |= m[n]
-    return out
 
 
 class WSN(Method):
