@@ -11,10 +11,12 @@ all of them alike), medians reported:
     notes/algorithms.md §1.1) and the training step that uses it;
 (d) the cached search on a realistic second step: after one SGD step (lr 0.01) of the temporary kernels.
 
-    python -m bench.search [--quick] [--repeats 5] [--threads N] [--clock wall|cpu] [--write]
+    python -m bench.search [--quick] [--repeats 5] [--threads N] [--clock wall|cpu] [--device cpu|cuda] [--write]
 
 `--clock cpu` times with the process's CPU time instead of the wall clock: with `--threads 1` on a machine
-shared with other jobs, that is the work done, free of the time spent waiting for a core.
+shared with other jobs, that is the work done, free of the time spent waiting for a core. `--device cuda` runs every
+measurement on the GPU (the clock waits for the device before each reading; `--clock cpu` is refused there): the
+step ratio at batch 256 is issue 20's GPU aim (≤ 1.10), read by scripts/gpu_check.sh.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from bench.common import cpu_name, write_section
 from nws.search import SearchCache, nearest
 
 SECTION = "## Search (bench/search.py)"
+CPU = torch.device("cpu")
 BETA = 0.5  # Eq. 2 weight of the Split-CIFAR-100 config (notes §1.4)
 LR = 0.01
 
@@ -58,11 +61,12 @@ def load() -> str:
         return "?"
 
 
-def step_fn(model, batch: int, beta: float, seed: int):
+def step_fn(model, batch: int, beta: float, seed: int, device: torch.device = CPU):
     """One SGD step (momentum 0.9, as the official config) on a fixed random batch of 32×32 images."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, 32, 32, generator=g)
-    y = torch.randint(0, 5, (batch,), generator=g)
+    x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 5, (batch,), generator=g).to(device)
+    model.to(device)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR, momentum=0.9)
     model.train()
 
@@ -85,9 +89,9 @@ def with_search(snet, kind: str):
     return model
 
 
-def flops_rate(size: int, clock=time.perf_counter) -> float:
+def flops_rate(size: int, clock=time.perf_counter, device: torch.device = CPU) -> float:
     """FLOP/s of this machine on a large square fp32 matmul (one call)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     t = clock()
     a @ b
     return 2 * size**3 / (clock() - t)
@@ -116,41 +120,56 @@ def cached_search(layers, moved, clock=time.perf_counter):
     return run, searched
 
 
-def one_sgd_step(snet, batch: int, seed: int):
+def one_sgd_step(snet, batch: int, seed: int, device: torch.device = CPU):
     """The temporary kernels after one plain SGD step (lr 0.01) on CE + beta·Eq. 2, as (N, d) rows per layer."""
-    model = copy.deepcopy(snet)
+    model = copy.deepcopy(snet).to(device)
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 5, (batch,), generator=g)
+    x, y = x.to(device), y.to(device)
     loss = F.cross_entropy(model(x), y) + BETA * nws.search_loss(model)
     loss.backward()
     return [(layer.weight - LR * layer.weight.grad).detach().reshape(-1, layer.group_dim)
             for _, layer in nws.nws_layers(model)]
 
 
+def synced(clock, device: torch.device):
+    """`clock`, reading only once the device has finished the work queued so far (CUDA kernels run async)."""
+    if device.type != "cuda":
+        return clock
+
+    def read() -> float:
+        torch.cuda.synchronize(device)
+        return clock()
+
+    return read
+
+
 def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=time.perf_counter,
-        pool_size: int = 512) -> str:
+        pool_size: int = 512, device: torch.device = CPU) -> str:
     torch.manual_seed(0)
+    kind_of_clock = "wall-clock" if clock is time.perf_counter else "CPU"
+    clock = synced(clock, device)
     net = nws.models.resnet18(num_classes=5, stem="nws", width=width)
-    snet = nws.set_mode(nws.convert(net, pool_size=pool_size, seed=0), "search")
+    snet = nws.set_mode(nws.convert(net, pool_size=pool_size, seed=0), "search").to(device)
     layers = [(layer.flat_weight().detach(), layer.pool) for _, layer in nws.nws_layers(snet)]
     kernels = sum(f.shape[0] for f, _ in layers)
     flops = sum(2 * f.shape[0] * f.shape[1] * p.shape[0] for f, p in layers)
 
     timed = {}
     for b in batches:
-        timed[("plain", b)] = step_fn(copy.deepcopy(net), b, 0.0, b)
+        timed[("plain", b)] = step_fn(copy.deepcopy(net), b, 0.0, b, device)
         for kind in ("full", "cached", "official"):
-            timed[(kind, b)] = step_fn(with_search(snet, kind), b, BETA, b)
+            timed[(kind, b)] = step_fn(with_search(snet, kind), b, BETA, b, device)
     timed["search"] = lambda: [nearest(f, p) for f, p in layers]
     timed["official search"] = lambda: [OfficialSearch()(f, p) for f, p in layers]
-    moved = one_sgd_step(snet, 32, seed=1)
+    moved = one_sgd_step(snet, 32, seed=1, device=device)
     cached, searched = cached_search(layers, moved, clock)
     for fn in timed.values():  # warm-up (the cached steps prime their caches here)
         fn()
     times = {k: [] for k in timed}
     times["cached search"], rates = [], []
     for _ in range(repeats):
-        rates.append(flops_rate(matmul_size, clock))
+        rates.append(flops_rate(matmul_size, clock, device))
         for key, fn in timed.items():
             t = clock()
             fn()
@@ -185,8 +204,8 @@ def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=
                 f"faster |")
     rows.append(f"| cached search after one SGD step (lr {LR}; {resized:,} of {kernels:,} kernels searched again) "
                 f"| – | {ms['cached search']:.1f} | {ms['cached search'] / floor:.2f}× floor |")
-    kind = "wall-clock" if clock is time.perf_counter else "CPU"
-    head = (f"Machine: {machine()}. Width {width}, pools of {pool_size}, {kind} times, medians of {repeats} "
+    where = machine() if device.type != "cuda" else f"{torch.cuda.get_device_name(device)} (host: {machine()})"
+    head = (f"Machine: {where}. Width {width}, pools of {pool_size}, {kind_of_clock} times, medians of {repeats} "
             f"interleaved repeats; load average at the end {load()} (1/5/15 min).")
     return head + "\n\n" + "\n".join(rows)
 
@@ -207,16 +226,23 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall clock or process CPU time")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where every measurement runs")
     p.add_argument("--write", action="store_true", help="update the Search section of BENCHMARKS.md")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: this torch sees no CUDA device")
+    if device.type == "cuda" and args.clock == "cpu":
+        p.error("--clock cpu times the host process, not the GPU: use the wall clock with --device cuda")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or threads)
     try:
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         if args.quick:
-            body = run(width=0.125, batches=[4], repeats=2, matmul_size=256, clock=clock)
+            body = run(width=0.125, batches=[4], repeats=2, matmul_size=256, clock=clock, device=device)
         else:
-            body = run(width=1.0, batches=[32, 256], repeats=args.repeats, matmul_size=2048, clock=clock)
+            body = run(width=1.0, batches=[32, 256], repeats=args.repeats, matmul_size=2048, clock=clock,
+                       device=device)
     finally:
         torch.set_num_threads(threads)
     print(body)
@@ -224,6 +250,7 @@ def main(argv: list[str] | None = None) -> str:
         command = "python -m bench.search" + (" --quick" if args.quick else f" --repeats {args.repeats}")
         command += f" --threads {args.threads}" if args.threads else ""
         command += " --clock cpu" if args.clock == "cpu" else ""
+        command += f" --device {args.device}" if device.type != "cpu" else ""
         write_section(SECTION, command + " --write", body + "\n\n" + NOTES)
     return body
 

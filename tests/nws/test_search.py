@@ -251,3 +251,41 @@ def test_bench_quick_runs():
     for row in ("plain step", "full search every step", "cached search", "official-style step", "FLOP floor",
                 "search alone", "official-style search", "after one SGD step"):
         assert row in table
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_search_is_fp32_under_bf16_autocast_and_tf32():
+    """On the GPU, bf16 autocast and TF32 matmuls (both common in training scripts) must not reach the search: the
+    indices equal the CPU brute force, and the caller's TF32 setting is restored."""
+    flat, pool = kernels(5000, 9, 0.1, seed=27), kernels(512, 9, 1.0, seed=28)
+    expected = brute(flat, pool)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert torch.equal(nearest(flat.cuda(), pool.cuda()).cpu(), expected)
+    old = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        assert torch.equal(nearest(flat.cuda(), pool.cuda()).cpu(), expected)
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = old
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_quick_runs_on_the_gpu():
+    from bench import search as bench_search
+
+    table = bench_search.main(["--quick", "--device", "cuda"])
+    assert "Machine: " in table and torch.cuda.get_device_name(0) in table and "cached search" in table
+
+
+def test_bench_refuses_a_device_this_torch_lacks(capsys):
+    from bench import search as bench_search
+
+    if torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            bench_search.main(["--quick", "--device", "cuda", "--clock", "cpu"])
+        assert "--clock cpu times the host process" in capsys.readouterr().err
+    else:
+        with pytest.raises(SystemExit):
+            bench_search.main(["--quick", "--device", "cuda"])
+        assert "--device cuda: this torch sees no CUDA device" in capsys.readouterr().err
