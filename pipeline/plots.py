@@ -23,6 +23,19 @@ from nws.io import atomic_write_bytes
 from pipeline.headline import Point
 
 DPI = 120
+# beyond this many tasks (SupSup's long permuted sequences) a plot stops growing with the tasks and names them by
+# number on integer ticks: 100 named ticks made a 6,800-pixel-wide line plot and a 61-inch accuracy matrix
+MANY_TASKS = 20
+
+
+def _task_ticks(axis, tasks: list[str], start: int = 0, **named) -> None:
+    """Ticks naming each task where they fit; past MANY_TASKS, integer task numbers (from `start`) chosen by
+    matplotlib."""
+    if len(tasks) <= MANY_TASKS:
+        ticks = range(start, start + len(tasks))
+        axis.set_ticks(ticks, tasks, **named)
+    else:
+        axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -49,16 +62,18 @@ def accuracy_matrix(path: Path, R: list[list[float | None]], R_std: list[list[fl
     """R[i][j] (%): accuracy on task j (columns) after learning task i (rows); mean ± std over seeds."""
     values = 100 * _grid(R)
     spread = 100 * _grid(R_std) if R_std is not None else np.full_like(values, np.nan)
-    size = max(3.0, 0.6 * len(tasks) + 1.5)
+    size = min(max(3.0, 0.6 * len(tasks) + 1.5), 8.0)
     fig = Figure(figsize=(size + 1, size))
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100)
     if len(tasks) <= 12:
         _annotate(ax, values, lambda i, j: f"{values[i, j]:.1f}" + (
             "" if np.isnan(spread[i, j]) else f"\n±{spread[i, j]:.1f}"), dark=60)
-    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
-    ax.set_yticks(range(len(tasks)), [f"after {t}" for t in tasks])
-    ax.set_xlabel("evaluated task")
+    _task_ticks(ax.xaxis, tasks, rotation=45, ha="right")
+    _task_ticks(ax.yaxis, [f"after {t}" for t in tasks])
+    ax.set_xlabel("evaluated task" + (" (0 = the first)" if len(tasks) > MANY_TASKS else ""))
+    if len(tasks) > MANY_TASKS:
+        ax.set_ylabel("after learning task")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     return save(fig, path)
@@ -68,7 +83,7 @@ def task_accuracy(path: Path, accuracy: dict[str, tuple[list[float], list[float 
                   chance: list[float] | None = None) -> Path:
     """Fig. 3: final accuracy on every task (after the last task), one bar per method, with the std over seeds;
     `chance` (1/classes per task) is drawn as a dashed line over each task's bars, so a method at chance shows."""
-    fig = Figure(figsize=(max(5.0, 0.5 * len(tasks) * max(len(accuracy), 1) + 2), 3.5))
+    fig = Figure(figsize=(min(max(5.0, 0.5 * len(tasks) * max(len(accuracy), 1) + 2), 12.0), 3.5))
     ax = fig.add_subplot()
     width = 0.8 / max(len(accuracy), 1)
     for k, (method, (mean, std)) in enumerate(accuracy.items()):
@@ -78,7 +93,7 @@ def task_accuracy(path: Path, accuracy: dict[str, tuple[list[float], list[float 
     for j, level in enumerate(chance or []):
         ax.hlines(100 * level, j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=1,
                   label="chance" if j == 0 else None)
-    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+    _task_ticks(ax.xaxis, tasks, rotation=45, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Task-wise accuracy after the last task")
@@ -94,7 +109,7 @@ def memory_vs_tasks(path: Path, curves: dict[str, tuple[list[float], list[float 
     for method, (mean, std) in curves.items():
         x = np.arange(1, len(mean) + 1)
         err = None if all(s is None for s in std) else [s or 0.0 for s in std]
-        ax.errorbar(x, mean, yerr=err, marker="o", capsize=2, label=method)
+        ax.errorbar(x, mean, yerr=err, marker="o" if len(mean) <= MANY_TASKS else None, capsize=2, label=method)
     if _wide([v for m, _ in curves.values() for v in m]):
         ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -141,17 +156,18 @@ def avg_accuracy_vs_tasks(path: Path, curves: dict[str, tuple[list[float], list[
                           tasks: list[str]) -> Path:
     """After each task, the average accuracy over the tasks learned so far, one line per method with a band of ±
     the std over seeds; the x ticks name the task just learned."""
-    fig = Figure(figsize=(max(5.5, 0.7 * len(tasks) + 2), 3.8))
+    many = len(tasks) > MANY_TASKS
+    fig = Figure(figsize=(7.0 if many else max(5.5, 0.7 * len(tasks) + 2), 3.8))
     ax = fig.add_subplot()
     for method, (mean, std) in curves.items():
         x, y = np.arange(1, len(mean) + 1), 100 * np.array(mean)
-        (line,) = ax.plot(x, y, marker="o", label=method)
+        (line,) = ax.plot(x, y, marker=None if many else "o", label=method)
         if any(s is not None for s in std):
             band = 100 * np.array([s or 0.0 for s in std])
             ax.fill_between(x, y - band, y + band, color=line.get_color(), alpha=0.2, linewidth=0)
     # one class per line under the task's number, so long class names do not run into the next tick's
-    ax.set_xticks(range(1, len(tasks) + 1), [f"{t + 1}\n" + name.replace(",", "\n") for t, name in enumerate(tasks)],
-                  fontsize=7 if len(tasks) > 5 else 8)
+    _task_ticks(ax.xaxis, [f"{t + 1}\n" + name.replace(",", "\n") for t, name in enumerate(tasks)], start=1,
+                fontsize=7 if len(tasks) > 5 else 8)
     ax.set_xlabel("number of learned tasks (the last one)")
     ax.set_ylabel("average accuracy so far (%)")
     ax.set_ylim(top=min(100.5, ax.get_ylim()[1]))  # the data's own range: methods within a point stay apart
@@ -165,12 +181,12 @@ def layer_heatmap(path: Path, values: list[list[float | None]], layers: list[str
                   label: str) -> Path:
     """Fig. 4: a per-layer quantity in [0, 1] (rows: layers, 1 = the first) for every task (columns)."""
     grid = _grid(values)
-    fig = Figure(figsize=(max(3.5, 0.55 * len(tasks) + 2.5), max(3.0, 0.3 * len(layers) + 1)))
+    fig = Figure(figsize=(min(max(3.5, 0.55 * len(tasks) + 2.5), 12.0), max(3.0, 0.3 * len(layers) + 1)))
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="magma", vmin=0, vmax=1, aspect="auto")
     if len(tasks) <= 10:
         _annotate(ax, grid, lambda i, j: f"{grid[i, j]:.2f}", dark=0.5)
-    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+    _task_ticks(ax.xaxis, tasks, rotation=45, ha="right")
     ax.set_yticks(range(len(layers)), [f"{i + 1} {name}" for i, name in enumerate(layers)], fontsize=7)
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label=label)
