@@ -97,12 +97,11 @@ class Method(ABC):
         self.ctx = ctx
         self.opts = ctx.options
         self.inc = ctx.cfg.incremental
-        self.recipe: str = getattr(self.opts, "recipe", None) or self.inc.recipe
+        self.recipe: str = self.opts.recipe or self.inc.recipe  # every Options is a MethodOptions
         self.optimizer: torch.optim.Optimizer | None = None  # the current task's (make_optimizer)
         clash = sorted(k for k in self.recipe_keys if k in self.opts.model_fields_set)
         if self.recipe == "paper" and clash:
-            where = ("incremental.options." + self.name + ".recipe" if getattr(self.opts, "recipe", None)
-                     else "incremental.recipe")
+            where = f"incremental.options.{self.name}.recipe" if self.opts.recipe else "incremental.recipe"
             raise ConfigError(f"incremental.options.{self.name}: {', '.join(clash)} belong to {self.name}'s official "
                               f"recipe, but {where} is 'paper' (the shared SGD of seed 004_ §5.4 replaces them); "
                               "drop them or use recipe: official")
