@@ -168,7 +168,7 @@ def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, t
 
         log(tracker, results, out)
         # each run's figures in its child run
-        log_method_plots(tracker, found, results["tasks"], results["task_labels"], cfg.get("model"))
+        log_method_plots(tracker, found, results["tasks"], results["task_labels"], cfg.get("model"), draw)
     return results
 
 

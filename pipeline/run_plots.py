@@ -3,14 +3,15 @@
 The report draws its figures over all seeds and logs them to the pipeline's parent run; a researcher who opens one
 method's run (one seed) in the UI finds that run's figures there too, under `plots/`: its accuracy matrix, task-wise
 accuracies and memory against the number of tasks, and for NWS Fig. 4's heatmaps and the index distributions. They
-are drawn by the report's own pipeline.report.draw from that run's metrics.json alone, so with one seed they are the
-report's figures. The child run is the one the method folder's mlflow_run.json names (written by the task loop); a
-run made without tracking has none and is left out.
+are drawn by the report's own `draw` (pipeline.report hands it over: this module sits below the report) from that
+run's metrics.json alone, so with one seed they are the report's figures. The child run is the one the method
+folder's mlflow_run.json names (written by the task loop); a run made without tracking has none and is left out.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from nws.io import read_json
@@ -25,12 +26,10 @@ def child_run_id(metrics_path: Path) -> str | None:
     return read_json(path).get("run_id") if path.is_file() else None
 
 
-def log_method_plots(tracker, found: dict, tasks: list[str], labels: list[str],
-                     model: dict | None) -> dict[str, list[str]]:
-    """Draw every method run's figures (pipeline.report.draw on that run alone, tasks shown by `labels`) and log them
-    to its child run, a run of `tracker`'s store; returns {child run id: the file names logged}."""
-    from pipeline.report import draw
-
+def log_method_plots(tracker, found: dict, tasks: list[str], labels: list[str], model: dict | None,
+                     draw: Callable[..., list[Path]]) -> dict[str, list[str]]:
+    """Draw every method run's figures (the report's `draw` on that run alone, tasks shown by `labels`) and log
+    them to its child run, a run of `tracker`'s store; returns {child run id: the file names logged}."""
     logged = {}
     for name, runs in found.items():
         for run in runs:
