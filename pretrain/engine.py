@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from base.training import lr_factor
 from pretrain.config import PretrainConfig
 
 # Modules whose gradients DeepSpeed would round to bf16 for the all-reduce: none. In 1×1 and head layers the Eq. 2
@@ -43,12 +44,7 @@ def batch_plan(cfg: PretrainConfig, world_size: int) -> BatchPlan:
 
 def lr_at(cfg: PretrainConfig, epoch: int) -> float:
     """MultiStepLR: lr × gamma^(number of milestones reached; fractions of the run resolved to epochs)."""
-    return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs())
-
-
-def set_lr(optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    return cfg.lr * lr_factor(epoch, cfg.milestone_epochs(), cfg.gamma)
 
 
 def native_bf16() -> bool:
