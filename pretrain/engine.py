@@ -5,7 +5,8 @@ bf16 uses DeepSpeed's `torch_autocast` section: parameters, buffers and gradient
 the small Eq. 2 gradient survives) while convs and linears run in bf16; the NWS search inside each layer stays fp32
 whatever autocast says (nws.search). The learning rate follows
 the official MultiStepLR stepped per *epoch*, which DeepSpeed's own scheduler hook (stepped per optimizer step)
-cannot express, so it is a plain function applied to the optimizer at each epoch start; it needs no state to resume.
+cannot express, so it is a plain function applied to the optimizer at each epoch start; it needs no state to resume
+(base.training.lr_factor, the task loop's too).
 """
 
 from __future__ import annotations
