@@ -44,7 +44,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, max_batches: int 
 
     Runs the unwrapped module (a DistributedDataParallel forward would broadcast rank 0's buffers); each process
     averages over its own batches, so a multi-process caller averages the statistics over processes afterwards
-    (incremental.train.sync_batchnorm does at the end of every task). Training flags and momenta are restored."""
+    (base.training.sync_batchnorm_statistics does at the end of every task). Training flags and momenta are restored."""
     net = getattr(model, "module", model)
     layers = [m for m in batchnorms(net) if not getattr(m, FROZEN, False)]
     if not layers or max_batches == 0:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 
+from base import training
 from incremental.method_names import unknown
 from pipeline.config import Section
 
@@ -127,4 +128,4 @@ class IncrementalConfig(Section):
         if self.epochs is None or any(isinstance(m, float) for m in self.milestones):
             raise ValueError("lr_factor(epoch) needs epoch milestones and an epochs budget; use the task's "
                              "incremental.schedule.TaskSchedule.lr_factor(step)")
-        return self.gamma ** sum(epoch >= m for m in self.milestones)
+        return training.lr_factor(epoch, self.milestones, self.gamma)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from base import training
 from data_prep.loaders import resolve_rank
 from data_prep.manifest import read_unit
 
@@ -49,7 +50,7 @@ class TaskSchedule:
 
     def lr_factor(self, step: int) -> float:
         """gamma ** (milestones reached) at optimizer step `step` (0-based): the multiplier on every initial lr."""
-        return self.gamma ** sum(step >= m for m in self.milestones)
+        return training.lr_factor(step, self.milestones, self.gamma)
 
     def reach(self) -> float:
         """Σ over the task's steps of lr_factor: how far, in units of the initial lr, the schedule lets a parameter

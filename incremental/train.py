@@ -6,8 +6,9 @@ The task's schedule (epochs, steps per epoch, milestones in steps) is resolved o
 size (incremental.schedule) and handed to the method as `ctx.schedule`. The learning rate is set before every step
 from the step's place in that schedule (no scheduler object), so a resumed task and a multi-process run follow the
 same schedule; milestones given in epochs fall on the first step of their epoch, as the per-epoch schedule did. A
-non-finite loss skips the step with a logged reason; too many in a row stop the task (DESIGN §5). A process that
-caught SIGUSR1 (nws.preempt: Slurm's warning before the time limit) stops after the next epoch's checkpoint.
+non-finite loss skips the step with a logged reason; too many in a row stop the task (DESIGN §5). The guard, the
+schedule function and the BatchNorm sync are pretraining's too (base.training). A process that caught SIGUSR1
+(nws.preempt: Slurm's warning before the time limit) stops after the next epoch's checkpoint.
 """
 
 from __future__ import annotations
@@ -19,46 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from base.training import NonFiniteGuard, NonFiniteLoss, nonfinite_where, scale_lr, sync_batchnorm_statistics
 from data_prep.loaders import derive_seed, make_loader
 from incremental import checkpoint, schedule
 from incremental.checkpoint import Progress
 from incremental.methods import trainable
-from nws import exits
 from nws.preempt import Preempted, requested, stopping
-
-
-def nonfinite_where(model: nn.Module, x: torch.Tensor) -> str:
-    """Where a non-finite loss comes from (issue 17: the guard named no layer): the first parameter or buffer
-    holding NaN/inf, else the first module whose output on this batch is non-finite (found by running the batch
-    again with hooks; BatchNorm statistics are put back), else the loss term itself."""
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return f"{name} holds NaN/inf"
-    found: list[str] = []
-
-    def hook(module, args, out, name=""):
-        if not found and isinstance(out, torch.Tensor) and not bool(torch.isfinite(out).all()):
-            found.append(name)
-
-    leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
-    saved = [b.detach().clone() for _, b in model.named_buffers()]
-    handles = [m.register_forward_hook(lambda mod, a, o, n=n: hook(mod, a, o, n)) for n, m in leaves]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        with torch.no_grad():
-            for (_, b), v in zip(model.named_buffers(), saved, strict=True):
-                b.copy_(v)
-    return f"first non-finite output at {found[0]}" if found else "every layer's output is finite (the loss term)"
-
-
-class NonFiniteLoss(RuntimeError):
-    """Too many consecutive non-finite losses: the task stops instead of training on garbage."""
-
-    EXIT_CODE = exits.NON_FINITE
 
 
 def sgd(groups: list[dict], inc) -> torch.optim.Optimizer:
@@ -80,17 +47,6 @@ def train_loader(ctx, t: int, accelerator):
     if len(loader) == 0:  # fewer samples than one batch: keep the partial batch rather than train on nothing
         loader.drop_last = False
     return loader
-
-
-@torch.no_grad()
-def sync_batchnorm(model: nn.Module, accelerator) -> None:
-    """Average the BatchNorm running statistics over processes (each saw only its share of every batch)."""
-    if accelerator.num_processes == 1:
-        return
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            m.running_mean.copy_(accelerator.reduce(m.running_mean, reduction="mean"))
-            m.running_var.copy_(accelerator.reduce(m.running_var, reduction="mean"))
 
 
 def signalled(accelerator) -> bool:
@@ -125,35 +81,34 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
                            f"{per_epoch} (incremental.schedule.steps_per_epoch and data_prep.loaders disagree)")
     every = max(1, sched.epochs // 100)  # epoch lines: every epoch up to 100 epochs, then about 100 in all
     first, seconds_before = progress.epoch, progress.seconds  # this run's pace: resumed epochs are not counted
+    guard = NonFiniteGuard(inc.max_consecutive_skips, skipped=progress.skipped)
     for epoch in range(progress.epoch, sched.epochs):
-        start, losses, consecutive = time.perf_counter(), [], 0
+        start, losses = time.perf_counter(), []
+        guard.ok()  # a run of skips ends with its epoch
         hits = torch.zeros(2, device=device)  # correct predictions, images: the epoch's training accuracy
         model.train()
         loader.set_epoch(epoch)
         for i, (x, y) in enumerate(loader):
             if i >= per_epoch:
                 break
-            factor = sched.lr_factor(epoch * per_epoch + i)
-            for g in optimizer.param_groups:
-                g["lr"] = g["initial_lr"] * factor
+            scale_lr(optimizer, sched.lr_factor(epoch * per_epoch + i))
             x, y = x.to(device), y.to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             extra = method.extra_loss(model)
             total = loss if extra is None else loss + extra
-            bad = accelerator.reduce(torch.tensor(float(not torch.isfinite(total)), device=device), "sum")
-            if bad.item() > 0:
-                progress.skipped += 1
-                consecutive += 1
+            if guard.bad_terms({"loss": total}):  # on any process
+                stop = guard.skip()
+                progress.skipped = guard.skipped
                 optimizer.zero_grad(set_to_none=True)
                 where = nonfinite_where(model, x)
                 log(f"task {t} epoch {epoch} step {i}: non-finite loss (ce {loss.item()}; {where}), step skipped")
-                if consecutive >= inc.max_consecutive_skips:
-                    raise NonFiniteLoss(f"task {t}: {consecutive} non-finite losses in a row at epoch {epoch}: "
+                if stop:
+                    raise NonFiniteLoss(f"task {t}: {guard.consecutive} non-finite losses in a row at epoch {epoch}: "
                                         f"{where}; lower incremental.lr or check the data (the last epoch checkpoint "
                                         "is intact)")
                 continue
-            consecutive = 0
+            guard.ok()
             accelerator.backward(total)
             method.before_step(model)
             optimizer.step()
@@ -183,7 +138,7 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
             stopping()
             raise Preempted(f"task {t}: SIGUSR1: checkpoint of epoch {epoch + 1}/{sched.epochs} written to {root}; "
                             "the same command resumes from it")
-    sync_batchnorm(raw, accelerator)
+    sync_batchnorm_statistics(raw, accelerator.num_processes)
     del model, optimizer  # the DDP wrapper and its reducer go now, not at interpreter exit after the group is gone
     accelerator.free_memory()
     return unwrap(raw).cpu(), progress

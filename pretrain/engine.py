@@ -5,7 +5,8 @@ bf16 uses DeepSpeed's `torch_autocast` section: parameters, buffers and gradient
 the small Eq. 2 gradient survives) while convs and linears run in bf16; the NWS search inside each layer stays fp32
 whatever autocast says (nws.search). The learning rate follows
 the official MultiStepLR stepped per *epoch*, which DeepSpeed's own scheduler hook (stepped per optimizer step)
-cannot express, so it is a plain function applied to the optimizer at each epoch start; it needs no state to resume.
+cannot express, so it is a plain function applied to the optimizer at each epoch start; it needs no state to resume
+(base.training.lr_factor, the task loop's too).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from base.training import lr_factor
 from pretrain.config import PretrainConfig
 
 # Modules whose gradients DeepSpeed would round to bf16 for the all-reduce: none. In 1×1 and head layers the Eq. 2
@@ -43,12 +45,7 @@ def batch_plan(cfg: PretrainConfig, world_size: int) -> BatchPlan:
 
 def lr_at(cfg: PretrainConfig, epoch: int) -> float:
     """MultiStepLR: lr × gamma^(number of milestones reached; fractions of the run resolved to epochs)."""
-    return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs())
-
-
-def set_lr(optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    return cfg.lr * lr_factor(epoch, cfg.milestone_epochs(), cfg.gamma)
 
 
 def native_bf16() -> bool:

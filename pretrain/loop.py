@@ -2,11 +2,12 @@
 float backbone the baselines start from (same architecture, data and schedule, no NWS).
 
 Per micro-batch: forward under the engine's autocast; loss = CE + beta × Σ_l mean((sg[K_l] - W_l)^2) (Eq. 2 summed
-over layers, nws.search_loss — never silently zero, unlike the official pool pretraining, notes §1.3); the
-non-finite guard; backward. At each optimizer step the EMA pool update (nws.PoolDistiller, once per step as in the
-official code). Checkpoints every `checkpoint_every` steps and at every epoch end, and after the step at which a
-rank caught SIGUSR1 (nws.preempt: Slurm's warning before the time limit), where it then stops (Preempted); the same
-call resumes from the latest one, skipping the micro-batches of the epoch it had already consumed.
+over layers, nws.search_loss — never silently zero, unlike the official pool pretraining, notes §1.3); the non-finite
+guard (base.training, as the task loop's); backward. At each optimizer step the EMA pool update (nws.PoolDistiller,
+once per step as in the official code). Checkpoints every `checkpoint_every` steps and at every epoch end, and after
+the step at which a rank caught SIGUSR1 (nws.preempt: Slurm's warning before the time limit), where it then stops
+(Preempted); the same call resumes from the latest one, skipping the micro-batches of the epoch it had already
+consumed.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import nws
+from base import training
 from nws.distill import restart_period
 from nws.io import load_tensors
 from nws.pools import quantisation_error
 from nws.preempt import Preempted, requested, stopping
 from nws.stats import kernel_utilisation
-from pretrain import checkpoint, guard
+from pretrain import checkpoint
 from pretrain.data import train_loader
-from pretrain.engine import batch_plan, build_engine, lr_at, set_lr
+from pretrain.engine import batch_plan, build_engine, lr_at
 from pretrain.global_bn import use_global_batchnorm
 from pretrain.recalibrate import recalibrate_batchnorm
 
@@ -105,23 +107,17 @@ def layer_report(model: nn.Module, distiller=None) -> dict[str, dict[str, float]
 
 
 @torch.no_grad()
-def sync_batchnorm_statistics(model: nn.Module, world_size: int) -> None:
-    """Average the BatchNorm running statistics over ranks (each rank normalised only its share of the batch), so
-    every rank, and so the checkpoint, holds the same network."""
-    if world_size == 1:
-        return
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            for buf in (m.running_mean, m.running_var):
-                dist.all_reduce(buf)
-                buf.div_(world_size)
-
-
-@torch.no_grad()
 def pool_update(distiller) -> None:
     """The EMA pool update of one optimizer step (nws.PoolDistiller.step). Its statistics depend on W and the pools
     only, so it is the same on every rank and for any gradient accumulation: one step of 1 rank and 1 forward."""
     distiller.step()
+
+
+@torch.no_grad()
+def drop_pending_pool_statistics(distiller) -> None:
+    """Forget what a skipped forward accumulated for the EMA pool update (nws.distill.PoolDistiller): the skipped
+    step leaves no trace in the pools either (base.training's guard)."""
+    distiller.discard()
 
 
 PROGRESS_SECONDS = 30.0  # the least time between two progress lines on the console
@@ -180,10 +176,9 @@ class Trainer:
         if state is not None and job.rank == 0:
             print(f"[pretrain {kind}] resumed from checkpoint {state.tag} (step {state.step}/{self.total_steps})",
                   flush=True)
-        self.guard = guard.NonFiniteGuard(p.max_consecutive_skips)
+        self.guard = training.NonFiniteGuard(p.max_consecutive_skips, skipped=self.state.skipped)
         self._printed = -float("inf")  # when the last progress line was printed (rank 0)
-        self.guard.skipped = self.state.skipped
-        self.bn = guard.batchnorm_buffers(self.model)
+        self.bn = training.batchnorm_buffers(self.model)
 
     def _micro_batches_per_epoch(self) -> int:
         """Whole optimizer steps only, so no accumulation window straddles two epochs."""
@@ -215,18 +210,18 @@ class Trainer:
         self.loader.set_epoch(self.p.epochs)
         batches = (b for i, b in zip(range(n), self.loader, strict=False))
         used = recalibrate_batchnorm(self.model, batches, self.engine.device)
-        sync_batchnorm_statistics(self.model, self.job.world_size)
+        training.sync_batchnorm_statistics(self.model, self.job.world_size)
         return used
 
     def _save(self) -> None:
-        sync_batchnorm_statistics(self.model, self.job.world_size)
+        training.sync_batchnorm_statistics(self.model, self.job.world_size)
         checkpoint.save(self.engine, self.ckpt_dir, self.state, self.distiller, self.p.keep_checkpoints,
                         self.job.rank)
 
     def _epoch(self, epoch: int) -> None:
         st = self.state
         lr = lr_at(self.p, epoch)
-        set_lr(self.optimizer, lr)
+        training.set_lr(self.optimizer, lr)
         self.loader.set_epoch(epoch)
         self.model.train()
         window, tick = Window(), time.perf_counter()
@@ -274,20 +269,25 @@ class Trainer:
         """Forward, guard, backward, and at an accumulation boundary the optimizer and pool updates. Returns
         whether an optimizer step was applied."""
         st, p = self.state, self.p
-        saved = guard.snapshot(self.bn)
+        saved = training.snapshot(self.bn)
         logits = self.engine(x)
         ce = F.cross_entropy(logits.float(), y)
         ce = self._inject(ce)
         bad = self.guard.bad_terms({"ce": ce, **{name: layer.diff for name, layer in self.layers.items()}})
         st.micro += 1
         if bad:
-            guard.restore(self.bn, saved)
+            training.restore(self.bn, saved)
             if self.distiller is not None:
-                guard.drop_pending_pool_statistics(self.distiller)
-            message = self.guard.skip(bad, st.step)
+                drop_pending_pool_statistics(self.distiller)
+            if self.guard.skip():
+                raise training.NonFiniteLoss(
+                    f"{self.guard.consecutive} consecutive non-finite steps, the last at step {st.step}: "
+                    f"non-finite term(s) {', '.join(bad)}; stopping (the last checkpoint is intact: "
+                    "lower the lr, enable grad_clip or check the data, then run again)")
             st.skipped = self.guard.skipped
             if self.job.rank == 0:
-                print(f"[pretrain {self.kind}] {message}", flush=True)
+                print(f"[pretrain {self.kind}] non-finite loss at step {st.step}: {', '.join(bad)} (step skipped)",
+                      flush=True)
                 self.tracker.log_metrics({"skipped_steps": st.skipped}, step=st.step)
             return False
         self.guard.ok()

@@ -24,7 +24,7 @@ import nws
 def recalibrate_batchnorm(model: nn.Module, batches, device) -> int:
     """Freeze the NWS layers on their current searched kernels and re-estimate every BatchNorm's running mean and
     variance over `batches` (an iterable of (x, y)); returns the number of batches used. The caller averages the
-    statistics over ranks (pretrain.loop.sync_batchnorm_statistics)."""
+    statistics over ranks (base.training.sync_batchnorm_statistics)."""
     nws.set_mode(model, "frozen")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = [(m.momentum, m.training) for m in norms]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import nws
+from base.training import NonFiniteLoss
 from nws.search import nearest
 from pipeline.tracking import NullRun
 from pretrain.loop import Trainer, build_model
@@ -51,6 +52,17 @@ def test_a_skipped_step_leaves_no_trace(one_rank, digits, tmp_path):
         if not key.endswith("indices"):
             assert torch.equal(value, fresh[key]), key
     assert sum(trainer.distiller.restarts.values()) == 0
+
+
+def test_skips_are_logged_and_k_in_a_row_stop_the_run(one_rank, digits, tmp_path, capsys):
+    """The skip line names the bad term; the K-th skip in a row stops the run naming it (base.training's guard
+    counts, pretrain.loop words it)."""
+    _one_step(digits, tmp_path / "a", "pretrain.debug.nonfinite_steps=[0]", "pretrain.debug.nonfinite_term=ce")
+    assert "[pretrain nws] non-finite loss at step 0: ce (step skipped)" in capsys.readouterr().out
+    with pytest.raises(NonFiniteLoss, match=r"^1 consecutive non-finite steps, the last at step 0: non-finite "
+                                            r"term\(s\) layer2\.0\.conv1; stopping \(the last checkpoint is intact"):
+        _one_step(digits, tmp_path / "b", "pretrain.debug.nonfinite_steps=[0]",
+                  "pretrain.debug.nonfinite_term=layer2.0.conv1", "pretrain.max_consecutive_skips=1")
 
 
 def test_a_finite_step_changes_weights_pools_and_statistics(one_rank, digits, tmp_path):
