@@ -10,7 +10,7 @@ import torch
 
 from nws import codec
 
-# (length, sha256) of each blob, recorded from nws/codec.py before the split (constriction 0.5.0)
+# (length, sha256) of each blob, recorded from nws/codec.py (one module) before the split (constriction 0.5.0)
 RECORDED = {
     "packed": (307, "88d2453752821a8b301bfaec6d5a6f108b3a7d59b62b9adc8b0f78ec633ab2a3"),
     "entropy": (269, "a63ae2cde0915c5f77e57108388008b34c5a814d72e04f56a6d9c6de1c06a63b"),
