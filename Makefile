@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 	@touch $@
 
-setup: $(STAMP)  ## create .venv (torch first, then the project); idempotent
+setup: $(STAMP)  ## create .venv (torch first, then the project with every extra); idempotent
 
 # one BLAS/OpenMP thread per process: the tests start several processes (2 ranks) on a 2-core machine, where
 # oversubscribed threads make a step 10x slower

@@ -277,7 +277,7 @@ def config_options(args):
 def run_prepare(args) -> int:
     from data_prep.prepare import prepare
     from data_prep.sources import open_source
-    from nws import exits
+    from nws.disk import handle
 
     try:
         if args.config is not None:
@@ -303,7 +303,7 @@ def run_prepare(args) -> int:
                           workers=args.workers, progress=not args.quiet, source=source, per_class=per_class,
                           per_class_seed=args.per_class_seed)
     except Exception as e:  # an error with an exit code (nws.exits) ends the command in one line; others are bugs
-        return exits.handle(e, args.out or "the data folder")
+        return handle(e, args.out or "the data folder")
     print(format_summary(summary))
     return 0
 

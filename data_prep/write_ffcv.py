@@ -23,7 +23,7 @@ import numpy as np
 from data_prep.manifest import file_record
 from data_prep.progress import bar as progress_bar
 from data_prep.write_wds import LOSSLESS_MAX_PIXELS
-from nws.io import NEARLY_FULL, DiskFull, free_bytes, writing
+from nws.disk import NEARLY_FULL, DiskFull, free_bytes, writing
 
 WRITE_MODES = ("auto", "raw", "jpg", "smart", "proportion")
 

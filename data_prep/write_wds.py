@@ -16,7 +16,7 @@ import webdataset as wds
 from PIL import Image
 
 from data_prep.manifest import file_record
-from nws.io import writing
+from nws.disk import writing
 
 try:
     import cv2

@@ -14,7 +14,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nws.io import DiskFull, atomic_write_json, load_tensors, read_json, save_tensors, writing
+from nws.disk import DiskFull, writing
+from nws.io import atomic_write_json, load_tensors, read_json, save_tensors
 
 LATEST = "latest.json"
 METHOD_STATE = "method_state.safetensors"

@@ -100,7 +100,7 @@ def run_cli(args) -> int:
     from incremental.chance import EXIT_CODE
     from incremental.loop import run
     from incremental.replace import drop_changed_methods
-    from nws import exits
+    from nws.disk import handle
     from nws.lock import folder_lock, is_rank_zero
     from nws.preempt import catch
     from pipeline.config import seed_stage_config, seed_tagged
@@ -124,7 +124,7 @@ def run_cli(args) -> int:
                                         args.task_inference_samples)
         PartialState().destroy_process_group()  # a launched run leaves its process group cleanly
     except Exception as e:  # an error with an exit code (nws.exits) ends the command in one line; others are bugs
-        return exits.handle(e, args.out or args.runs_dir or "")
+        return handle(e, args.out or args.runs_dir or "")
     for name, result in results.items():
         if result:
             print(f"{name}: final average accuracy {result['final_avg_acc']:.4f}, "

@@ -1,15 +1,15 @@
-"""The exit codes of every command, one table (README "Exit codes"), and the one way a command ends on an error.
+"""The exit codes of every command, one table (README "Exit codes"), and how an error is printed with its code.
 
 An error class that stands for an exit code says so in its own `EXIT_CODE` (DiskFull, FolderLocked, ArtifactError,
 the non-finite guards, ...); bad input (a ValueError, KeyError or a missing file) is 2, and any other OSError that
-says the disk is full is DiskFull. A command catches every exception and returns `handle(error)`: the error printed
-in one line and its code; anything without a code is a bug and keeps its traceback.
+says the disk is full is DiskFull. A command catches every exception and returns `nws.disk.handle(error)`: the
+error printed in one line and its code; anything without a code is a bug and keeps its traceback. This module
+imports nothing of the project: the error classes above it import their codes from here.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 OK = 0
 STAGE_FAILED = 1  # a stage process of `nws pipeline run` failed (its own message is printed above)
@@ -44,16 +44,3 @@ def fail(error: BaseException, code: int | None = None) -> int:
     code = code_of(error) if code is None else code
     print(error if code == PREEMPTED else f"error: {error}", file=sys.stderr, flush=True)
     return code
-
-
-def handle(error: BaseException, where: str | Path = "") -> int:
-    """End a command on `error`: print it and return its exit code (a full disk met by a writer that does not name
-    its file is named by `where`, the command's output folder); an error with no code is raised again (a bug)."""
-    from nws.io import disk_full
-
-    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
-        error = disk_full(error, where or "the output folder") or error
-    code = code_of(error)
-    if code is None:
-        raise error
-    return fail(error, code)

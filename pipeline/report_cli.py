@@ -90,7 +90,7 @@ def warn_chance(results: dict, strict: bool) -> int:
 
 
 def run_cli(args) -> int:
-    from nws import exits
+    from nws.disk import handle
     from pipeline.config import ConfigError, resolved, stage_config
     from pipeline.report import PLOTS, REPORT, RESULTS_MD, make_report
 
@@ -108,7 +108,7 @@ def run_cli(args) -> int:
         tracker = existing_run(run_id, runs) if run_id else None
         results = make_report(experiment, args.out, tracker=tracker, config=config)
     except Exception as e:  # an error with an exit code (nws.exits) ends the command in one line; others are bugs
-        return exits.handle(e, args.out or "the report folder")
+        return handle(e, args.out or "the report folder")
     out = args.out or experiment / REPORT
     print((out / RESULTS_MD).read_text())
     print(f"report: {out / RESULTS_MD}, {out / 'results.json'}, {len(results['plots'])} plots in {out / PLOTS}")

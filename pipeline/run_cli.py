@@ -73,7 +73,7 @@ def register(subparsers) -> None:
 
 
 def run_cli(args) -> int:
-    from nws import exits
+    from nws.disk import handle
     from nws.preempt import catch
     from pipeline.runner import run_pipeline
 
@@ -83,7 +83,7 @@ def run_cli(args) -> int:
                                force=args.force, runs_dir=args.runs_dir, allow_degenerate=args.allow_degenerate,
                                variant=args.variant, replace=args.replace)
     except Exception as e:  # an error with an exit code (nws.exits) ends the run in one line; others are bugs
-        return exits.handle(e, args.runs_dir or "the runs folder")
+        return handle(e, args.runs_dir or "the runs folder")
     ran = [k for k, v in summary.items() if v["status"] == "ran"]
     print(f"[pipeline] {len(ran)} stage(s) ran, {len(summary) - len(ran)} up to date")
     if "report" in summary:

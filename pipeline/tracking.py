@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nws.io import sha256_file, writing
+from nws.disk import writing
+from nws.io import sha256_file
 from pipeline.provenance import provenance
 
 PARENT_ENV = "NWS_MLFLOW_PARENT_RUN_ID"

@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from nws import exits
-from nws.io import DiskFull, atomic_write_json, load_tensors, read_json, save_tensors, writing
+from nws.disk import DiskFull, writing
+from nws.io import atomic_write_json, load_tensors, read_json, save_tensors
 
 LATEST = "latest.json"
 STATE = "state.json"

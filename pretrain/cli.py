@@ -58,7 +58,7 @@ def register(subparsers) -> None:
 
 
 def run_cli(args) -> int:
-    from nws import exits
+    from nws.disk import handle
     from nws.lock import folder_lock, is_rank_zero
     from nws.preempt import catch
     from pipeline.config import seed_stage_config, seed_tagged
@@ -72,7 +72,7 @@ def run_cli(args) -> int:
             run(cfg, data, out, runs_dir=layout.runs_dir, allow_degenerate=args.allow_degenerate,
                 replace_changed=args.replace)
     except Exception as e:  # an error with an exit code (nws.exits) ends the command in one line; others are bugs
-        return exits.handle(e, args.out or args.runs_dir or "")
+        return handle(e, args.out or args.runs_dir or "")
     return 0
 
 

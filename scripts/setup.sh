@@ -2,7 +2,8 @@
 # Idempotent set-up of .venv on a fresh machine (make setup).
 # 1. system packages FFCV needs to build (apt-get when root on Debian, else a clear message);
 # 2. torch==2.13.0 first, so that no later package pulls a CUDA build;
-# 3. the project with its dependencies (editable) and the dev tools.
+# 3. the project (editable) with every extra (`all`: the stages' stacks; the core is what nws needs) and the dev
+#    tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -39,8 +40,8 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 # numpy, cython and setuptools must be present to build ffcv from source without build isolation
 "${pip[@]}" install "numpy>=1.26" cython setuptools wheel pkgconfig
-echo ">> installing the project and its dependencies"
-"${pip[@]}" install --no-build-isolation -e ".[dev]"
+echo ">> installing the project with every extra"
+"${pip[@]}" install --no-build-isolation -e ".[all,dev]"
 # DeepSpeed compiles its CPU shared-memory communication op the first time a process group starts (about 2 minutes):
 # build it here, once, rather than inside the first test that launches 2 ranks
 DS_ACCELERATOR=cpu "$VENV/bin/python" -c \

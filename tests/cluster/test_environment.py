@@ -1,5 +1,6 @@
-"""environment.yml (the cluster users' conda environment) lists every dependency of pyproject.toml with the same
-version constraint, pins PyTorch to the version `make setup` installs, and installs the project itself; setup
+"""environment.yml (the cluster users' conda environment) lists every dependency of pyproject.toml, the core ones
+and every extra (`all`, the union of the stages' groups), with the same version constraint, pins PyTorch to the
+version `make setup` installs, and installs the project itself with every extra, as `make setup` does; setup
 reports the versions the installed packages' metadata give."""
 
 from __future__ import annotations
@@ -34,13 +35,18 @@ def test_environment_matches_pyproject():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {**_requirements(conda), **_requirements(pip)}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {Requirement(d).name.lower(): str(Requirement(d).specifier) for d in project["dependencies"]}
+    extras = project["optional-dependencies"]
+    stages = {d for group, deps in extras.items() if group not in ("all", "dev") for d in deps}
+    assert sorted(extras["all"]) == sorted(stages)  # `all` is every stage's group, nothing more
+    wanted = {Requirement(d).name.lower(): str(Requirement(d).specifier)
+              for d in project["dependencies"] + extras["all"]}
     torch = next(d for d in conda if d.split("#")[0].strip().startswith("pytorch"))
     pinned = re.fullmatch(r"pytorch=(\S+)", torch.split("#")[0].strip())
     assert pinned and pinned.group(1) == _setup_torch(), torch  # the same PyTorch as `make setup`
     assert Requirement(f"torch{wanted.pop('torch')}").specifier.contains(pinned.group(1))
     assert {name: listed.get(name) for name in wanted} == wanted
-    assert any(line.startswith("-e .") for line in pip)  # the project itself, editable
+    assert any(line.startswith("-e .[all,dev]") for line in pip)  # the project itself, editable, every extra
+    assert '-e ".[all,dev]"' in (ROOT / "scripts" / "setup.sh").read_text()  # as `make setup` installs it
     assert "python=3.11" in conda and project["requires-python"] == ">=3.11"
 
 

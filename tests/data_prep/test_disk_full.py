@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from data_prep.manifest import split_files
-from nws.io import DiskFull, read_json
+from nws.disk import DiskFull
+from nws.io import read_json
 from tests.small_disk import small_disk
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import pytest
 
 from incremental import checkpoint
 from incremental.cli import main
-from nws.io import DiskFull, free_bytes
+from nws.disk import DiskFull, free_bytes
 from tests.incremental.test_cli import write_config
 from tests.small_disk import small_disk
 

@@ -9,7 +9,8 @@ import errno
 import pytest
 import torch
 
-from nws.io import DiskFull, atomic_write_bytes, disk_full, save_tensors, writing
+from nws.disk import DiskFull, disk_full, writing
+from nws.io import atomic_write_bytes, save_tensors
 from tests.small_disk import small_disk
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nws.io import DiskFull
+from nws.disk import DiskFull
 from pipeline.cli import main as nws
 from pipeline.tracking import start_run
 from tests.small_disk import small_disk

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from nws.io import DiskFull, load_tensors, read_json
+from nws.disk import DiskFull
+from nws.io import load_tensors, read_json
 from tests.pretrain.conftest import run_pretrain
 from tests.small_disk import small_disk
 
