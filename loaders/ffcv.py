@@ -1,6 +1,4 @@
-"""FFCV .beton files read on CPU (no ToDevice), with a traversal order that deals positions to ranks as
-`loaders.ranks.rank_share` does: it needs no torch.distributed group (FFCV's `distributed=True` would) and gives
-exactly the memory loader's samples."""
+"""The FFCV format: .beton files read by FFCV's own Loader, on CPU, in the order loaders.ranks deals."""
 
 from __future__ import annotations
 

@@ -28,6 +28,8 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
 
 
 def derive_seed(*parts: int) -> int:
+    """One seed from several integers (a base seed and what the stream is for: epoch, rank, worker, task):
+    distinct tuples give independent, reproducible streams."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
