@@ -56,7 +56,7 @@ def epoch_rate(loader, epoch: int) -> float:
 def measure(unit: Path, configs: list[tuple[str, int]], batch_size: int, epochs: int) -> dict:
     """Best images/s per (format, num_workers, train): one warm-up epoch each, then `epochs` rounds in which every
     loader runs one epoch in turn, so all of them see the same background load."""
-    from data_prep.loaders import make_loader
+    from loaders import make_loader
 
     loaders = {(fmt, nw, train): make_loader(unit, "train", fmt, batch_size=batch_size, train=train,
                                              num_workers=nw, seed=0)

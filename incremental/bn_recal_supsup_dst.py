@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from data_prep.loaders import derive_seed, make_loader
+from loaders import derive_seed, make_loader
 
 MAX_BATCHES = 100  # 3,200 images at batch 32: a few hundred values per channel settle a mean and a variance
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from data_prep.loaders import derive_seed, make_loader, resolve_rank
+from loaders import derive_seed, make_loader, resolve_rank
 
 DEFAULT_BATCHES = 100  # at batch 32, 3,200 images: a few hundred per channel are enough for a mean and a variance
 _SEED_TAG = 11  # derive_seed(seed, task, tag): the recalibration's own shuffle, apart from the training epochs'

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from data_prep.loaders import derive_seed
 from incremental import schedule
 from incremental.evaluate import accuracy
+from loaders import derive_seed
 
 
 def before_learning(method, t: int, loader, accelerator) -> float:

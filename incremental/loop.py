@@ -24,7 +24,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from data_prep.loaders import make_loader
 from data_prep.manifest import read_unit
 from data_prep.tasks import Task, load_tasks
 from incremental import chance, checkpoint, coded, evaluate_transfer, memory, method_names, metrics, run_metrics
@@ -43,6 +42,7 @@ from incremental.stored import (
     verify_task,
 )
 from incremental.train import train_task
+from loaders import make_loader
 from nws.io import atomic_write_json, read_json
 from pipeline.config import config_hash, resolved
 from pipeline.tracking import DEFAULT_RUNS_DIR, start_run

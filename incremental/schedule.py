@@ -27,8 +27,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from base import training
-from data_prep.loaders import resolve_rank
 from data_prep.manifest import read_unit
+from loaders import resolve_rank
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class TaskSchedule:
 
 def steps_per_epoch(samples: int, batch_size: int, world_size: int = 1, max_steps: int | None = None) -> int:
     """Optimizer steps of one epoch as incremental.train takes them: each process reads an equal share of the
-    images (data_prep.loaders) in batches of batch_size // world_size, the last partial batch dropped unless it is
+    images (loaders) in batches of batch_size // world_size, the last partial batch dropped unless it is
     the only one, at most `max_steps` (incremental.max_steps_per_epoch)."""
     share = samples // world_size if world_size > 1 else samples
     batch = max(1, batch_size // world_size)

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_prep.loaders import make_loader
 from incremental.methods import Method, make_method
 from incremental.stored import verify_shared, verify_task
+from loaders import make_loader
 from nws.io import atomic_write_json
 
 OUT = "task_inference.json"

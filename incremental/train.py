@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from base.training import NonFiniteGuard, NonFiniteLoss, nonfinite_where, scale_lr, sync_batchnorm_statistics
-from data_prep.loaders import derive_seed, make_loader
 from incremental import checkpoint, schedule
 from incremental.checkpoint import Progress
 from incremental.methods import trainable
+from loaders import derive_seed, make_loader
 from nws.preempt import Preempted, requested, stopping
 
 
@@ -78,7 +78,7 @@ def train_task(accelerator, method, t: int, tracker, log: Callable[[str], None],
     per_epoch = sched.steps_per_epoch
     if min(len(loader), inc.max_steps_per_epoch or len(loader)) != per_epoch:
         raise RuntimeError(f"task {t}: the loader gives {len(loader)} batches an epoch, the schedule expects "
-                           f"{per_epoch} (incremental.schedule.steps_per_epoch and data_prep.loaders disagree)")
+                           f"{per_epoch} (incremental.schedule.steps_per_epoch and loaders disagree)")
     every = max(1, sched.epochs // 100)  # epoch lines: every epoch up to 100 epochs, then about 100 in all
     first, seconds_before = progress.epoch, progress.seconds  # this run's pace: resumed epochs are not counted
     guard = NonFiniteGuard(inc.max_consecutive_skips, skipped=progress.skipped)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep.loaders import make_loader
 from data_prep.manifest import read_unit
 from data_prep.prepare import PRETRAIN
+from loaders import make_loader
 
 EVAL_SPLITS = ("test", "val")
 

@@ -47,7 +47,6 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from data_prep.loaders import derive_seed
 from incremental import adam_reach
 from incremental.backbone import check_plain, load_plain
 from incremental.bn_recal_supsup_dst import recalibrate_task
@@ -56,6 +55,7 @@ from incremental.masks import load_masks, packed_bytes, save_masks, union
 from incremental.methods import Method, MethodOptions
 from incremental.sparse import death_rate, init_masks, prune_magnitude, regrow
 from incremental.stored import is_sealed, verify_task
+from loaders import derive_seed
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors
 

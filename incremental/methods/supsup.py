@@ -37,13 +37,13 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from data_prep.loaders import derive_seed
 from incremental import adam_reach
 from incremental.backbone import check_plain
 from incremental.bn_recal_supsup_dst import recalibrate_task
 from incremental.masks import load_masks, packed_bytes, save_masks
 from incremental.methods import Method, MethodOptions
 from incremental.stored import share_copy
+from loaders import derive_seed
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors
 

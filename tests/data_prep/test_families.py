@@ -13,12 +13,12 @@ import torch
 
 from data_prep.cli import main as data_main
 from data_prep.config import DataConfig, TasksConfig
-from data_prep.loaders import make_loader
 from data_prep.manifest import load_manifest, read_unit
 from data_prep.prepare import prepare
 from data_prep.sources import open_source
 from data_prep.task_transform import TaskTransform, check_transform, permutation, rotate
 from data_prep.tasks import FAMILY_TASKS_VERSION, Task, check_tasks, load_tasks, save_tasks, split_tasks
+from loaders import make_loader
 from pipeline.config import ConfigError, config_hash, experiment_schema, resolved, validate
 from pipeline.task_labels import label
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from data_prep.cli import main
-from data_prep.loaders import make_loader
 from data_prep.manifest import load_manifest, read_unit, verify_unit
 from data_prep.prepare import PrepareError, prepare, write_order
 from data_prep.sources import open_source
 from data_prep.tasks import load_tasks, task_records
+from loaders import make_loader
 from nws.io import read_json, sha256_file
 from tests.data_prep import fixtures
 from tests.data_prep.test_writers import tiny_source

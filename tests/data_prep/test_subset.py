@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from data_prep.cli import main
-from data_prep.loaders import make_loader
 from data_prep.manifest import load_manifest
 from data_prep.sources import open_source
 from data_prep.subset import per_class, sample_per_class
 from data_prep.tasks import load_tasks
+from loaders import make_loader
 from tests.data_prep.test_prepare import run
 from tests.data_prep.test_writers import tiny_source
 

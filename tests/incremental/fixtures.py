@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import nws
-from data_prep.loaders import make_loader
 from data_prep.prepare import prepare
+from loaders import make_loader
 from pipeline.config import experiment_schema, validate
 from pretrain import outputs
 from tests.conftest import SEED

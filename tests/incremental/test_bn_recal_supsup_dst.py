@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from data_prep.loaders import make_loader
 from incremental.bn_recal_supsup_dst import MAX_BATCHES, recalibrate, recalibration_batches
 from incremental.loop import run
+from loaders import make_loader
 from tests import margin
 from tests.incremental.fixtures import make_config
 from tests.incremental.test_dst import dst, train_steps

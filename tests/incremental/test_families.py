@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 
 from data_prep.cli import prepare_section
-from data_prep.loaders import make_loader
 from incremental.evaluate import accuracy
 from incremental.loop import make_accelerator, run
 from incremental.methods.finetune import NETWORK
+from loaders import make_loader
 from nws.io import load_tensors
 from pipeline.config import experiment_schema, validate
 from pretrain import outputs

@@ -127,7 +127,7 @@ def test_accuracy_is_only_ever_measured_on_rebuilt_models(digits, pretrained, tm
     real_get = methods_module.get_method
     monkeypatch.setattr(methods_module, "get_method", lambda name: Sabotaged if name == "finetune" else real_get(name))
     sabotaged = run(cfg, digits, pretrained, tmp_path / "s", methods=["finetune"])["finetune"]
-    from data_prep.loaders import make_loader
+    from loaders import make_loader
     for t, task in enumerate(("task00", "task01")):
         labels = torch.cat([y for _, y in make_loader(digits / task, "test", "memory", batch_size=500)])
         assert sabotaged["acc_matrix"][1][t] == pytest.approx(float((labels == 0).double().mean()))
@@ -170,8 +170,8 @@ def test_a_method_at_chance_is_flagged_in_metrics_stderr_and_mlflow(digits, pret
     method and task, and the method's MLflow run gets the tag chance_tasks."""
     from mlflow.tracking import MlflowClient
 
-    from data_prep.loaders import make_loader
     from incremental.chance import binomial_p
+    from loaders import make_loader
     from pipeline.tracking import PARENT_ENV, tracking_uri
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv(PARENT_ENV, raising=False)

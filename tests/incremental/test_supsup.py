@@ -92,7 +92,7 @@ def test_masks_have_the_configured_density_and_weights_stay_frozen(digits, pretr
 
 
 def _loader(m, t=0):
-    from data_prep.loaders import make_loader
+    from loaders import make_loader
 
     return make_loader(m.ctx.data_dir / m.ctx.tasks[t].name, "train", "memory", batch_size=32, train=True)
 
