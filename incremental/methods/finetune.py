@@ -7,8 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
-from incremental.backbone import check_plain, load_plain
 from incremental.methods import Method
+from incremental.methods._backbone import check_plain, load_plain
 from nws.artifact import ArtifactError
 from nws.io import load_tensors, save_tensors
 

@@ -1,6 +1,6 @@
 """HAT, Hard Attention to the Task (Serra et al., ICML 2018; official code joansj/hat) as a method of the task loop.
 
-- One shared network: every conv/linear weight but the per-task head (incremental.masked_net), starting from the
+- One shared network: every conv/linear weight but the per-task head (methods._masked_net), starting from the
   plain pretrained backbone and trained task after task. Task t learns an embedding e_t per unit (conv channel,
   hidden linear unit; incremental.methods._hat_gates says where the gates go in a ResNet block) and multiplies
   each unit by its gate a = σ(s·e) (Eq. 1). Embeddings start N(0, 1) (official nn.Embedding).
@@ -13,7 +13,7 @@
   / (cosh(e) + 1) (Eq. 4); then every gradient is clipped to norm `clipgrad`. After it the embeddings are clamped to
   ±thres_emb.
 - BatchNorm (the official nets have none) and the head are per task, BN trained from the pretrained values, its
-  statistics re-estimated at the end of the task (incremental.bn_stats) with the gates at s_max.
+  statistics re-estimated at the end of the task (methods._bn_stats) with the gates at s_max.
 
 Protection is exact only where the gates are: a weight between units earlier tasks attend to with a = 1 gets no
 update at all (bit for bit, also under weight decay and momentum: see `before_step`), and a unit with a = 0 feeds
@@ -44,11 +44,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from incremental.backbone import check_plain, load_plain
-from incremental.bn_stats import DEFAULT_BATCHES, recalibrate_task
-from incremental.masked_net import assemble, bare, masked_params, task_state
 from incremental.methods import Method, MethodOptions
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.methods._bn_stats import DEFAULT_BATCHES, recalibrate_task
 from incremental.methods._hat_gates import HAT, attach, condition, gates_of, plan
+from incremental.methods._masked_net import assemble, bare, masked_params, task_state
 from incremental.stored import is_sealed, staged_path
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors

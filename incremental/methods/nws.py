@@ -28,8 +28,9 @@ from pydantic import Field
 from torch import nn
 
 import nws
-from incremental import nws_net
 from incremental.methods import Method, MethodOptions
+from incremental.methods import _nws_net as nws_net
+from incremental.methods._backbone import check_pretrain_meta
 from incremental.stored import share_copy
 from nws.artifact import INDICES, MANIFEST, STATE, load_task, read_manifest, save_task
 from nws.io import load_tensors, save_tensors, sha256_file
@@ -75,7 +76,7 @@ class NWS(Method):
         src = self.ctx.pretrain_dir / POOLS
         if not src.is_file():
             raise FileNotFoundError(f"{src}: file not found; run `nws pretrain` (kind nws or both) first")
-        nws_net.check_pretrain_meta(src, self.ctx.cfg.model)
+        check_pretrain_meta(src, self.ctx.cfg.model)
         read_manifest(self.base_dir)  # present and intact
         stored = [t for t in range(len(self.ctx.tasks)) if (self.ctx.task_dir(t) / MANIFEST).is_file()]
         share_copy(src, self.pools_path, "pools", stored)

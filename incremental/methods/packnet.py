@@ -1,7 +1,7 @@
 """PackNet (Mallya & Lazebnik 2018; official code arunmallya/packnet, notes/algorithms.md §4) as a method of the
 task loop.
 
-- One shared network: every conv/linear weight but the per-task head (incremental.masked_net) has an owner, 0 = free
+- One shared network: every conv/linear weight but the per-task head (methods._masked_net) has an owner, 0 = free
   or k = task k-1. Before task 0 all weights are free and hold the plain pretrained backbone.
 - Task t takes every free weight (owner ← t+1) and trains only those: gradients of the others are zeroed before
   each step and after each step the others are written back (weights of tasks < t to their stored values, freed
@@ -18,7 +18,7 @@ task loop.
 - BatchNorm (option `bn`): "train" (default; the NWS paper's PackNet from the CPG code, seed 001_ appendix, "for
   each task, it saves the statistics of batch normalization layers"): trained per task from the pretrained values and
   stored with the task's head; at the end of the task's last epoch the running statistics are re-estimated over the
-  task's training data with the final (pruned and retrained) weights (incremental.bn_stats), so the stored
+  task's training data with the final (pruned and retrained) weights (methods._bn_stats), so the stored
   statistics belong to the stored weights. Without that, pruning 75% of the weights a few steps before the end left
   moving averages of the unpruned network (on the test fixture task 0's variances were off by a median 33%, and
   filters pruned to constants kept a variance): task 0 scored 71% (issue 14's demo: 50%, chance), 100% with
@@ -45,11 +45,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from incremental.backbone import check_plain, load_plain
-from incremental.bn_stats import DEFAULT_BATCHES, freeze_batchnorm, recalibrate_task
-from incremental.masked_net import assemble, masked_params, task_state
 from incremental.masks import load_masks, packed_bytes, save_masks
 from incremental.methods import Method, MethodOptions
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.methods._bn_stats import DEFAULT_BATCHES, freeze_batchnorm, recalibrate_task
+from incremental.methods._masked_net import assemble, masked_params, task_state
 from incremental.stored import is_sealed, staged_path
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors

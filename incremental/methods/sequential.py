@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from incremental.backbone import check_plain, load_plain
-from incremental.masked_net import HEAD
 from incremental.methods import Method
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.methods._masked_net import HEAD
 from incremental.stored import is_sealed, staged_path
 from nws.artifact import ArtifactError
 from nws.io import load_tensors, save_tensors

@@ -1,7 +1,7 @@
 """WSN, Winning SubNetworks (Kang et al., "Forget-free Continual Learning with Winning Subnetworks", ICML 2022;
 official code ihaeyong/WSN: networks/subnet.py, main_wsn_*.py, utils_huffman.py) as a method of the task loop.
 
-- One network, shared by all tasks: every conv/linear weight but the per-task head (incremental.masked_net) has a
+- One network, shared by all tasks: every conv/linear weight but the per-task head (methods._masked_net) has a
   learnable real-valued score (official `w_m`, kaiming-uniform). Task t computes with W ⊙ m_t, m_t = the top-c of
   |scores| in each layer (official `GetSubnetFaster` + `percentile`: |s| ≥ the k-th smallest |s|, k = 1 +
   round((1 - c) · (n - 1))); the gradient of m_t passes straight through to the scores (its backward is the identity).
@@ -15,11 +15,11 @@ official code ihaeyong/WSN: networks/subnet.py, main_wsn_*.py, utils_huffman.py)
 - Start: the plain pretrained backbone, the project's common start (the official code trains from a random init).
 - BatchNorm and head per task (the official nets use batch statistics, `track_running_stats=False`, and a head per
   task): BN trained from the pretrained BN, its running statistics re-estimated over the task's training data after
-  the last epoch (incremental.bn_stats), stored with the head.
+  the last epoch (methods._bn_stats), stored with the head.
 - Optimizer (recipe "official"): Adam over all that trains (scores, free weights, BN, head), one lr, no weight
   decay. The loop's schedule (milestones) replaces the official per-task one (lr ÷ lr_factor 2 after lr_patience 6
   epochs without a better validation loss, stop below lr_min, best-validation weights restored). An unset `lr` is the
-  official 1e-3, raised on a schedule too short for Adam to move a score its init scale (incremental.adam_reach, as
+  official 1e-3, raised on a schedule too short for Adam to move a score its init scale (methods._adam_reach, as
   SupSup and DST). Recipe "paper": the shared SGD.
 
 Official settings (scripts/wsn/*.sh over the argparse defaults of the main_wsn_*.py they run):
@@ -57,12 +57,12 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from incremental import adam_reach
-from incremental.backbone import check_plain, load_plain
-from incremental.bn_stats import DEFAULT_BATCHES, recalibrate_task
-from incremental.masked_net import HEAD, assemble, bare, masked_params
 from incremental.masks import union
 from incremental.methods import Method, MethodOptions
+from incremental.methods import _adam_reach as adam_reach
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.methods._bn_stats import DEFAULT_BATCHES, recalibrate_task
+from incremental.methods._masked_net import HEAD, assemble, bare, masked_params
 from incremental.methods._wsn_huffman import block_stats, load_block, pack_tasks, save_block
 from incremental.stored import is_sealed, staged_path
 from nws.artifact import ArtifactError
@@ -79,7 +79,7 @@ class Options(MethodOptions):
 
     capacity: float = Field(0.5, gt=0, le=1)  # c: fraction of each layer's weights in a task's subnetwork
     huffman_bits: int = Field(7, ge=1, le=12)  # N: tasks whose masks form one N-bit integer per weight
-    lr: float | None = Field(None, gt=0)  # None: 1e-3, raised on a short schedule (incremental.adam_reach)
+    lr: float | None = Field(None, gt=0)  # None: 1e-3, raised on a short schedule (methods._adam_reach)
     bn_batches: int = Field(DEFAULT_BATCHES, ge=0)  # batches that re-estimate BN statistics at the end; 0 = none
 
 
@@ -214,7 +214,7 @@ class WSN(Method):
 
     def lr(self, t: int) -> float:
         """`lr` as given; unset, the official Adam 1e-3 raised to what task t's schedule needs
-        (incremental.adam_reach); recipe "paper": incremental.lr."""
+        (methods._adam_reach); recipe "paper": incremental.lr."""
         if self.recipe == "paper":
             return self.inc.lr
         if self.opts.lr is not None:

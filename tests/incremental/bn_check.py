@@ -7,10 +7,10 @@ import copy
 import torch
 
 from data_prep.loaders import make_loader
-from incremental.bn_stats import batchnorms, recalibrate_batchnorm, recalibrate_task
 from incremental.evaluate import accuracy
 from incremental.loop import make_accelerator, task_list
 from incremental.methods import make_method
+from incremental.methods._bn_stats import batchnorms, recalibrate_batchnorm, recalibrate_task
 
 
 def method_of(name, cfg, digits, pretrained, out):

@@ -11,9 +11,9 @@ During training the mask is a `torch.nn.utils.parametrize` parametrization of ea
 tensor is never in an optimizer; the rebuilt model is a plain network whose conv weights are W_eff.
 
 BatchNorm statistics: after the last epoch the running statistics are re-estimated over the task's training data with
-the final masks (incremental.bn_stats), so the stored statistics belong to the stored masks. The moving averages of
+the final masks (methods._bn_stats), so the stored statistics belong to the stored masks. The moving averages of
 training lag behind the masks, which on a short schedule change most near the end (entries cross their threshold
-together; incremental.mask_schedule scales the lrs so that they can cross early).
+together; methods._mask_schedule scales the lrs so that they can cross early).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from incremental import mask_schedule
-from incremental.backbone import check_plain, load_plain
-from incremental.bn_stats import freeze_batchnorm, recalibrate_task
 from incremental.methods import Method
+from incremental.methods import _mask_schedule as mask_schedule
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.methods._bn_stats import freeze_batchnorm, recalibrate_task
 from incremental.stored import is_sealed
 from nws.artifact import ArtifactError
 from nws.io import load_tensors, save_tensors
@@ -180,7 +180,7 @@ class MaskMethod(Method):
 
     def lr_scale(self, t: int) -> float:
         """The factor on the default lrs of task t that lets its masks cross their threshold within its schedule
-        (incremental.mask_schedule; option min_travel, 0 = the lrs as given)."""
+        (methods._mask_schedule; option min_travel, 0 = the lrs as given)."""
         opts = self.opts
         return mask_schedule.lr_scale(opts.lr_mask, opts.mask_init - opts.threshold, self.schedule(t).reach(),
                                       opts.min_travel)
