@@ -13,7 +13,7 @@ caught SIGUSR1 (nws.preempt: Slurm's warning before the time limit) stops after 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,6 @@ from torch import nn
 from data_prep.loaders import derive_seed, make_loader
 from incremental import checkpoint, schedule
 from incremental.checkpoint import Progress
-from incremental.methods import trainable
 from nws import exits
 from nws.preempt import Preempted, requested, stopping
 
@@ -61,10 +60,9 @@ class NonFiniteLoss(RuntimeError):
     EXIT_CODE = exits.NON_FINITE
 
 
-def sgd(groups: list[dict], inc) -> torch.optim.Optimizer:
-    """The paper's SGD (§5.4): lr, momentum, Nesterov and weight decay from the incremental config."""
-    return torch.optim.SGD(groups, lr=inc.lr, momentum=inc.momentum, nesterov=inc.nesterov and inc.momentum > 0,
-                           weight_decay=inc.weight_decay)
+def trainable(groups: Iterable[dict]) -> int:
+    """Number of trainable scalars in parameter groups (logged per task)."""
+    return sum(p.numel() for g in groups for p in g["params"])
 
 
 def train_loader(ctx, t: int, accelerator):
