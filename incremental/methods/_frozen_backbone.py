@@ -30,8 +30,7 @@ from incremental.methods import Method
 from incremental.methods import _mask_schedule as mask_schedule
 from incremental.methods._backbone import check_plain, load_plain
 from incremental.methods._bn_stats import freeze_batchnorm, recalibrate_task
-from incremental.stored import is_sealed
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError, is_sealed
 from nws.io import load_tensors, save_tensors
 
 BACKBONE = "backbone.safetensors"
@@ -129,17 +128,17 @@ def rebuild_net(ctx, t: int, folder: Path, scales: dict[str, torch.Tensor], sour
     try:
         net.load_state_dict({**load_tensors(backbone), **load_tensors(state)})
     except RuntimeError as e:
-        raise ArtifactError(f"{state} with {backbone}: does not match the configured network: {e}") from None
+        raise StoredTaskError(f"{state} with {backbone}: does not match the configured network: {e}") from None
     convs = masked_convs(net)
     names = [name for name, _ in convs]
     if sorted(scales) != sorted(names):
-        raise ArtifactError(f"{source}: masks for layers {sorted(scales)}, expected {sorted(names)}")
+        raise StoredTaskError(f"{source}: masks for layers {sorted(scales)}, expected {sorted(names)}")
     with torch.no_grad():
         for name, conv in convs:
             w, scale = conv.weight, scales[name]
             if scale.dim() != w.dim() or scale.shape[:2] != w.shape[:2] or scale.shape[2:] not in (w.shape[2:],
                                                                                                (1,) * (w.dim() - 2)):
-                raise ArtifactError(f"{source}: mask {name!r} of shape {tuple(scale.shape)} does not fit the weight "
+                raise StoredTaskError(f"{source}: mask {name!r} of shape {tuple(scale.shape)} does not fit the weight "
                                     f"of shape {tuple(w.shape)}")
             w.copy_(w * scale)  # the product the parametrized training network computes
     return net

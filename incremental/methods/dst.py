@@ -55,8 +55,7 @@ from incremental.methods._backbone import check_plain, load_plain
 from incremental.methods._bn_recal_supsup_dst import recalibrate_task
 from incremental.methods._dst_sparse import death_rate, init_masks, prune_magnitude, regrow
 from incremental.methods._masked_net import assemble, masked_params, task_state
-from incremental.stored import is_sealed, verify_task
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError, is_sealed, verify_task
 from nws.io import load_metadata, load_tensors, save_tensors
 
 OFFICIAL_LR = 1e-3
@@ -121,13 +120,13 @@ class DST(Method):
             if not values:
                 values = {n: torch.zeros(m.shape) for n, m in mask.items()}
             if set(mask) != set(values) or set(owned) != set(values):
-                raise ArtifactError(f"{folder}: {MASK} / {OWNED} hold layers {sorted(mask)} / {sorted(owned)}, "
+                raise StoredTaskError(f"{folder}: {MASK} / {OWNED} hold layers {sorted(mask)} / {sorted(owned)}, "
                                     f"expected {sorted(values)}")
             used = union(masks, values)
             for n, m in mask.items():
                 first = m & ~used[n]
                 if owned[n].numel() != int(first.sum()):
-                    raise ArtifactError(f"{folder / OWNED}: {n} holds {owned[n].numel()} values, but the masks give "
+                    raise StoredTaskError(f"{folder / OWNED}: {n} holds {owned[n].numel()} values, but the masks give "
                                         f"task {j} {int(first.sum())} positions of its own")
                 values[n][first] = owned[n].to(values[n].dtype)
             masks.append(mask)
@@ -165,7 +164,7 @@ class DST(Method):
         if t > 0:
             self.frozen, earlier = self.chain(t - 1)
             if set(self.frozen) != set(shapes):
-                raise ArtifactError(f"{self.ctx.task_dir(0) / MASK}: layers {sorted(self.frozen)} do not match the "
+                raise StoredTaskError(f"{self.ctx.task_dir(0) / MASK}: layers {sorted(self.frozen)} do not match the "
                                     f"configured network's {sorted(shapes)}")
             self.used = union(earlier, self.frozen)
         else:

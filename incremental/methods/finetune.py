@@ -9,7 +9,7 @@ from torch import nn
 
 from incremental.methods import Method
 from incremental.methods._backbone import check_plain, load_plain
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError
 from nws.io import load_tensors, save_tensors
 
 NETWORK = "network.safetensors"
@@ -33,7 +33,7 @@ class Finetune(Method):
         try:
             net.load_state_dict(load_tensors(folder / NETWORK))
         except RuntimeError as e:
-            raise ArtifactError(f"{folder / NETWORK}: does not match the configured network: {e}") from None
+            raise StoredTaskError(f"{folder / NETWORK}: does not match the configured network: {e}") from None
         return net
 
     def artifact_files(self, folder: Path) -> dict[str, list[Path]]:

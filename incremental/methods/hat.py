@@ -49,8 +49,7 @@ from incremental.methods._backbone import check_plain, load_plain
 from incremental.methods._bn_stats import DEFAULT_BATCHES, recalibrate_task
 from incremental.methods._hat_gates import HAT, attach, condition, gates_of, plan
 from incremental.methods._masked_net import assemble, bare, masked_params, task_state
-from incremental.stored import is_sealed, staged_path
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError, is_sealed, staged_path
 from nws.io import load_metadata, load_tensors, save_tensors
 
 NETWORK = "network.safetensors"
@@ -108,7 +107,7 @@ class HardAttention(Method):
             path = self.ctx.task_dir(k) / EMBEDDINGS
             emb, s_max = load_tensors(path), float(load_metadata(path)["smax"])
             if {n: e.numel() for n, e in emb.items()} != {n: v.numel() for n, v in a.items()}:
-                raise ArtifactError(f"{path}: embeddings do not fit the configured network's units")
+                raise StoredTaskError(f"{path}: embeddings do not fit the configured network's units")
             a = {n: torch.maximum(v, torch.sigmoid(s_max * emb[n])) for n, v in a.items()}
         return a
 
@@ -123,7 +122,7 @@ class HardAttention(Method):
         net = load_plain(self.ctx, self.ctx.tasks[t].num_classes)
         spec, params, values = plan(net), masked_params(net), load_tensors(self.network_path)
         if set(values) != set(params) or set(spec.views) != set(params):
-            raise ArtifactError(f"{self.network_path}: layers {sorted(values)} do not match the configured network")
+            raise StoredTaskError(f"{self.network_path}: layers {sorted(values)} do not match the configured network")
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(values[n])
@@ -239,7 +238,7 @@ class HardAttention(Method):
         try:
             attach(net, load_tensors(path), float(load_metadata(path)["smax"]))
         except (ValueError, KeyError) as e:
-            raise ArtifactError(f"{path}: {e}") from None
+            raise StoredTaskError(f"{path}: {e}") from None
         return net.eval()
 
     def artifact_files(self, folder: Path) -> dict[str, list[Path]]:

@@ -38,7 +38,7 @@ from incremental.methods import MethodOptions
 from incremental.methods import _frozen_backbone as fb
 from incremental.methods._bn_stats import DEFAULT_BATCHES
 from incremental.methods._mask_schedule import MIN_TRAVEL
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError
 from nws.io import load_metadata, load_tensors, save_tensors
 
 MASKS = "kernel_masks.safetensors"
@@ -125,7 +125,7 @@ def kernel_scales(hard: dict[str, torch.Tensor], soft: dict[str, torch.Tensor], 
         values = soft.get(name)
         if values is None or values.dim() != 1 or values.numel() != int((~bits).sum()):
             got = None if values is None else tuple(values.shape)
-            raise ArtifactError(f"{source}: soft values {name!r} of shape {got}, expected ({int((~bits).sum())},) "
+            raise StoredTaskError(f"{source}: soft values {name!r} of shape {got}, expected ({int((~bits).sum())},) "
                                 "(one per kernel whose hard bit is 0)")
         mask = torch.ones(bits.shape)
         mask[~bits] = values.float()

@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,8 +33,8 @@ import nws
 from incremental.methods import Method, MethodOptions
 from incremental.methods import _nws_net as nws_net
 from incremental.methods._backbone import check_pretrain_meta
-from incremental.stored import share_copy
-from nws.artifact import INDICES, MANIFEST, STATE, load_task, read_manifest, save_task
+from incremental.stored import StoredTaskError, share_copy
+from nws.artifact import INDICES, MANIFEST, STATE, ArtifactError, load_task, read_manifest, save_task
 from nws.io import load_tensors, save_tensors, sha256_file
 from nws.levers import keep_previous
 
@@ -40,6 +42,18 @@ POOLS = "pools.safetensors"
 BASE_INDICES = "base_indices.bin"
 BASE_MODEL = "base_model"
 REPORTS = "reports"
+
+
+@contextmanager
+def stored_task() -> Iterator[None]:
+    """nws.artifact's errors about a stored task raised as the loop's StoredTaskError (the message and the exit code
+    unchanged), as every method raises them."""
+    try:
+        yield
+    except StoredTaskError:
+        raise
+    except ArtifactError as e:
+        raise StoredTaskError(str(e)) from None
 
 
 class Options(MethodOptions):
@@ -109,7 +123,8 @@ class NWS(Method):
         """C_t decoded from task t's stored artifact (checksums verified; a delta blob decodes its chain, down to
         the base model's indices)."""
         folder = self.ctx.task_dir(t)
-        manifest = read_manifest(folder)
+        with stored_task():
+            manifest = read_manifest(folder)
         key = (t, manifest["files"][INDICES]["sha256"])
         if key not in self._indices:
             prev = self.reference(t) if manifest["codec"] in nws.codec.NEEDS_PREV else None
@@ -120,12 +135,14 @@ class NWS(Method):
     def load(self, t: int) -> nn.Module:
         """Task t's NWS network from its artifact: pools, K_t = D(C_t; M), and its BN/head state."""
         folder = self.ctx.task_dir(t)
-        manifest = read_manifest(folder)
+        with stored_task():
+            manifest = read_manifest(folder)
         float_head = manifest["meta"]["head"] == "float"
         net = nws_net.build(self.ctx.cfg.model, self.ctx.tasks[t].num_classes, self.pools(), float_head,
                             str(self.pools_path))
         prev = self.reference(t) if manifest["codec"] in nws.codec.NEEDS_PREV else None
-        load_task(folder, net, prev=prev)
+        with stored_task():
+            load_task(folder, net, prev=prev)
         return net
 
     def setup_task(self, t: int) -> nn.Module:
@@ -181,7 +198,8 @@ class NWS(Method):
     def task_report(self, t: int, folder: Path) -> dict:
         """Fig. 4 data (KUR, layer sparsity per layer) and the appendix §6 index histograms, from the stored
         indices; the histograms (selection counts per pool kernel) go to reports/task{t}_index_histograms."""
-        manifest = read_manifest(folder)
+        with stored_task():
+            manifest = read_manifest(folder)
         idx, sizes = self.indices(t), manifest["pool_sizes"]
         hist = {name: torch.bincount(v, minlength=sizes[name]) for name, v in idx.items()}
         path = self.ctx.method_dir / REPORTS / f"{folder.name}_index_histograms.safetensors"

@@ -50,8 +50,7 @@ from incremental.methods import Method, MethodOptions
 from incremental.methods._backbone import check_plain, load_plain
 from incremental.methods._bn_stats import DEFAULT_BATCHES, freeze_batchnorm, recalibrate_task
 from incremental.methods._masked_net import assemble, masked_params, task_state
-from incremental.stored import is_sealed, staged_path
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError, is_sealed, staged_path
 from nws.io import load_metadata, load_tensors, save_tensors
 from pipeline.config import ConfigError
 
@@ -89,13 +88,13 @@ def load_owners(path: Path) -> dict[str, torch.Tensor]:
     try:
         bits, layers = int(meta[BITS]), json.loads(meta["layers"])
     except (KeyError, ValueError) as e:
-        raise ArtifactError(f"{path}: not an owner map ({e})") from None
+        raise StoredTaskError(f"{path}: not an owner map ({e})") from None
     planes = load_masks(path)
     owners = {}
     for n in layers:
         missing = [b for b in range(bits) if f"{n}.bit{b}" not in planes]
         if missing:
-            raise ArtifactError(f"{path}: layer {n} lacks bit planes {missing} of {bits}")
+            raise StoredTaskError(f"{path}: layer {n} lacks bit planes {missing} of {bits}")
         owners[n] = sum(planes[f"{n}.bit{b}"].to(torch.uint8) << b for b in range(bits)).to(torch.uint8)
     return owners
 
@@ -139,7 +138,7 @@ class PackNet(Method):
         """(shared weight values, owner map) as stored."""
         values, owners = load_tensors(self.network_path), load_owners(self.owners_path)
         if set(values) != set(owners):
-            raise ArtifactError(f"{self.owners_path}: layers {sorted(owners)} differ from {self.network_path}'s "
+            raise StoredTaskError(f"{self.owners_path}: layers {sorted(owners)} differ from {self.network_path}'s "
                                 f"{sorted(values)}")
         return values, owners
 
@@ -166,7 +165,7 @@ class PackNet(Method):
         params = masked_params(net)
         values, owners = self.shared()
         if set(values) != set(params):
-            raise ArtifactError(f"{self.network_path}: layers {sorted(values)} do not match the configured network")
+            raise StoredTaskError(f"{self.network_path}: layers {sorted(values)} do not match the configured network")
         for n, o in owners.items():
             later = o > t  # left by an unfinished earlier attempt at task t (or later): free again
             values[n][later] = 0

@@ -24,8 +24,7 @@ from torch import nn
 from incremental.methods import Method
 from incremental.methods._backbone import check_plain, load_plain
 from incremental.methods._masked_net import HEAD
-from incremental.stored import is_sealed, staged_path
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError, is_sealed, staged_path
 from nws.io import load_tensors, save_tensors
 
 BACKBONE = "backbone.safetensors"
@@ -66,7 +65,8 @@ class Sequential(Method):
         try:
             net.load_state_dict({**load_tensors(self.backbone_path), **head})
         except RuntimeError as e:
-            raise ArtifactError(f"{self.backbone_path} + {source}: do not match the configured network: {e}") from None
+            raise StoredTaskError(f"{self.backbone_path} + {source}: do not match the configured network: {e}"
+                                  ) from None
         return net
 
     def setup_task(self, t: int) -> nn.Module:

@@ -43,8 +43,7 @@ from incremental.methods import Method, MethodOptions
 from incremental.methods import _adam_reach as adam_reach
 from incremental.methods._backbone import check_plain
 from incremental.methods._bn_recal_supsup_dst import recalibrate_task
-from incremental.stored import share_copy
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError, share_copy
 from nws.io import load_metadata, load_tensors, save_tensors
 
 BACKBONE = "backbone.safetensors"
@@ -127,7 +126,7 @@ def supermask_of(layer: nn.Module) -> Supermask | None:
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise ArtifactError(f"{path}: missing")
+        raise StoredTaskError(f"{path}: missing")
     return load_tensors(path)
 
 
@@ -285,14 +284,15 @@ class SupSup(Method):
                     layer.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("fc.")})
                     continue
                 if name not in masks or masks[name].shape != layer.weight.shape:
-                    raise ArtifactError(f"{folder / MASKS}: no mask of shape {tuple(layer.weight.shape)} for {name!r}")
+                    raise StoredTaskError(f"{folder / MASKS}: no mask of shape {tuple(layer.weight.shape)} "
+                                          f"for {name!r}")
                 layer.weight.copy_(weights[name] * masks[name])
             for name, m in batchnorms(net).items():
                 m.weight.copy_(bn[f"{name}.weight"])
                 m.bias.copy_(bn[f"{name}.bias"])
                 for key in ("running_mean", "running_var"):
                     if f"{name}.{key}" not in state:
-                        raise ArtifactError(f"{folder / STATE}: no {name}.{key}")
+                        raise StoredTaskError(f"{folder / STATE}: no {name}.{key}")
                     getattr(m, key).copy_(state[f"{name}.{key}"])
         return net.eval()
 

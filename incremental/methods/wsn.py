@@ -64,8 +64,7 @@ from incremental.methods._backbone import check_plain, load_plain
 from incremental.methods._bn_stats import DEFAULT_BATCHES, recalibrate_task
 from incremental.methods._masked_net import HEAD, assemble, bare, masked_params
 from incremental.methods._wsn_huffman import block_stats, load_block, pack_tasks, save_block
-from incremental.stored import is_sealed, staged_path
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError, is_sealed, staged_path
 from nws.io import load_metadata, load_tensors, save_tensors, sha256_file
 
 OFFICIAL_LR = 1e-3
@@ -174,11 +173,11 @@ class WSN(Method):
         for b in range(math.ceil(count / n)):
             path = path_of(b)
             if not path.is_file():
-                raise ArtifactError(f"{path}: missing (the masks of tasks {b * n}..{min(count, b * n + n) - 1})")
+                raise StoredTaskError(f"{path}: missing (the masks of tasks {b * n}..{min(count, b * n + n) - 1})")
             first, masks = self.block(path)
             need = min(count - b * n, n)
             if first != b * n or len(masks) < need:
-                raise ArtifactError(f"{path}: holds tasks {first}..{first + len(masks) - 1}, tasks {b * n}.."
+                raise StoredTaskError(f"{path}: holds tasks {first}..{first + len(masks) - 1}, tasks {b * n}.."
                                     f"{b * n + need - 1} expected")
             out += masks[:need]
         return out
@@ -190,7 +189,7 @@ class WSN(Method):
         layers = subnet_layers(net)
         values = load_tensors(self.network_path)
         if {n: tuple(v.shape) for n, v in values.items()} != {n: tuple(m.weight.shape) for n, m in layers.items()}:
-            raise ArtifactError(f"{self.network_path}: layers do not match the configured network")
+            raise StoredTaskError(f"{self.network_path}: layers do not match the configured network")
         scores = self.carried_scores(t) if t > 0 else None
         self.frozen, self.used = values, union(self.stored_masks(t), values)
         self.task, self._dev = t, None
@@ -208,8 +207,9 @@ class WSN(Method):
         path, state = self.scores_path(t - 1), self.ctx.task_dir(t - 1) / STATE
         want = load_metadata(state).get("scores_sha256") if state.is_file() else None
         if not path.is_file() or want != sha256_file(path):
-            raise ArtifactError(f"{path}: {'missing' if not path.is_file() else 'checksum mismatch with ' + str(state)}"
-                                f"; task {t} starts from the scores task {t - 1} ended with (train task {t - 1} again)")
+            why = "missing" if not path.is_file() else f"checksum mismatch with {state}"
+            raise StoredTaskError(f"{path}: {why}; task {t} starts from the scores task {t - 1} ended with (train task "
+                                  f"{t - 1} again)")
         return load_tensors(path)
 
     def lr(self, t: int) -> float:
@@ -284,7 +284,7 @@ class WSN(Method):
             raise ValueError(f"task {t} is stored in {self.ctx.task_dir(t)}, not {folder}")
         values, mask = load_tensors(self.network_path), self.stored_masks(t + 1)[t]
         if set(values) != set(mask):
-            raise ArtifactError(f"{self.network_path}: layers {sorted(values)}, masks of {sorted(mask)}")
+            raise StoredTaskError(f"{self.network_path}: layers {sorted(values)}, masks of {sorted(mask)}")
         weights = {n: v * mask[n].to(v.dtype) for n, v in values.items()}  # the product the training forward takes
         return assemble(self.ctx.cfg.model, self.ctx.tasks[t].num_classes, weights, load_tensors(folder / STATE),
                         folder / STATE)
