@@ -79,7 +79,7 @@ def rebuilt_models(method: Method, num_tasks: int, device) -> list[nn.Module]:
     for j in range(num_tasks):
         folder = method.ctx.task_dir(j)
         verify_task(folder)
-        models.append(method.rebuild(j, folder).eval().to(device))
+        models.append(method.rebuild(j, folder, verified=True).eval().to(device))
     return models
 
 

@@ -177,8 +177,12 @@ class Method(ABC):
         """Store task t (the trained, unwrapped model) in `folder`; update shared files if the method has any."""
 
     @abstractmethod
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
-        """Task t's inference network from the stored files alone (its folder + the shared files), on the CPU."""
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
+        """Task t's inference network from the stored files alone (its folder + the shared files), on the CPU.
+        `verified`: the caller has just checked the folder and the shared files against stored.json and shared.json
+        (incremental.stored; the loop's evaluation, task inference), so checksums a method keeps of its own (NWS's
+        artifact.json) are not computed again: one evaluation hashes every byte once. Without it a method checks
+        what it can."""
 
     @abstractmethod
     def artifact_files(self, folder: Path) -> dict[str, list[Path]]:

@@ -270,7 +270,7 @@ class DST(Method):
         save_tensors(folder / OWNED, owned, metadata={**meta, "content": "values of the positions this task owns"})
         save_tensors(folder / STATE, task_state(model), metadata=meta)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         if Path(folder) != self.ctx.task_dir(t):
             raise ValueError(f"task {t} is stored in {self.ctx.task_dir(t)}, not {folder}")
         values, masks = self.chain(t)

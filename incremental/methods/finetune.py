@@ -28,7 +28,7 @@ class Finetune(Method):
         save_tensors(folder / NETWORK, model.state_dict(), metadata={"task": self.ctx.tasks[t].name,
                                                                      "num_classes": str(self.ctx.tasks[t].num_classes)})
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         net = self.ctx.cfg.model.build(self.ctx.tasks[t].num_classes)
         try:
             net.load_state_dict(load_tensors(folder / NETWORK))

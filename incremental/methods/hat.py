@@ -229,7 +229,7 @@ class HardAttention(Method):
         save_tensors(staged_path(self.network_path), network, metadata={"content": "shared weights",
                                                                         "tasks": str(t + 1)})
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         if Path(folder) != self.ctx.task_dir(t):
             raise ValueError(f"task {t} is stored in {self.ctx.task_dir(t)}, not {folder}")
         path = folder / EMBEDDINGS

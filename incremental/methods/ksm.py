@@ -150,7 +150,7 @@ class KSM(fb.MaskMethod):
                      metadata={**meta, "soft_dtype": self.opts.soft_dtype, "content": "soft values of hard-0 kernels"})
         fb.save_state(self.ctx, model, folder, meta)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         hard, soft = load_masks(folder / MASKS), load_tensors(folder / SOFT)
         return fb.rebuild_net(self.ctx, t, folder, kernel_scales(hard, soft, folder / SOFT), folder / MASKS)
 

@@ -245,7 +245,7 @@ class PackNet(Method):
                      metadata={"content": "shared masked weights", "tasks": str(me)})
         save_owners(staged_path(self.owners_path), self.owners)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         if Path(folder) != self.ctx.task_dir(t):
             raise ValueError(f"task {t} is stored in {self.ctx.task_dir(t)}, not {folder}")
         values, owners = self.shared()

@@ -103,7 +103,7 @@ class Piggyback(fb.MaskMethod):
         save_masks(folder / MASKS, masks, metadata={**meta, "threshold": str(self.opts.threshold)})
         fb.save_state(self.ctx, model, folder, meta)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         path = folder / MASKS
         masks = load_masks(path)
         return fb.rebuild_net(self.ctx, t, folder, {name: m.float() for name, m in masks.items()}, path)

@@ -83,7 +83,7 @@ class Sequential(Method):
         save_tensors(staged_path(self.backbone_path), backbone,
                      metadata={"content": "shared backbone", "tasks": str(t + 1)})
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         return self.assemble(t, load_tensors(folder / HEAD_FILE), folder / HEAD_FILE)
 
     def artifact_files(self, folder: Path) -> dict[str, list[Path]]:

@@ -272,7 +272,7 @@ class SupSup(Method):
             state.update({f"fc.{k}": v for k, v in model.fc.state_dict().items()})
         save_tensors(folder / STATE, state, metadata=meta)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         num_classes = self.ctx.tasks[t].num_classes
         masks, state = load_masks(folder / MASKS), read_state(folder / STATE)
         head = load_metadata(folder / STATE).get("head", "mask")

@@ -279,7 +279,7 @@ class WSN(Method):
                 "scores_sha256": sha256_file(self.scores_path(t))}
         save_tensors(folder / STATE, state, metadata=meta)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         if Path(folder) != self.ctx.task_dir(t):
             raise ValueError(f"task {t} is stored in {self.ctx.task_dir(t)}, not {folder}")
         values, mask = load_tensors(self.network_path), self.stored_masks(t + 1)[t]
