@@ -2,10 +2,9 @@
 
 `evaluate_stored` is the loop's one way to an accuracy: it verifies the task folder's and the shared files'
 checksums, lets the method rebuild the task model from those files alone (told they are verified, so no byte is
-hashed twice), and measures that model. There is no
-entry point that accepts an in-memory trained model, so no reported number can come from one. The two accuracies
-of forward transfer, taken before a task trains and kept out of the accuracy matrix, are measured on untrained
-task models (incremental.evaluate_transfer).
+hashed twice), and measures that model. There is no entry point that accepts an in-memory trained model, so no
+reported number can come from one. The two accuracies of forward transfer, taken before a task trains and kept out
+of the accuracy matrix, are measured on untrained task models (incremental.evaluate_transfer).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def _verify(records: dict[str, dict], base: Path, listed_in: Path) -> None:
             raise StoredTaskError(f"{path}: missing (listed in {listed_in})")
         if path.stat().st_size != info["bytes"] or sha256_file(path) != info["sha256"]:
             raise StoredTaskError(f"{path}: checksum mismatch with {listed_in}; the stored file is corrupted "
-                                "(delete the task folder to train the task again)")
+                                  "(delete the task folder to train the task again)")
 
 
 def seal_task(folder: Path, meta: dict) -> dict:

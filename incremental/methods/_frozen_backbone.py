@@ -139,7 +139,7 @@ def rebuild_net(ctx, t: int, folder: Path, scales: dict[str, torch.Tensor], sour
             if scale.dim() != w.dim() or scale.shape[:2] != w.shape[:2] or scale.shape[2:] not in (w.shape[2:],
                                                                                                (1,) * (w.dim() - 2)):
                 raise StoredTaskError(f"{source}: mask {name!r} of shape {tuple(scale.shape)} does not fit the weight "
-                                    f"of shape {tuple(w.shape)}")
+                                      f"of shape {tuple(w.shape)}")
             w.copy_(w * scale)  # the product the parametrized training network computes
     return net
 

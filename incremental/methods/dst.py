@@ -121,13 +121,13 @@ class DST(Method):
                 values = {n: torch.zeros(m.shape) for n, m in mask.items()}
             if set(mask) != set(values) or set(owned) != set(values):
                 raise StoredTaskError(f"{folder}: {MASK} / {OWNED} hold layers {sorted(mask)} / {sorted(owned)}, "
-                                    f"expected {sorted(values)}")
+                                      f"expected {sorted(values)}")
             used = union(masks, values)
             for n, m in mask.items():
                 first = m & ~used[n]
                 if owned[n].numel() != int(first.sum()):
                     raise StoredTaskError(f"{folder / OWNED}: {n} holds {owned[n].numel()} values, but the masks give "
-                                        f"task {j} {int(first.sum())} positions of its own")
+                                          f"task {j} {int(first.sum())} positions of its own")
                 values[n][first] = owned[n].to(values[n].dtype)
             masks.append(mask)
         return values, masks
@@ -165,7 +165,7 @@ class DST(Method):
             self.frozen, earlier = self.chain(t - 1)
             if set(self.frozen) != set(shapes):
                 raise StoredTaskError(f"{self.ctx.task_dir(0) / MASK}: layers {sorted(self.frozen)} do not match the "
-                                    f"configured network's {sorted(shapes)}")
+                                      f"configured network's {sorted(shapes)}")
             self.used = union(earlier, self.frozen)
         else:
             self.frozen = {n: torch.zeros(s) for n, s in shapes.items()}

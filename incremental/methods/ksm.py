@@ -126,7 +126,7 @@ def kernel_scales(hard: dict[str, torch.Tensor], soft: dict[str, torch.Tensor], 
         if values is None or values.dim() != 1 or values.numel() != int((~bits).sum()):
             got = None if values is None else tuple(values.shape)
             raise StoredTaskError(f"{source}: soft values {name!r} of shape {got}, expected ({int((~bits).sum())},) "
-                                "(one per kernel whose hard bit is 0)")
+                                  "(one per kernel whose hard bit is 0)")
         mask = torch.ones(bits.shape)
         mask[~bits] = values.float()
         out[name] = mask.reshape(*bits.shape, 1, 1)

@@ -139,7 +139,7 @@ class PackNet(Method):
         values, owners = load_tensors(self.network_path), load_owners(self.owners_path)
         if set(values) != set(owners):
             raise StoredTaskError(f"{self.owners_path}: layers {sorted(owners)} differ from {self.network_path}'s "
-                                f"{sorted(values)}")
+                                  f"{sorted(values)}")
         return values, owners
 
     # ----- training -----

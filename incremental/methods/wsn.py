@@ -178,7 +178,7 @@ class WSN(Method):
             need = min(count - b * n, n)
             if first != b * n or len(masks) < need:
                 raise StoredTaskError(f"{path}: holds tasks {first}..{first + len(masks) - 1}, tasks {b * n}.."
-                                    f"{b * n + need - 1} expected")
+                                      f"{b * n + need - 1} expected")
             out += masks[:need]
         return out
 
