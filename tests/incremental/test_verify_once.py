@@ -1,7 +1,8 @@
 """Integrity verified once per evaluation (issue 18): `evaluate_stored` checks the task folder against stored.json and
 the shared files against shared.json, and the method rebuilds from those verified bytes without hashing them again
 (NWS read its artifact.json twice and hashed the pools again, so one evaluation hashed indices.bin three times). A
-file the evaluation reads only through the method (an earlier task of NWS's delta chain) is still checked, once."""
+file the evaluation reads only through the method (an earlier task of NWS's delta chain) is still checked, once; a
+corrupted file is still named, as the one error of a stored task (StoredTaskError, exit code 4)."""
 
 import sys
 from collections import Counter
@@ -13,7 +14,8 @@ import nws.io
 from data_prep.loaders import make_loader
 from incremental.evaluate import evaluate_stored
 from incremental.loop import make_accelerator
-from incremental.stored import SHARED, STORED, seal_shared, seal_task
+from incremental.stored import SHARED, STORED, StoredTaskError, seal_shared, seal_task
+from nws import exits
 from nws.artifact import INDICES
 from nws.artifact import STATE as NWS_STATE
 from tests.incremental.test_methods import method_for
@@ -57,3 +59,20 @@ def test_one_evaluation_hashes_every_file_once(digits, pretrained, tmp_path, mon
     assert (folder / STORED) not in hashed and (m.ctx.method_dir / SHARED) not in hashed
     if inc.get("codec") == "delta":  # task 1 decodes against task 0's indices: read once, checked once
         assert hashed[m.ctx.task_dir(0) / INDICES] == 1 and hashed[m.ctx.task_dir(0) / NWS_STATE] == 1
+
+
+@pytest.mark.parametrize("name,victim", [("nws", INDICES), ("finetune", "network.safetensors")])
+def test_a_corrupted_task_is_a_stored_task_error_naming_the_file(digits, pretrained, tmp_path, name, victim):
+    m = method_for(name, digits, pretrained, tmp_path)
+    store_two_tasks(m)
+    path = m.ctx.task_dir(0) / victim
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x10
+    path.write_bytes(bytes(blob))
+    loader = make_loader(digits / m.ctx.tasks[0].name, "test", "memory", batch_size=64)
+    with pytest.raises(StoredTaskError, match=f"{victim}: checksum mismatch") as caught:
+        evaluate_stored(m, 0, loader, make_accelerator(m.inc))
+    assert exits.code_of(caught.value) == exits.CORRUPTED
+    if name == "nws":  # rebuilt without the loop's check, NWS's own artifact.json names it, as the same error
+        with pytest.raises(StoredTaskError, match=f"{victim}: checksum mismatch"):
+            m.rebuild(0, m.ctx.task_dir(0))
