@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import nws
 from data_prep.sources import open_source
-from incremental.nws_net import swap_head
+from incremental.methods._nws_net import swap_head
 from nws.artifact import load_task, save_task
 from nws.io import atomic_write_json, load_tensors, save_tensors
 
@@ -76,7 +76,7 @@ def accuracy(model, x, y, batch: int = 500) -> float:
 
 
 def fresh(pools: dict[str, torch.Tensor], num_classes: int) -> torch.nn.Module:
-    """The NWS ResNet-18 skeleton with the stored pools (as incremental.nws_net.build)."""
+    """The NWS ResNet-18 skeleton with the stored pools (as incremental.methods._nws_net.build)."""
     net = nws.convert(nws.models.resnet18(num_classes, stem="nws", width=1.0), pool_size=512)
     return nws.load_pools(net, pools)
 

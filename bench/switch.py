@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 import nws
 from bench.common import cpu_name, write_section
 from bench.storage import read_chain
-from incremental.nws_net import swap_head
+from incremental.methods._nws_net import swap_head
 from nws import codec
 from nws.artifact import STATE, load_task
 from nws.io import load_tensors, read_json

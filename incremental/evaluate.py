@@ -1,10 +1,10 @@
 """Test accuracy of stored task models, and only of those (DESIGN §5; issue 5).
 
 `evaluate_stored` is the loop's one way to an accuracy: it verifies the task folder's and the shared files'
-checksums, lets the method rebuild the task model from those files alone, and measures that model. There is no
-entry point that accepts an in-memory trained model, so no reported number can come from one. The two accuracies
-of forward transfer, taken before a task trains and kept out of the accuracy matrix, are measured on untrained
-task models (incremental.evaluate_transfer).
+checksums, lets the method rebuild the task model from those files alone (told they are verified, so no byte is
+hashed twice), and measures that model. There is no entry point that accepts an in-memory trained model, so no
+reported number can come from one. The two accuracies of forward transfer, taken before a task trains and kept out
+of the accuracy matrix, are measured on untrained task models (incremental.evaluate_transfer).
 """
 
 from __future__ import annotations
@@ -38,5 +38,5 @@ def evaluate_stored(method, t: int, loader, accelerator) -> float:
     folder: Path = method.ctx.task_dir(t)
     verify_task(folder)
     verify_shared(method.ctx.method_dir)
-    model = method.rebuild(t, folder)
+    model = method.rebuild(t, folder, verified=True)  # the bytes just verified are not hashed again
     return accuracy(model, loader, accelerator)

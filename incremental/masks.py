@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError
 from nws.io import load_metadata, load_tensors, save_tensors
 
 SHAPES = "mask_shapes"
@@ -44,13 +44,13 @@ def save_masks(path: Path, masks: dict[str, torch.Tensor], metadata: dict[str, s
 
 
 def load_masks(path: Path) -> dict[str, torch.Tensor]:
-    """The bool masks `save_masks` wrote; a file that does not hold them is an ArtifactError naming it."""
+    """The bool masks `save_masks` wrote; a file that does not hold them is a StoredTaskError naming it."""
     try:
         shapes = json.loads(load_metadata(path)[SHAPES])
         packed = load_tensors(path)
         return {name: unpack(packed[name], tuple(shapes[name])) for name in shapes}
     except (KeyError, ValueError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path}: not a bit-packed mask file: {e}") from None
+        raise StoredTaskError(f"{path}: not a bit-packed mask file: {e}") from None
 
 
 def packed_bytes(masks: dict[str, torch.Tensor]) -> int:

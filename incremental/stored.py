@@ -21,6 +21,13 @@ STORED = "stored.json"
 SHARED = "shared.json"
 
 
+class StoredTaskError(ArtifactError):
+    """A stored task that cannot be read or verified (a file missing, its bytes changed, its content not what the
+    configured network needs), whichever method stored it: the one error the loop and every method raise for one.
+    It is NWS's ArtifactError (nws.artifact) specialised, so it keeps that error's exit code (4, nws.exits.CORRUPTED)
+    and every caller that catches ArtifactError still catches it."""
+
+
 def _records(paths: list[Path], base: Path) -> dict[str, dict]:
     return {str(p.relative_to(base)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in paths}
 
@@ -29,10 +36,10 @@ def _verify(records: dict[str, dict], base: Path, listed_in: Path) -> None:
     for name, info in records.items():
         path = base / name
         if not path.is_file():
-            raise ArtifactError(f"{path}: missing (listed in {listed_in})")
+            raise StoredTaskError(f"{path}: missing (listed in {listed_in})")
         if path.stat().st_size != info["bytes"] or sha256_file(path) != info["sha256"]:
-            raise ArtifactError(f"{path}: checksum mismatch with {listed_in}; the stored file is corrupted "
-                                "(delete the task folder to train the task again)")
+            raise StoredTaskError(f"{path}: checksum mismatch with {listed_in}; the stored file is corrupted "
+                                  "(delete the task folder to train the task again)")
 
 
 def seal_task(folder: Path, meta: dict) -> dict:
@@ -40,7 +47,7 @@ def seal_task(folder: Path, meta: dict) -> dict:
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STORED and not p.name.startswith("."))
     if not files:
-        raise ArtifactError(f"{folder}: the method wrote no files for this task")
+        raise StoredTaskError(f"{folder}: the method wrote no files for this task")
     doc = {"files": _records(files, folder), "meta": meta}
     atomic_write_json(folder / STORED, doc)
     return doc
@@ -51,11 +58,11 @@ def is_sealed(folder: Path) -> bool:
 
 
 def verify_task(folder: Path) -> dict:
-    """The task's stored.json after checking every listed file; ArtifactError naming the bad file otherwise."""
+    """The task's stored.json after checking every listed file; StoredTaskError naming the bad file otherwise."""
     folder = Path(folder)
     path = folder / STORED
     if not path.is_file():
-        raise ArtifactError(f"{folder}: not a stored task (no {STORED}); was the task finished?")
+        raise StoredTaskError(f"{folder}: not a stored task (no {STORED}); was the task finished?")
     doc = read_json(path)
     _verify(doc["files"], folder, path)
     return doc

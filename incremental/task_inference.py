@@ -4,7 +4,7 @@
 For one batch of a task's test split (all T stored tasks learned), a rule names the task the batch belongs to:
 - `one_shot_gradient` (SupSup's one-shot, official adaptors.se_oneshot_entropy_minimization): the network computes
   with the superposition Σ_i alpha_i M_i of every stored mask, alpha_i = 1/T; H = mean output entropy; the task is
-  argmin_i ∂H/∂alpha_i. Needs a method that can superpose its stored tasks (`method.superposition`, SupSup).
+  argmin_i ∂H/∂alpha_i. Needs a method that can superpose its stored tasks (`method.superposition` not None, SupSup).
 - `min_entropy` (the same idea for any method, e.g. NWS): every task's model is rebuilt from its artifact
   (`method.rebuild`) and the batch goes to the task whose model gives the lowest mean output entropy.
 - `min_entropy_batch_bn` (networks with BatchNorm): the same, each model's BatchNorm on the batch's statistics
@@ -79,7 +79,7 @@ def rebuilt_models(method: Method, num_tasks: int, device) -> list[nn.Module]:
     for j in range(num_tasks):
         folder = method.ctx.task_dir(j)
         verify_task(folder)
-        models.append(method.rebuild(j, folder).eval().to(device))
+        models.append(method.rebuild(j, folder, verified=True).eval().to(device))
     return models
 
 
@@ -120,9 +120,8 @@ def evaluate(method: Method, batch_size: int = 128, samples: int | None = None, 
     T = len(method.ctx.tasks)
     models = rebuilt_models(method, T, device)
     rules = ["min_entropy"] + (["min_entropy_batch_bn"] if any(batchnorms(m) for m in models) else [])
-    superposed = None
-    if callable(getattr(method, "superposition", None)):
-        superposed = method.superposition(list(range(T)))
+    superposed = method.superposition(list(range(T)))
+    if superposed is not None:
         rules.insert(0, "one_shot_gradient")
     counts = {r: [{"batches": 0, "right_batches": 0, "inferred": [0] * T, "correct": 0} for _ in range(T)]
               for r in rules}

@@ -14,7 +14,7 @@ schedule function and the BatchNorm sync are pretraining's too (base.training). 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -23,15 +23,13 @@ from torch import nn
 from base.training import NonFiniteGuard, NonFiniteLoss, nonfinite_where, scale_lr, sync_batchnorm_statistics
 from incremental import checkpoint, schedule
 from incremental.checkpoint import Progress
-from incremental.methods import trainable
 from loaders import derive_seed, make_loader
 from nws.preempt import Preempted, requested, stopping
 
 
-def sgd(groups: list[dict], inc) -> torch.optim.Optimizer:
-    """The paper's SGD (§5.4): lr, momentum, Nesterov and weight decay from the incremental config."""
-    return torch.optim.SGD(groups, lr=inc.lr, momentum=inc.momentum, nesterov=inc.nesterov and inc.momentum > 0,
-                           weight_decay=inc.weight_decay)
+def trainable(groups: Iterable[dict]) -> int:
+    """Number of trainable scalars in parameter groups (logged per task)."""
+    return sum(p.numel() for g in groups for p in g["params"])
 
 
 def train_loader(ctx, t: int, accelerator):

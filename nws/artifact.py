@@ -70,7 +70,10 @@ def save_task(folder: str | Path, model: nn.Module, codec_mode: str = "smallest"
     return manifest
 
 
-def read_manifest(folder: str | Path) -> dict:
+def read_manifest(folder: str | Path, verify: bool = True) -> dict:
+    """The artifact's manifest, after checking its format, that both files are there and, with `verify`, their size
+    and sha256. verify=False is for a caller that has just checked these bytes itself (the task loop, against its
+    stored.json), so that one evaluation hashes them once."""
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         raise ArtifactError(f"{folder}: not a task artifact (no {MANIFEST})")
@@ -81,7 +84,7 @@ def read_manifest(folder: str | Path) -> dict:
         path = folder / name
         if not path.is_file():
             raise ArtifactError(f"{path}: missing file of the task artifact")
-        if path.stat().st_size != info["bytes"] or sha256_file(path) != info["sha256"]:
+        if verify and (path.stat().st_size != info["bytes"] or sha256_file(path) != info["sha256"]):
             raise ArtifactError(f"{path}: checksum mismatch, the task artifact is corrupted")
     return manifest
 
@@ -94,11 +97,13 @@ def read_indices(folder: str | Path, prev: dict[str, torch.Tensor] | None = None
     return codec.decode((folder / INDICES).read_bytes(), prev=prev, pools=pools)
 
 
-def load_task(folder: str | Path, model: nn.Module, prev: dict[str, torch.Tensor] | None = None) -> dict:
+def load_task(folder: str | Path, model: nn.Module, prev: dict[str, torch.Tensor] | None = None,
+              manifest: dict | None = None) -> dict:
     """Rebuild the task model in `model` (an NWS network with the shared pools loaded) from the artifact alone:
-    K_t = D(C_t; M) plus the stored BN/head state. Returns the manifest."""
+    K_t = D(C_t; M) plus the stored BN/head state. Returns the manifest. `manifest`: the folder's, as the caller
+    read (and checked) it with `read_manifest`, so that it is not read and its files hashed a second time."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder) if manifest is None else manifest
     if manifest["pool_sizes"] != pool_sizes(model):
         raise ArtifactError(f"{folder}: stored for layers/pools {manifest['pool_sizes']}, the model has "
                             f"{pool_sizes(model)}")

@@ -7,8 +7,12 @@ which stored files are its memory (`artifact_files`, `shared_files`). Every repo
 `rebuild`'s output (DESIGN §5), so a method cannot be evaluated on anything it did not store.
 
 A method is the module `incremental/methods/<name>.py` exposing `METHOD`, a Method subclass: adding a baseline
-is adding one file. Method-specific options come from `incremental.options.<name>` and are validated by the
-method's `Options` schema (unknown keys are errors).
+is adding one file. What only methods use lives beside them as private helpers, `_<name>.py` (never listed as a
+method): named for its method when one method uses it (`_nws_net`, `_hat_gates`, `_dst_sparse`), for what it is
+when several share it (`_backbone`, `_masked_net`, `_frozen_backbone`). Methods import the files they store and read
+(incremental.stored, incremental.masks) and the schedule, never the loop; the loop finds a method by name here.
+Method-specific options come from `incremental.options.<name>` and are validated by the method's `Options` schema
+(unknown keys are errors).
 
 Recipes (issue 15): a baseline's own paper and code train it with their own optimizer (SupSup, DST, Piggyback, KSM:
 Adam with their lrs), while seed 004_ §5.4 and its App. 5 train every method with one SGD recipe ("the same common
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -37,6 +41,13 @@ from incremental.method_names import available as available  # the registry: the
 from incremental.method_names import unknown
 from incremental.schedule import TaskSchedule
 from pipeline.config import ConfigError, Section, validate
+
+
+def sgd(groups: list[dict], inc) -> torch.optim.Optimizer:
+    """The paper's SGD (§5.4): lr, momentum, Nesterov and weight decay from the incremental config (recipe "paper",
+    and the official recipe of the methods whose own code trains with it)."""
+    return torch.optim.SGD(groups, lr=inc.lr, momentum=inc.momentum, nesterov=inc.nesterov and inc.momentum > 0,
+                           weight_decay=inc.weight_decay)
 
 
 class MethodOptions(Section):
@@ -129,16 +140,12 @@ class Method(ABC):
         the shared SGD (§5.4: lr, momentum, Nesterov, weight decay of incremental; a group's own "lr" stays), else
         `official_optimizer`. The loop scales every group's initial lr by the task's schedule
         (`ctx.schedule.lr_factor(step)`, set before every step)."""
-        from incremental.train import sgd
-
         self.optimizer = sgd(groups, self.inc) if self.recipe == "paper" else self.official_optimizer(groups)
         return self.optimizer
 
     def official_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         """The optimizer of the method's own paper and code; by default the paper's SGD (NWS, Finetune, PackNet's
         official SGD with momentum). SupSup, DST, Piggyback and KSM return their Adam."""
-        from incremental.train import sgd
-
         return sgd(groups, self.inc)
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
@@ -170,8 +177,12 @@ class Method(ABC):
         """Store task t (the trained, unwrapped model) in `folder`; update shared files if the method has any."""
 
     @abstractmethod
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
-        """Task t's inference network from the stored files alone (its folder + the shared files), on the CPU."""
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
+        """Task t's inference network from the stored files alone (its folder + the shared files), on the CPU.
+        `verified`: the caller has just checked the folder and the shared files against stored.json and shared.json
+        (incremental.stored; the loop's evaluation, task inference), so checksums a method keeps of its own (NWS's
+        artifact.json) are not computed again: one evaluation hashes every byte once. Without it a method checks
+        what it can."""
 
     @abstractmethod
     def artifact_files(self, folder: Path) -> dict[str, list[Path]]:
@@ -184,6 +195,13 @@ class Method(ABC):
     def run_report(self, reports: list[dict]) -> dict:
         """Extra keys of metrics.json, from the task reports in task order."""
         return {}
+
+    def superposition(self, tasks: list[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """f(alphas, x) -> logits of one network computing with the stored models of `tasks` mixed by `alphas`, for
+        task inference by the gradient of the output entropy in alphas (SupSup's one-shot rule,
+        incremental.task_inference); None (the default): the method cannot superpose its tasks, and only the rules
+        over rebuilt task models apply."""
+        return None
 
 
 def get_method(name: str) -> type[Method]:
@@ -204,8 +222,3 @@ def make_method(name: str, cfg, data_dir: Path, pretrain_dir: Path, method_dir: 
     options = validate(cls.Options, cfg.incremental.options.get(name, {}), source=f"incremental.options.{name}")
     return cls(Context(cfg=cfg, data_dir=Path(data_dir), pretrain_dir=Path(pretrain_dir),
                        method_dir=Path(method_dir), tasks=tasks, options=options))
-
-
-def trainable(groups: Iterable[dict]) -> int:
-    """Number of trainable scalars in parameter groups (logged per task)."""
-    return sum(p.numel() for g in groups for p in g["params"])

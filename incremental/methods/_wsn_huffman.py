@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError
 from nws.io import load_metadata, load_tensors, save_tensors
 
 MAX_LENGTH = 56  # a code fits a 64-bit window read at its byte (+7 bits); Huffman depth ~ log_phi(count): 10^11 weights
@@ -173,7 +173,7 @@ def load_block(path: Path) -> tuple[int, list[dict[str, torch.Tensor]]]:
         values = {name: decode(tensors[f"{name}.lengths"].numpy(), tensors[f"{name}.code"].numpy(), i["bits"],
                                int(np.prod(i["shape"]))) for name, i in info.items()}
     except (KeyError, ValueError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path}: not a WSN Huffman mask block: {e}") from None
+        raise StoredTaskError(f"{path}: not a WSN Huffman mask block: {e}") from None
     return first, [{name: torch.from_numpy(unpack_task(v, b)).reshape(info[name]["shape"])
                     for name, v in values.items()} for b in range(count)]
 

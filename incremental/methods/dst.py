@@ -2,8 +2,8 @@
 muratonuryildirim/CL-with-DST, notes/algorithms.md §3) as a method of the task loop.
 
 What is implemented, exactly:
-- Masked weights: every conv/linear weight but the per-task head (incremental.masked_net). Task t draws a fresh mask
-  over ALL of them at `density` (`uniform`, or per-layer ERK densities), exact counts per layer (incremental.sparse).
+- Masked weights: every conv/linear weight but the per-task head (methods._masked_net). Task t draws a fresh mask
+  over ALL of them at `density` (`uniform`, or per-layer ERK densities), exact counts per layer (methods._dst_sparse).
   Like the official code the mask is not restricted to free weights: masks of different tasks may overlap.
 - Weights of earlier tasks are frozen and shared read-only: a position in the union of the masks of tasks < t holds
   the value the task that first used it stored. Task t reads it wherever its own mask covers it (also after a
@@ -24,11 +24,11 @@ What is implemented, exactly:
 - Optimizer: Adam lr 1e-3, weight decay 0 (official defaults; `optimizer: sgd` uses the loop's momentum), scaled by
   the loop's epoch schedule (the official MultiStepLR at 50%/75% of the epochs is `incremental.milestones`). An
   unset `lr` is raised on a schedule too short for Adam's steps of ~lr to move a weight its own scale
-  (incremental.adam_reach: 1e-2 at 18 steps a task, 2.6e-3 at the demo's 54, 1e-3 on the official 1,580).
+  (methods._adam_reach: 1e-2 at 18 steps a task, 2.6e-3 at the demo's 54, 1e-3 on the official 1,580).
 - BatchNorm and head: per task, trained from the pretrained BatchNorm (the official net uses batch statistics at test
   time and a shared 100-way head; here tasks have their own heads and stored BN, like every method of the loop).
   The stored running statistics are recomputed for the final sparse network over the task's training split
-  (`recalibrate_bn`, incremental.bn_recal_supsup_dst): the running averages of training start from the dense
+  (`recalibrate_bn`, methods._bn_recal_supsup_dst): the running averages of training start from the dense
   backbone's statistics and follow a network that loses 80% of its weights at the first step and is pruned and
   regrown after. With 18 steps a task (the demo at 2 epochs) the stored tasks scored 0.50 0.49 0.76 0.50 0.51 with
   them, the same weights 1.00 0.86 0.96 0.90 0.70 with recomputed statistics.
@@ -47,16 +47,15 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from incremental import adam_reach
-from incremental.backbone import check_plain, load_plain
-from incremental.bn_recal_supsup_dst import recalibrate_task
-from incremental.masked_net import assemble, masked_params, task_state
 from incremental.masks import load_masks, packed_bytes, save_masks, union
 from incremental.methods import Method, MethodOptions
-from incremental.sparse import death_rate, init_masks, prune_magnitude, regrow
-from incremental.stored import is_sealed, verify_task
+from incremental.methods import _adam_reach as adam_reach
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.methods._bn_recal_supsup_dst import recalibrate_task
+from incremental.methods._dst_sparse import death_rate, init_masks, prune_magnitude, regrow
+from incremental.methods._masked_net import assemble, masked_params, task_state
+from incremental.stored import StoredTaskError, is_sealed, verify_task
 from loaders import derive_seed
-from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors
 
 OFFICIAL_LR = 1e-3
@@ -76,7 +75,7 @@ class Options(MethodOptions):
     death_rate_min: float = Field(0.005, ge=0, le=1)  # ... to this at the last step of the task
     update_frequency: int | None = Field(None, ge=1)  # optimizer steps between prune/regrow; None: ceil(steps / 4)
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float | None = Field(None, gt=0)  # None: 1e-3 (official), raised on a short schedule (incremental.adam_reach)
+    lr: float | None = Field(None, gt=0)  # None: 1e-3 (official), raised on a short schedule (methods._adam_reach)
     weight_decay: float = Field(0.0, ge=0)
     recalibrate_bn: bool = True  # store BN statistics recomputed for the final network (False: the running averages)
 
@@ -121,14 +120,14 @@ class DST(Method):
             if not values:
                 values = {n: torch.zeros(m.shape) for n, m in mask.items()}
             if set(mask) != set(values) or set(owned) != set(values):
-                raise ArtifactError(f"{folder}: {MASK} / {OWNED} hold layers {sorted(mask)} / {sorted(owned)}, "
-                                    f"expected {sorted(values)}")
+                raise StoredTaskError(f"{folder}: {MASK} / {OWNED} hold layers {sorted(mask)} / {sorted(owned)}, "
+                                      f"expected {sorted(values)}")
             used = union(masks, values)
             for n, m in mask.items():
                 first = m & ~used[n]
                 if owned[n].numel() != int(first.sum()):
-                    raise ArtifactError(f"{folder / OWNED}: {n} holds {owned[n].numel()} values, but the masks give "
-                                        f"task {j} {int(first.sum())} positions of its own")
+                    raise StoredTaskError(f"{folder / OWNED}: {n} holds {owned[n].numel()} values, but the masks give "
+                                          f"task {j} {int(first.sum())} positions of its own")
                 values[n][first] = owned[n].to(values[n].dtype)
             masks.append(mask)
         return values, masks
@@ -138,7 +137,7 @@ class DST(Method):
         return adam_reach.steps(self.ctx, t)
 
     def lr(self, t: int) -> float:
-        """`lr` as given; unset, the official Adam 1e-3 raised to what task t's schedule needs (incremental.adam_reach);
+        """`lr` as given; unset, the official Adam 1e-3 raised to what task t's schedule needs (methods._adam_reach);
         the official SGD option keeps 1e-3; recipe "paper": incremental.lr."""
         if self.recipe == "paper":
             return self.inc.lr
@@ -165,8 +164,8 @@ class DST(Method):
         if t > 0:
             self.frozen, earlier = self.chain(t - 1)
             if set(self.frozen) != set(shapes):
-                raise ArtifactError(f"{self.ctx.task_dir(0) / MASK}: layers {sorted(self.frozen)} do not match the "
-                                    f"configured network's {sorted(shapes)}")
+                raise StoredTaskError(f"{self.ctx.task_dir(0) / MASK}: layers {sorted(self.frozen)} do not match the "
+                                      f"configured network's {sorted(shapes)}")
             self.used = union(earlier, self.frozen)
         else:
             self.frozen = {n: torch.zeros(s) for n, s in shapes.items()}
@@ -271,7 +270,7 @@ class DST(Method):
         save_tensors(folder / OWNED, owned, metadata={**meta, "content": "values of the positions this task owns"})
         save_tensors(folder / STATE, task_state(model), metadata=meta)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         if Path(folder) != self.ctx.task_dir(t):
             raise ValueError(f"task {t} is stored in {self.ctx.task_dir(t)}, not {folder}")
         values, masks = self.chain(t)

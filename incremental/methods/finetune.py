@@ -7,9 +7,9 @@ from pathlib import Path
 
 from torch import nn
 
-from incremental.backbone import check_plain, load_plain
 from incremental.methods import Method
-from nws.artifact import ArtifactError
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.stored import StoredTaskError
 from nws.io import load_tensors, save_tensors
 
 NETWORK = "network.safetensors"
@@ -28,12 +28,12 @@ class Finetune(Method):
         save_tensors(folder / NETWORK, model.state_dict(), metadata={"task": self.ctx.tasks[t].name,
                                                                      "num_classes": str(self.ctx.tasks[t].num_classes)})
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         net = self.ctx.cfg.model.build(self.ctx.tasks[t].num_classes)
         try:
             net.load_state_dict(load_tensors(folder / NETWORK))
         except RuntimeError as e:
-            raise ArtifactError(f"{folder / NETWORK}: does not match the configured network: {e}") from None
+            raise StoredTaskError(f"{folder / NETWORK}: does not match the configured network: {e}") from None
         return net
 
     def artifact_files(self, folder: Path) -> dict[str, list[Path]]:

@@ -1,6 +1,6 @@
 """HAT, Hard Attention to the Task (Serra et al., ICML 2018; official code joansj/hat) as a method of the task loop.
 
-- One shared network: every conv/linear weight but the per-task head (incremental.masked_net), starting from the
+- One shared network: every conv/linear weight but the per-task head (methods._masked_net), starting from the
   plain pretrained backbone and trained task after task. Task t learns an embedding e_t per unit (conv channel,
   hidden linear unit; incremental.methods._hat_gates says where the gates go in a ResNet block) and multiplies
   each unit by its gate a = σ(s·e) (Eq. 1). Embeddings start N(0, 1) (official nn.Embedding).
@@ -13,7 +13,7 @@
   / (cosh(e) + 1) (Eq. 4); then every gradient is clipped to norm `clipgrad`. After it the embeddings are clamped to
   ±thres_emb.
 - BatchNorm (the official nets have none) and the head are per task, BN trained from the pretrained values, its
-  statistics re-estimated at the end of the task (incremental.bn_stats) with the gates at s_max.
+  statistics re-estimated at the end of the task (methods._bn_stats) with the gates at s_max.
 
 Protection is exact only where the gates are: a weight between units earlier tasks attend to with a = 1 gets no
 update at all (bit for bit, also under weight decay and momentum: see `before_step`), and a unit with a = 0 feeds
@@ -44,13 +44,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from incremental.backbone import check_plain, load_plain
-from incremental.bn_stats import DEFAULT_BATCHES, recalibrate_task
-from incremental.masked_net import assemble, bare, masked_params, task_state
 from incremental.methods import Method, MethodOptions
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.methods._bn_stats import DEFAULT_BATCHES, recalibrate_task
 from incremental.methods._hat_gates import HAT, attach, condition, gates_of, plan
-from incremental.stored import is_sealed, staged_path
-from nws.artifact import ArtifactError
+from incremental.methods._masked_net import assemble, bare, masked_params, task_state
+from incremental.stored import StoredTaskError, is_sealed, staged_path
 from nws.io import load_metadata, load_tensors, save_tensors
 
 NETWORK = "network.safetensors"
@@ -108,7 +107,7 @@ class HardAttention(Method):
             path = self.ctx.task_dir(k) / EMBEDDINGS
             emb, s_max = load_tensors(path), float(load_metadata(path)["smax"])
             if {n: e.numel() for n, e in emb.items()} != {n: v.numel() for n, v in a.items()}:
-                raise ArtifactError(f"{path}: embeddings do not fit the configured network's units")
+                raise StoredTaskError(f"{path}: embeddings do not fit the configured network's units")
             a = {n: torch.maximum(v, torch.sigmoid(s_max * emb[n])) for n, v in a.items()}
         return a
 
@@ -123,7 +122,7 @@ class HardAttention(Method):
         net = load_plain(self.ctx, self.ctx.tasks[t].num_classes)
         spec, params, values = plan(net), masked_params(net), load_tensors(self.network_path)
         if set(values) != set(params) or set(spec.views) != set(params):
-            raise ArtifactError(f"{self.network_path}: layers {sorted(values)} do not match the configured network")
+            raise StoredTaskError(f"{self.network_path}: layers {sorted(values)} do not match the configured network")
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(values[n])
@@ -230,7 +229,7 @@ class HardAttention(Method):
         save_tensors(staged_path(self.network_path), network, metadata={"content": "shared weights",
                                                                         "tasks": str(t + 1)})
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         if Path(folder) != self.ctx.task_dir(t):
             raise ValueError(f"task {t} is stored in {self.ctx.task_dir(t)}, not {folder}")
         path = folder / EMBEDDINGS
@@ -239,7 +238,7 @@ class HardAttention(Method):
         try:
             attach(net, load_tensors(path), float(load_metadata(path)["smax"]))
         except (ValueError, KeyError) as e:
-            raise ArtifactError(f"{path}: {e}") from None
+            raise StoredTaskError(f"{path}: {e}") from None
         return net.eval()
 
     def artifact_files(self, folder: Path) -> dict[str, list[Path]]:

@@ -1,6 +1,6 @@
 """KSM, Kernel-wise Soft Mask (Yang et al., CVPR 2021; notes/algorithms.md §4; LYang-666/CVPR_2021_KSM).
 
-- Shared, stored once: the frozen plain backbone (incremental.frozen_backbone), never trained.
+- Shared, stored once: the frozen plain backbone (methods._frozen_backbone), never trained.
 - Per task, per conv (the head excluded): a real mask m of shape (out, in, 1, 1), one value per k×k kernel, all
   `mask_init` (official 1e-2). With x = (m − threshold)·scale (official 5e-3, 1200):
   hard = 1[x ≥ 0], trained through sigmoid(x / temperature) (official 100; its Gumbel noise is off by default and
@@ -8,13 +8,13 @@
   a = 0, hard kernels included, stay 0); mask = hard + 0.5·a, so 1 on hard kernels and in [0, 0.5] elsewhere;
   W_eff = mask ⊙ W broadcast over the k×k kernel.
 - BatchNorm: per task, trained with the masks (official `train_bn` default True) and stored, its running statistics
-  re-estimated for the final masks after the last epoch (incremental.frozen_backbone); option `bn: frozen` keeps the
+  re-estimated for the final masks after the last epoch (methods._frozen_backbone); option `bn: frozen` keeps the
   pretrained BN (train_bn False). The head is new per task.
 - Optimizer (recipe "official"; "paper": the shared SGD with the mask lr kept, seed 001_ App. 5): Adam, lr 2e-4 for
   the masks and BN (one official optimizer) and 2e-4 for the head, no weight decay. The official cosine schedule
   (hard-coded 30-epoch horizon) is replaced by the loop's milestones. A schedule too short for a mask entry to
   travel `min_travel` (4) times mask_init − threshold at these lrs gets the lrs left at their defaults scaled up by
-  one factor (incremental.mask_schedule: at the official lr no kernel turns soft in fewer than 25 steps); thousands
+  one factor (methods._mask_schedule: at the official lr no kernel turns soft in fewer than 25 steps); thousands
   of steps keep them exactly.
 - Stored per task: `kernel_masks.safetensors`, the hard part at 1 bit per kernel (incremental.masks);
   `soft.safetensors`, the soft values of the kernels whose hard bit is 0 only (row-major order), at `soft_dtype`
@@ -33,12 +33,12 @@ from pydantic import Field, model_validator
 from safetensors import safe_open
 from torch import nn
 
-from incremental import frozen_backbone as fb
-from incremental.bn_stats import DEFAULT_BATCHES
-from incremental.mask_schedule import MIN_TRAVEL
 from incremental.masks import load_masks, save_masks
 from incremental.methods import MethodOptions
-from nws.artifact import ArtifactError
+from incremental.methods import _frozen_backbone as fb
+from incremental.methods._bn_stats import DEFAULT_BATCHES
+from incremental.methods._mask_schedule import MIN_TRAVEL
+from incremental.stored import StoredTaskError
 from nws.io import load_metadata, load_tensors, save_tensors
 
 MASKS = "kernel_masks.safetensors"
@@ -60,7 +60,7 @@ class KSMOptions(MethodOptions):
     bn: Literal["train", "frozen"] = "train"
     bn_batches: int = Field(DEFAULT_BATCHES, ge=0)  # batches that re-estimate BN statistics at the end; 0 = none
     # threshold gaps (mask_init - threshold) a mask entry must be able to travel over the task's schedule; a short
-    # schedule scales the lrs left at their defaults up to allow it (incremental.mask_schedule); 0 = never
+    # schedule scales the lrs left at their defaults up to allow it (methods._mask_schedule); 0 = never
     min_travel: float = Field(MIN_TRAVEL, ge=0)
 
     @model_validator(mode="after")
@@ -125,8 +125,8 @@ def kernel_scales(hard: dict[str, torch.Tensor], soft: dict[str, torch.Tensor], 
         values = soft.get(name)
         if values is None or values.dim() != 1 or values.numel() != int((~bits).sum()):
             got = None if values is None else tuple(values.shape)
-            raise ArtifactError(f"{source}: soft values {name!r} of shape {got}, expected ({int((~bits).sum())},) "
-                                "(one per kernel whose hard bit is 0)")
+            raise StoredTaskError(f"{source}: soft values {name!r} of shape {got}, expected ({int((~bits).sum())},) "
+                                  "(one per kernel whose hard bit is 0)")
         mask = torch.ones(bits.shape)
         mask[~bits] = values.float()
         out[name] = mask.reshape(*bits.shape, 1, 1)
@@ -150,7 +150,7 @@ class KSM(fb.MaskMethod):
                      metadata={**meta, "soft_dtype": self.opts.soft_dtype, "content": "soft values of hard-0 kernels"})
         fb.save_state(self.ctx, model, folder, meta)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         hard, soft = load_masks(folder / MASKS), load_tensors(folder / SOFT)
         return fb.rebuild_net(self.ctx, t, folder, kernel_scales(hard, soft, folder / SOFT), folder / MASKS)
 

@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,17 +30,38 @@ from pydantic import Field
 from torch import nn
 
 import nws
-from incremental import nws_net
 from incremental.methods import Method, MethodOptions
-from incremental.stored import share_copy
-from nws.artifact import INDICES, MANIFEST, STATE, load_task, read_manifest, save_task
-from nws.io import load_tensors, save_tensors, sha256_file
+from incremental.methods import _nws_net as nws_net
+from incremental.methods._backbone import check_pretrain_meta
+from incremental.stored import StoredTaskError, share_copy
+from nws.artifact import INDICES, MANIFEST, STATE, ArtifactError, load_task, read_manifest, save_task
+from nws.io import load_tensors, save_tensors
 from nws.levers import keep_previous
 
 POOLS = "pools.safetensors"
 BASE_INDICES = "base_indices.bin"
 BASE_MODEL = "base_model"
 REPORTS = "reports"
+
+
+def file_key(path: Path) -> tuple[int, int, int]:
+    """Which version of a shared file is on disk (inode, size, mtime), without reading it: the key of the decoded
+    pools and base indices kept in memory. Every write replaces a file (a rename), so a new version gets a new key;
+    the bytes themselves are verified where the loop verifies them (incremental.stored), not hashed for a cache."""
+    st = Path(path).stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@contextmanager
+def stored_task() -> Iterator[None]:
+    """nws.artifact's errors about a stored task raised as the loop's StoredTaskError (the message and the exit code
+    unchanged), as every method raises them."""
+    try:
+        yield
+    except StoredTaskError:
+        raise
+    except ArtifactError as e:
+        raise StoredTaskError(str(e)) from None
 
 
 class Options(MethodOptions):
@@ -75,7 +98,7 @@ class NWS(Method):
         src = self.ctx.pretrain_dir / POOLS
         if not src.is_file():
             raise FileNotFoundError(f"{src}: file not found; run `nws pretrain` (kind nws or both) first")
-        nws_net.check_pretrain_meta(src, self.ctx.cfg.model)
+        check_pretrain_meta(src, self.ctx.cfg.model)
         read_manifest(self.base_dir)  # present and intact
         stored = [t for t in range(len(self.ctx.tasks)) if (self.ctx.task_dir(t) / MANIFEST).is_file()]
         share_copy(src, self.pools_path, "pools", stored)
@@ -86,16 +109,16 @@ class NWS(Method):
         return {"pools": [self.pools_path], "base_indices": [self.base_indices_path]}
 
     def pools(self) -> dict[str, torch.Tensor]:
-        digest = sha256_file(self.pools_path)
-        if self._pools is None or self._pools[0] != digest:
-            self._pools = (digest, load_tensors(self.pools_path))
+        key = file_key(self.pools_path)
+        if self._pools is None or self._pools[0] != key:
+            self._pools = (key, load_tensors(self.pools_path))
         return self._pools[1]
 
     def base_indices(self) -> dict[str, torch.Tensor]:
         """The pretrained base model's indices from the shared copy (what task 0 is coded against)."""
         if not self.base_indices_path.is_file():
             raise FileNotFoundError(f"{self.base_indices_path}: file not found; the method's prepare() copies it")
-        key = (-1, sha256_file(self.base_indices_path))
+        key = (-1, file_key(self.base_indices_path))
         if key not in self._indices:
             self._indices[key] = nws.codec.decode(self.base_indices_path.read_bytes())
         return self._indices[key]
@@ -108,7 +131,8 @@ class NWS(Method):
         """C_t decoded from task t's stored artifact (checksums verified; a delta blob decodes its chain, down to
         the base model's indices)."""
         folder = self.ctx.task_dir(t)
-        manifest = read_manifest(folder)
+        with stored_task():
+            manifest = read_manifest(folder)
         key = (t, manifest["files"][INDICES]["sha256"])
         if key not in self._indices:
             prev = self.reference(t) if manifest["codec"] in nws.codec.NEEDS_PREV else None
@@ -116,15 +140,18 @@ class NWS(Method):
             self._indices[key] = nws.codec.decode((folder / INDICES).read_bytes(), prev=prev, pools=pools)
         return self._indices[key]
 
-    def load(self, t: int) -> nn.Module:
-        """Task t's NWS network from its artifact: pools, K_t = D(C_t; M), and its BN/head state."""
+    def load(self, t: int, verified: bool = False) -> nn.Module:
+        """Task t's NWS network from its artifact: pools, K_t = D(C_t; M), and its BN/head state (the artifact's own
+        checksums checked once, none when the caller `verified` the folder)."""
         folder = self.ctx.task_dir(t)
-        manifest = read_manifest(folder)
+        with stored_task():
+            manifest = read_manifest(folder, verify=not verified)
         float_head = manifest["meta"]["head"] == "float"
         net = nws_net.build(self.ctx.cfg.model, self.ctx.tasks[t].num_classes, self.pools(), float_head,
                             str(self.pools_path))
         prev = self.reference(t) if manifest["codec"] in nws.codec.NEEDS_PREV else None
-        load_task(folder, net, prev=prev)
+        with stored_task():
+            load_task(folder, net, prev=prev, manifest=manifest)
         return net
 
     def setup_task(self, t: int) -> nn.Module:
@@ -169,10 +196,10 @@ class NWS(Method):
         nws.load_indices(model, out)
         return out
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         if folder != self.ctx.task_dir(t):
             raise ValueError(f"task {t} is stored in {self.ctx.task_dir(t)}, not {folder}")
-        return nws.materialize(nws.set_mode(self.load(t), "frozen"))
+        return nws.materialize(nws.set_mode(self.load(t, verified), "frozen"))
 
     def artifact_files(self, folder: Path) -> dict[str, list[Path]]:
         return {"indices": [folder / INDICES], "state": [folder / STATE], "metadata": [folder / MANIFEST]}
@@ -180,7 +207,8 @@ class NWS(Method):
     def task_report(self, t: int, folder: Path) -> dict:
         """Fig. 4 data (KUR, layer sparsity per layer) and the appendix §6 index histograms, from the stored
         indices; the histograms (selection counts per pool kernel) go to reports/task{t}_index_histograms."""
-        manifest = read_manifest(folder)
+        with stored_task():
+            manifest = read_manifest(folder)
         idx, sizes = self.indices(t), manifest["pool_sizes"]
         hist = {name: torch.bincount(v, minlength=sizes[name]) for name, v in idx.items()}
         path = self.ctx.method_dir / REPORTS / f"{folder.name}_index_histograms.safetensors"

@@ -1,7 +1,7 @@
 """PackNet (Mallya & Lazebnik 2018; official code arunmallya/packnet, notes/algorithms.md §4) as a method of the
 task loop.
 
-- One shared network: every conv/linear weight but the per-task head (incremental.masked_net) has an owner, 0 = free
+- One shared network: every conv/linear weight but the per-task head (methods._masked_net) has an owner, 0 = free
   or k = task k-1. Before task 0 all weights are free and hold the plain pretrained backbone.
 - Task t takes every free weight (owner ← t+1) and trains only those: gradients of the others are zeroed before
   each step and after each step the others are written back (weights of tasks < t to their stored values, freed
@@ -18,7 +18,7 @@ task loop.
 - BatchNorm (option `bn`): "train" (default; the NWS paper's PackNet from the CPG code, seed 001_ appendix, "for
   each task, it saves the statistics of batch normalization layers"): trained per task from the pretrained values and
   stored with the task's head; at the end of the task's last epoch the running statistics are re-estimated over the
-  task's training data with the final (pruned and retrained) weights (incremental.bn_stats), so the stored
+  task's training data with the final (pruned and retrained) weights (methods._bn_stats), so the stored
   statistics belong to the stored weights. Without that, pruning 75% of the weights a few steps before the end left
   moving averages of the unpruned network (on the test fixture task 0's variances were off by a median 33%, and
   filters pruned to constants kept a variance): task 0 scored 71% (issue 14's demo: 50%, chance), 100% with
@@ -45,13 +45,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from incremental.backbone import check_plain, load_plain
-from incremental.bn_stats import DEFAULT_BATCHES, freeze_batchnorm, recalibrate_task
-from incremental.masked_net import assemble, masked_params, task_state
 from incremental.masks import load_masks, packed_bytes, save_masks
 from incremental.methods import Method, MethodOptions
-from incremental.stored import is_sealed, staged_path
-from nws.artifact import ArtifactError
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.methods._bn_stats import DEFAULT_BATCHES, freeze_batchnorm, recalibrate_task
+from incremental.methods._masked_net import assemble, masked_params, task_state
+from incremental.stored import StoredTaskError, is_sealed, staged_path
 from nws.io import load_metadata, load_tensors, save_tensors
 from pipeline.config import ConfigError
 
@@ -89,13 +88,13 @@ def load_owners(path: Path) -> dict[str, torch.Tensor]:
     try:
         bits, layers = int(meta[BITS]), json.loads(meta["layers"])
     except (KeyError, ValueError) as e:
-        raise ArtifactError(f"{path}: not an owner map ({e})") from None
+        raise StoredTaskError(f"{path}: not an owner map ({e})") from None
     planes = load_masks(path)
     owners = {}
     for n in layers:
         missing = [b for b in range(bits) if f"{n}.bit{b}" not in planes]
         if missing:
-            raise ArtifactError(f"{path}: layer {n} lacks bit planes {missing} of {bits}")
+            raise StoredTaskError(f"{path}: layer {n} lacks bit planes {missing} of {bits}")
         owners[n] = sum(planes[f"{n}.bit{b}"].to(torch.uint8) << b for b in range(bits)).to(torch.uint8)
     return owners
 
@@ -139,8 +138,8 @@ class PackNet(Method):
         """(shared weight values, owner map) as stored."""
         values, owners = load_tensors(self.network_path), load_owners(self.owners_path)
         if set(values) != set(owners):
-            raise ArtifactError(f"{self.owners_path}: layers {sorted(owners)} differ from {self.network_path}'s "
-                                f"{sorted(values)}")
+            raise StoredTaskError(f"{self.owners_path}: layers {sorted(owners)} differ from {self.network_path}'s "
+                                  f"{sorted(values)}")
         return values, owners
 
     # ----- training -----
@@ -166,7 +165,7 @@ class PackNet(Method):
         params = masked_params(net)
         values, owners = self.shared()
         if set(values) != set(params):
-            raise ArtifactError(f"{self.network_path}: layers {sorted(values)} do not match the configured network")
+            raise StoredTaskError(f"{self.network_path}: layers {sorted(values)} do not match the configured network")
         for n, o in owners.items():
             later = o > t  # left by an unfinished earlier attempt at task t (or later): free again
             values[n][later] = 0
@@ -246,7 +245,7 @@ class PackNet(Method):
                      metadata={"content": "shared masked weights", "tasks": str(me)})
         save_owners(staged_path(self.owners_path), self.owners)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         if Path(folder) != self.ctx.task_dir(t):
             raise ValueError(f"task {t} is stored in {self.ctx.task_dir(t)}, not {folder}")
         values, owners = self.shared()

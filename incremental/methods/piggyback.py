@@ -1,19 +1,19 @@
 """Piggyback (Mallya et al., ECCV 2018; notes/algorithms.md §4; arunmallya/piggyback) as a method of the task loop.
 
-- Shared, stored once: the frozen plain backbone (incremental.frozen_backbone), never trained.
+- Shared, stored once: the frozen plain backbone (methods._frozen_backbone), never trained.
 - Per task: a real-valued mask m of the shape of every conv weight (the head excluded), all entries `mask_init`
   (official `--mask_init 1s --mask_scale 1e-2`); the forward uses W ⊙ 1[m > threshold] (official
   DEFAULT_THRESHOLD 5e-3, the binarizer) and the backward passes the gradient straight through to m.
 - BatchNorm (option `bn`): "train" (default), per task, trained from the pretrained statistics and stored in the
   artifact (the official `--train_bn`, as KSM and the NWS paper's baselines keep BN per task); its running
-  statistics are re-estimated for the final masks after the last epoch (incremental.frozen_backbone). "frozen": the
+  statistics are re-estimated for the final masks after the last epoch (methods._frozen_backbone). "frozen": the
   official script's default without `--train_bn`, the pretrained BN shared and frozen (evaluation mode, no
   gradients). The head is new per task.
 - Optimizer (recipe "official"): Adam (official `--mask_adam`) with lr 1e-4 for the masks (and BN, which the
   official mask optimizer holds too) and 1e-4 for the head, no weight decay; the loop's milestones scale both
   (official: ×0.1 every 15 of 30 epochs, i.e. `incremental.milestones: [15]`). A schedule too short for a mask entry
   to travel `min_travel` (4) times mask_init − threshold at these lrs gets the lrs left at their defaults scaled up
-  by one factor (incremental.mask_schedule: at the official lr nothing flips in fewer than 50 steps); thousands of
+  by one factor (methods._mask_schedule: at the official lr nothing flips in fewer than 50 steps); thousands of
   steps keep them exactly. Recipe "paper" (incremental.methods): the shared SGD, the masks at lr_mask as given and
   BN and head at incremental.lr.
 - Stored per task: `masks.safetensors`, 1 bit per masked weight (incremental.masks), and `state.safetensors`
@@ -29,11 +29,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from incremental import frozen_backbone as fb
-from incremental.bn_stats import DEFAULT_BATCHES
-from incremental.mask_schedule import MIN_TRAVEL
 from incremental.masks import load_masks, save_masks
 from incremental.methods import MethodOptions
+from incremental.methods import _frozen_backbone as fb
+from incremental.methods._bn_stats import DEFAULT_BATCHES
+from incremental.methods._mask_schedule import MIN_TRAVEL
 
 MASKS = "masks.safetensors"
 
@@ -48,7 +48,7 @@ class PiggybackOptions(MethodOptions):
     bn: Literal["train", "frozen"] = "train"
     bn_batches: int = Field(DEFAULT_BATCHES, ge=0)  # batches that re-estimate BN statistics at the end; 0 = none
     # threshold gaps (mask_init - threshold) a mask entry must be able to travel over the task's schedule; a short
-    # schedule scales the lrs left at their defaults up to allow it (incremental.mask_schedule); 0 = never
+    # schedule scales the lrs left at their defaults up to allow it (methods._mask_schedule); 0 = never
     min_travel: float = Field(MIN_TRAVEL, ge=0)
 
     @model_validator(mode="after")
@@ -103,7 +103,7 @@ class Piggyback(fb.MaskMethod):
         save_masks(folder / MASKS, masks, metadata={**meta, "threshold": str(self.opts.threshold)})
         fb.save_state(self.ctx, model, folder, meta)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         path = folder / MASKS
         masks = load_masks(path)
         return fb.rebuild_net(self.ctx, t, folder, {name: m.float() for name, m in masks.items()}, path)

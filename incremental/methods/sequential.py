@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from incremental.backbone import check_plain, load_plain
-from incremental.masked_net import HEAD
 from incremental.methods import Method
-from incremental.stored import is_sealed, staged_path
-from nws.artifact import ArtifactError
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.methods._masked_net import HEAD
+from incremental.stored import StoredTaskError, is_sealed, staged_path
 from nws.io import load_tensors, save_tensors
 
 BACKBONE = "backbone.safetensors"
@@ -66,7 +65,8 @@ class Sequential(Method):
         try:
             net.load_state_dict({**load_tensors(self.backbone_path), **head})
         except RuntimeError as e:
-            raise ArtifactError(f"{self.backbone_path} + {source}: do not match the configured network: {e}") from None
+            raise StoredTaskError(f"{self.backbone_path} + {source}: do not match the configured network: {e}"
+                                  ) from None
         return net
 
     def setup_task(self, t: int) -> nn.Module:
@@ -83,7 +83,7 @@ class Sequential(Method):
         save_tensors(staged_path(self.backbone_path), backbone,
                      metadata={"content": "shared backbone", "tasks": str(t + 1)})
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         return self.assemble(t, load_tensors(folder / HEAD_FILE), folder / HEAD_FILE)
 
     def artifact_files(self, folder: Path) -> dict[str, list[Path]]:

@@ -11,7 +11,7 @@
 - BatchNorm per task (the official MultitaskNonAffineBN, the fix of supsup issue #11): running statistics are
   learned and stored per task; the affine parameters stay frozen (1/0 = non-affine for signed-constant weights,
   the backbone's for backbone weights). Before the task is stored its running statistics are recomputed for the
-  final masks over the task's training split (`recalibrate_bn`, incremental.bn_recal_supsup_dst): the running
+  final masks over the task's training split (`recalibrate_bn`, methods._bn_recal_supsup_dst): the running
   averages of training start from mean 0 / var 1 and follow masks that change every step, and after 18 steps
   (the demo at 2 epochs) layer4's running variance was 6-12x the final network's, every stored task at chance
   (50.0%) while the same masks with these statistics gave 72-100%.
@@ -20,7 +20,7 @@
 - Optimizer: the official Adam (lr 1e-3, weight decay 1e-4 on the scores) with CosineAnnealingLR over the epochs
   (`schedule: cosine`, which replaces incremental.milestones) or the loop's step schedule (`schedule: loop`). An
   unset `lr` is raised on a schedule too short for Adam's steps of ~lr to move a score across its init range
-  (incremental.adam_reach: 7.4e-3 at 18 steps a task, 3.2e-3 at the demo's 54, 1e-3 on the official 250 epochs).
+  (methods._adam_reach: 7.4e-3 at 18 steps a task, 3.2e-3 at the demo's 54, 1e-3 on the official 250 epochs).
 - Task artifact: the masks bit-packed (incremental.masks) + the BN running statistics (+ the float head).
 """
 
@@ -37,14 +37,13 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from incremental import adam_reach
-from incremental.backbone import check_plain
-from incremental.bn_recal_supsup_dst import recalibrate_task
 from incremental.masks import load_masks, packed_bytes, save_masks
 from incremental.methods import Method, MethodOptions
-from incremental.stored import share_copy
+from incremental.methods import _adam_reach as adam_reach
+from incremental.methods._backbone import check_plain
+from incremental.methods._bn_recal_supsup_dst import recalibrate_task
+from incremental.stored import StoredTaskError, share_copy
 from loaders import derive_seed
-from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors
 
 BACKBONE = "backbone.safetensors"
@@ -61,7 +60,7 @@ class Options(MethodOptions):
     er_scale: float = Field(8.0, gt=0)  # s of the ER rule (official --sparsity with --er-sparsity)
     density: float = Field(0.5, gt=0, le=1)  # fraction kept in every layer under density_rule uniform
     head: Literal["mask", "float"] = "mask"
-    lr: float | None = Field(None, gt=0)  # None: 1e-3 (official), raised on a short schedule (incremental.adam_reach)
+    lr: float | None = Field(None, gt=0)  # None: 1e-3 (official), raised on a short schedule (methods._adam_reach)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "loop"] = "cosine"
     recalibrate_bn: bool = True  # store BN statistics recomputed for the final masks (False: the running averages)
@@ -127,7 +126,7 @@ def supermask_of(layer: nn.Module) -> Supermask | None:
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise ArtifactError(f"{path}: missing")
+        raise StoredTaskError(f"{path}: missing")
     return load_tensors(path)
 
 
@@ -223,7 +222,7 @@ class SupSup(Method):
         return torch.optim.Adam(groups, lr=self.lr(self._task), weight_decay=self.opts.weight_decay)
 
     def lr(self, t: int) -> float:
-        """`lr` as given; unset, the official 1e-3 raised to what task t's schedule needs (incremental.adam_reach);
+        """`lr` as given; unset, the official 1e-3 raised to what task t's schedule needs (methods._adam_reach);
         recipe "paper": incremental.lr."""
         if self.recipe == "paper":
             return self.inc.lr
@@ -273,7 +272,7 @@ class SupSup(Method):
             state.update({f"fc.{k}": v for k, v in model.fc.state_dict().items()})
         save_tensors(folder / STATE, state, metadata=meta)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         num_classes = self.ctx.tasks[t].num_classes
         masks, state = load_masks(folder / MASKS), read_state(folder / STATE)
         head = load_metadata(folder / STATE).get("head", "mask")
@@ -285,14 +284,15 @@ class SupSup(Method):
                     layer.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("fc.")})
                     continue
                 if name not in masks or masks[name].shape != layer.weight.shape:
-                    raise ArtifactError(f"{folder / MASKS}: no mask of shape {tuple(layer.weight.shape)} for {name!r}")
+                    raise StoredTaskError(f"{folder / MASKS}: no mask of shape {tuple(layer.weight.shape)} "
+                                          f"for {name!r}")
                 layer.weight.copy_(weights[name] * masks[name])
             for name, m in batchnorms(net).items():
                 m.weight.copy_(bn[f"{name}.weight"])
                 m.bias.copy_(bn[f"{name}.bias"])
                 for key in ("running_mean", "running_var"):
                     if f"{name}.{key}" not in state:
-                        raise ArtifactError(f"{folder / STATE}: no {name}.{key}")
+                        raise StoredTaskError(f"{folder / STATE}: no {name}.{key}")
                     getattr(m, key).copy_(state[f"{name}.{key}"])
         return net.eval()
 

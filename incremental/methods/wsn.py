@@ -1,7 +1,7 @@
 """WSN, Winning SubNetworks (Kang et al., "Forget-free Continual Learning with Winning Subnetworks", ICML 2022;
 official code ihaeyong/WSN: networks/subnet.py, main_wsn_*.py, utils_huffman.py) as a method of the task loop.
 
-- One network, shared by all tasks: every conv/linear weight but the per-task head (incremental.masked_net) has a
+- One network, shared by all tasks: every conv/linear weight but the per-task head (methods._masked_net) has a
   learnable real-valued score (official `w_m`, kaiming-uniform). Task t computes with W ⊙ m_t, m_t = the top-c of
   |scores| in each layer (official `GetSubnetFaster` + `percentile`: |s| ≥ the k-th smallest |s|, k = 1 +
   round((1 - c) · (n - 1))); the gradient of m_t passes straight through to the scores (its backward is the identity).
@@ -15,11 +15,11 @@ official code ihaeyong/WSN: networks/subnet.py, main_wsn_*.py, utils_huffman.py)
 - Start: the plain pretrained backbone, the project's common start (the official code trains from a random init).
 - BatchNorm and head per task (the official nets use batch statistics, `track_running_stats=False`, and a head per
   task): BN trained from the pretrained BN, its running statistics re-estimated over the task's training data after
-  the last epoch (incremental.bn_stats), stored with the head.
+  the last epoch (methods._bn_stats), stored with the head.
 - Optimizer (recipe "official"): Adam over all that trains (scores, free weights, BN, head), one lr, no weight
   decay. The loop's schedule (milestones) replaces the official per-task one (lr ÷ lr_factor 2 after lr_patience 6
   epochs without a better validation loss, stop below lr_min, best-validation weights restored). An unset `lr` is the
-  official 1e-3, raised on a schedule too short for Adam to move a score its init scale (incremental.adam_reach, as
+  official 1e-3, raised on a schedule too short for Adam to move a score its init scale (methods._adam_reach, as
   SupSup and DST). Recipe "paper": the shared SGD.
 
 Official settings (scripts/wsn/*.sh over the argparse defaults of the main_wsn_*.py they run):
@@ -57,15 +57,14 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from incremental import adam_reach
-from incremental.backbone import check_plain, load_plain
-from incremental.bn_stats import DEFAULT_BATCHES, recalibrate_task
-from incremental.masked_net import HEAD, assemble, bare, masked_params
 from incremental.masks import union
 from incremental.methods import Method, MethodOptions
+from incremental.methods import _adam_reach as adam_reach
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.methods._bn_stats import DEFAULT_BATCHES, recalibrate_task
+from incremental.methods._masked_net import HEAD, assemble, bare, masked_params
 from incremental.methods._wsn_huffman import block_stats, load_block, pack_tasks, save_block
-from incremental.stored import is_sealed, staged_path
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError, is_sealed, staged_path
 from nws.io import load_metadata, load_tensors, save_tensors, sha256_file
 
 OFFICIAL_LR = 1e-3
@@ -79,7 +78,7 @@ class Options(MethodOptions):
 
     capacity: float = Field(0.5, gt=0, le=1)  # c: fraction of each layer's weights in a task's subnetwork
     huffman_bits: int = Field(7, ge=1, le=12)  # N: tasks whose masks form one N-bit integer per weight
-    lr: float | None = Field(None, gt=0)  # None: 1e-3, raised on a short schedule (incremental.adam_reach)
+    lr: float | None = Field(None, gt=0)  # None: 1e-3, raised on a short schedule (methods._adam_reach)
     bn_batches: int = Field(DEFAULT_BATCHES, ge=0)  # batches that re-estimate BN statistics at the end; 0 = none
 
 
@@ -174,12 +173,12 @@ class WSN(Method):
         for b in range(math.ceil(count / n)):
             path = path_of(b)
             if not path.is_file():
-                raise ArtifactError(f"{path}: missing (the masks of tasks {b * n}..{min(count, b * n + n) - 1})")
+                raise StoredTaskError(f"{path}: missing (the masks of tasks {b * n}..{min(count, b * n + n) - 1})")
             first, masks = self.block(path)
             need = min(count - b * n, n)
             if first != b * n or len(masks) < need:
-                raise ArtifactError(f"{path}: holds tasks {first}..{first + len(masks) - 1}, tasks {b * n}.."
-                                    f"{b * n + need - 1} expected")
+                raise StoredTaskError(f"{path}: holds tasks {first}..{first + len(masks) - 1}, tasks {b * n}.."
+                                      f"{b * n + need - 1} expected")
             out += masks[:need]
         return out
 
@@ -190,7 +189,7 @@ class WSN(Method):
         layers = subnet_layers(net)
         values = load_tensors(self.network_path)
         if {n: tuple(v.shape) for n, v in values.items()} != {n: tuple(m.weight.shape) for n, m in layers.items()}:
-            raise ArtifactError(f"{self.network_path}: layers do not match the configured network")
+            raise StoredTaskError(f"{self.network_path}: layers do not match the configured network")
         scores = self.carried_scores(t) if t > 0 else None
         self.frozen, self.used = values, union(self.stored_masks(t), values)
         self.task, self._dev = t, None
@@ -208,13 +207,14 @@ class WSN(Method):
         path, state = self.scores_path(t - 1), self.ctx.task_dir(t - 1) / STATE
         want = load_metadata(state).get("scores_sha256") if state.is_file() else None
         if not path.is_file() or want != sha256_file(path):
-            raise ArtifactError(f"{path}: {'missing' if not path.is_file() else 'checksum mismatch with ' + str(state)}"
-                                f"; task {t} starts from the scores task {t - 1} ended with (train task {t - 1} again)")
+            why = "missing" if not path.is_file() else f"checksum mismatch with {state}"
+            raise StoredTaskError(f"{path}: {why}; task {t} starts from the scores task {t - 1} ended with (train task "
+                                  f"{t - 1} again)")
         return load_tensors(path)
 
     def lr(self, t: int) -> float:
         """`lr` as given; unset, the official Adam 1e-3 raised to what task t's schedule needs
-        (incremental.adam_reach); recipe "paper": incremental.lr."""
+        (methods._adam_reach); recipe "paper": incremental.lr."""
         if self.recipe == "paper":
             return self.inc.lr
         if self.opts.lr is not None:
@@ -279,12 +279,12 @@ class WSN(Method):
                 "scores_sha256": sha256_file(self.scores_path(t))}
         save_tensors(folder / STATE, state, metadata=meta)
 
-    def rebuild(self, t: int, folder: Path) -> nn.Module:
+    def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
         if Path(folder) != self.ctx.task_dir(t):
             raise ValueError(f"task {t} is stored in {self.ctx.task_dir(t)}, not {folder}")
         values, mask = load_tensors(self.network_path), self.stored_masks(t + 1)[t]
         if set(values) != set(mask):
-            raise ArtifactError(f"{self.network_path}: layers {sorted(values)}, masks of {sorted(mask)}")
+            raise StoredTaskError(f"{self.network_path}: layers {sorted(values)}, masks of {sorted(mask)}")
         weights = {n: v * mask[n].to(v.dtype) for n, v in values.items()}  # the product the training forward takes
         return assemble(self.ctx.cfg.model, self.ctx.tasks[t].num_classes, weights, load_tensors(folder / STATE),
                         folder / STATE)

@@ -6,10 +6,10 @@ import copy
 
 import torch
 
-from incremental.bn_stats import batchnorms, recalibrate_batchnorm, recalibrate_task
 from incremental.evaluate import accuracy
 from incremental.loop import make_accelerator, task_list
 from incremental.methods import make_method
+from incremental.methods._bn_stats import batchnorms, recalibrate_batchnorm, recalibrate_task
 from loaders import make_loader
 
 

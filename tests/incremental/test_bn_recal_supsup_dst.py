@@ -4,14 +4,14 @@ backbone and its prune/regrow), and after a few steps they describe none of them
 chance while its training loss fell. Checked here on the rebuilt model, independently of how the statistics were
 made: in eval mode, the input of every BatchNorm layer, over the task's training split, has the mean and variance
 that the layer's stored statistics say. End to end, a short schedule (18 steps a task, where Adam also needs the lr
-of incremental.adam_reach) stores tasks far above chance."""
+of incremental.methods._adam_reach) stores tasks far above chance."""
 
 import pytest
 import torch
 from torch import nn
 
-from incremental.bn_recal_supsup_dst import MAX_BATCHES, recalibrate, recalibration_batches
 from incremental.loop import run
+from incremental.methods._bn_recal_supsup_dst import MAX_BATCHES, recalibrate, recalibration_batches
 from loaders import make_loader
 from tests import margin
 from tests.incremental.fixtures import make_config

@@ -1,11 +1,11 @@
-"""BatchNorm statistics re-estimated for fixed weights (incremental.bn_stats): the cumulative average over the given
-batches, modes and momenta restored, frozen layers left alone; and the official PackNet's frozen BatchNorm, which
-computes in training exactly what it computes in evaluation."""
+"""BatchNorm statistics re-estimated for fixed weights (incremental.methods._bn_stats): the cumulative average over
+the given batches, modes and momenta restored, frozen layers left alone; and the official PackNet's frozen BatchNorm,
+which computes in training exactly what it computes in evaluation."""
 
 import torch
 from torch import nn
 
-from incremental.bn_stats import freeze_batchnorm, recalibrate_batchnorm
+from incremental.methods._bn_stats import freeze_batchnorm, recalibrate_batchnorm
 
 
 def small_net():

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from incremental.loop import run
-from incremental.masked_net import masked_params
 from incremental.masks import load_masks, packed_bytes, save_masks
+from incremental.methods._dst_sparse import death_rate, erk_densities, init_masks, prune_magnitude, regrow
+from incremental.methods._masked_net import masked_params
 from incremental.methods.dst import MASK, OWNED, STATE
-from incremental.sparse import death_rate, erk_densities, init_masks, prune_magnitude, regrow
 from loaders import make_loader
 from nws.io import load_metadata, load_tensors
 from pipeline.config import ConfigError
@@ -281,7 +281,8 @@ def test_prune_regrow_rounds_follow_the_task_length(digits, pretrained, tmp_path
 ])
 def test_unset_lr_follows_the_schedule(digits, pretrained, tmp_path, epochs, milestones, options, want):
     """Adam moves a weight ~lr a step: an unset lr is the official 1e-3, raised to 0.1 / reach on a short schedule
-    (incremental.adam_reach), so a regrown weight (from 0) can reach the scale of the others within the task."""
+    (incremental.methods._adam_reach), so a regrown weight (from 0) can reach the scale of the others within the
+    task."""
     m = method_for("dst", digits, pretrained, tmp_path, epochs=epochs, milestones=milestones, options={"dst": options})
     model = m.setup_task(0)
     assert m.make_optimizer(m.param_groups(model)).param_groups[0]["lr"] == pytest.approx(want)

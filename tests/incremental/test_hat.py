@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from incremental.loop import run, task_list
-from incremental.masked_net import masked_params
 from incremental.methods import make_method
 from incremental.methods._hat_gates import attach, condition, gates_of, plan
+from incremental.methods._masked_net import masked_params
 from incremental.methods.hat import EMBEDDINGS, NETWORK, STATE
 from incremental.stored import promote, staged_records
 from loaders import make_loader

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from incremental.frozen_backbone import STATE, masked_convs, original_weights
 from incremental.loop import run, task_list
 from incremental.masks import load_masks, packed_bytes
 from incremental.methods import make_method
+from incremental.methods._frozen_backbone import STATE, masked_convs, original_weights
 from incremental.methods.ksm import MASKS, SOFT, KernelMask, KSMOptions
 from nws.artifact import ArtifactError
 from nws.io import load_tensors, save_tensors

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from incremental.loop import run
-from incremental.masked_net import masked_params
+from incremental.methods._masked_net import masked_params
 from incremental.methods.packnet import NETWORK, OWNERS, STATE, load_owners, save_owners
 from incremental.stored import promote, staged_records
 from nws.io import load_tensors, save_tensors

@@ -215,7 +215,7 @@ def test_end_to_end_two_tasks(digits, pretrained, tmp_path):
 ])
 def test_unset_lr_follows_the_schedule(digits, pretrained, tmp_path, epochs, options, want):
     """Adam moves a score ~lr a step: an unset lr is the official 1e-3, raised to 0.1 / reach on a short schedule
-    (incremental.adam_reach), so a score can cross its init range (±1/sqrt(fan_in)) within the task."""
+    (incremental.methods._adam_reach), so a score can cross its init range (±1/sqrt(fan_in)) within the task."""
     m = method_for("supsup", digits, pretrained, tmp_path, epochs=epochs, options={"supsup": options})
     model = m.setup_task(0)
     assert m.make_optimizer(m.param_groups(model)).param_groups[0]["lr"] == pytest.approx(want)

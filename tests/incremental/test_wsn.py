@@ -231,7 +231,7 @@ def test_metrics_json_holds_the_reports(digits, pretrained, tmp_path):
     doc = json.loads((tmp_path / "wsn" / "metrics.json").read_text())
     assert doc["capacity"] == 0.5 and doc["huffman_bits"] == 7 and doc["recipe"] == "official"
     assert doc["mask_bits_per_weight_and_task"] == 1.0
-    assert doc["lr_per_task"][0] >= 1e-3  # the official lr, raised on 4 steps (incremental.adam_reach)
+    assert doc["lr_per_task"][0] >= 1e-3  # the official lr, raised on 4 steps (incremental.methods._adam_reach)
 
 
 @pytest.mark.parametrize("arch", ["lenet300", "fc1024"])

@@ -14,21 +14,6 @@ import torch
 from torch import nn
 
 import nws
-from nws.io import load_metadata, load_tensors
-
-CHECKED_META = ("arch", "stem", "width", "pool_size")
-
-
-def check_pretrain_meta(path: Path, model_cfg) -> dict[str, str]:
-    """The metadata of a pretrain output file, after checking it was made for the configured network."""
-    meta = load_metadata(path)
-    want = {"arch": model_cfg.arch, "stem": model_cfg.stem, "width": str(model_cfg.width),
-            "pool_size": str(model_cfg.pool_size)}
-    bad = {k: (meta[k], want[k]) for k in CHECKED_META if k in meta and meta[k] != want[k]}
-    if bad:
-        detail = ", ".join(f"{k}={got!r} (config: {exp!r})" for k, (got, exp) in bad.items())
-        raise ValueError(f"{path}: made for another network: {detail}")
-    return meta
 
 
 def build(model_cfg, num_classes: int, pools: dict[str, torch.Tensor], float_head: bool,
@@ -77,14 +62,3 @@ def base_num_classes(manifest: dict, folder: Path) -> int:
     if "num_classes" not in meta:
         raise ValueError(f"{folder}: artifact.json has no meta.num_classes; was it written by `nws pretrain`?")
     return int(meta["num_classes"])
-
-
-def plain_num_classes(path: Path) -> int:
-    """Outputs of the head stored in a plain backbone file (its metadata, else the head's weight)."""
-    meta = load_metadata(path)
-    if "num_classes" in meta:
-        return int(meta["num_classes"])
-    state = load_tensors(path)
-    if "fc.weight" not in state:
-        raise ValueError(f"{path}: no 'fc.weight' and no num_classes metadata; not a plain backbone of nws.models")
-    return int(state["fc.weight"].shape[0])

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nws.artifact import ArtifactError
+from incremental.stored import StoredTaskError
 
 HEAD = "fc"
 
@@ -45,5 +45,5 @@ def assemble(model_cfg, num_classes: int, weights: dict[str, torch.Tensor], stat
     try:
         net.load_state_dict({**weights, **state})
     except RuntimeError as e:
-        raise ArtifactError(f"{source}: does not match the configured network: {e}") from None
+        raise StoredTaskError(f"{source}: does not match the configured network: {e}") from None
     return net

@@ -11,9 +11,9 @@ During training the mask is a `torch.nn.utils.parametrize` parametrization of ea
 tensor is never in an optimizer; the rebuilt model is a plain network whose conv weights are W_eff.
 
 BatchNorm statistics: after the last epoch the running statistics are re-estimated over the task's training data with
-the final masks (incremental.bn_stats), so the stored statistics belong to the stored masks. The moving averages of
+the final masks (methods._bn_stats), so the stored statistics belong to the stored masks. The moving averages of
 training lag behind the masks, which on a short schedule change most near the end (entries cross their threshold
-together; incremental.mask_schedule scales the lrs so that they can cross early).
+together; methods._mask_schedule scales the lrs so that they can cross early).
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from incremental import mask_schedule
-from incremental.backbone import check_plain, load_plain
-from incremental.bn_stats import freeze_batchnorm, recalibrate_task
 from incremental.methods import Method
-from incremental.stored import is_sealed
-from nws.artifact import ArtifactError
+from incremental.methods import _mask_schedule as mask_schedule
+from incremental.methods._backbone import check_plain, load_plain
+from incremental.methods._bn_stats import freeze_batchnorm, recalibrate_task
+from incremental.stored import StoredTaskError, is_sealed
 from nws.io import load_tensors, save_tensors
 
 BACKBONE = "backbone.safetensors"
@@ -129,18 +128,18 @@ def rebuild_net(ctx, t: int, folder: Path, scales: dict[str, torch.Tensor], sour
     try:
         net.load_state_dict({**load_tensors(backbone), **load_tensors(state)})
     except RuntimeError as e:
-        raise ArtifactError(f"{state} with {backbone}: does not match the configured network: {e}") from None
+        raise StoredTaskError(f"{state} with {backbone}: does not match the configured network: {e}") from None
     convs = masked_convs(net)
     names = [name for name, _ in convs]
     if sorted(scales) != sorted(names):
-        raise ArtifactError(f"{source}: masks for layers {sorted(scales)}, expected {sorted(names)}")
+        raise StoredTaskError(f"{source}: masks for layers {sorted(scales)}, expected {sorted(names)}")
     with torch.no_grad():
         for name, conv in convs:
             w, scale = conv.weight, scales[name]
             if scale.dim() != w.dim() or scale.shape[:2] != w.shape[:2] or scale.shape[2:] not in (w.shape[2:],
                                                                                                (1,) * (w.dim() - 2)):
-                raise ArtifactError(f"{source}: mask {name!r} of shape {tuple(scale.shape)} does not fit the weight "
-                                    f"of shape {tuple(w.shape)}")
+                raise StoredTaskError(f"{source}: mask {name!r} of shape {tuple(scale.shape)} does not fit the weight "
+                                      f"of shape {tuple(w.shape)}")
             w.copy_(w * scale)  # the product the parametrized training network computes
     return net
 
@@ -180,7 +179,7 @@ class MaskMethod(Method):
 
     def lr_scale(self, t: int) -> float:
         """The factor on the default lrs of task t that lets its masks cross their threshold within its schedule
-        (incremental.mask_schedule; option min_travel, 0 = the lrs as given)."""
+        (methods._mask_schedule; option min_travel, 0 = the lrs as given)."""
         opts = self.opts
         return mask_schedule.lr_scale(opts.lr_mask, opts.mask_init - opts.threshold, self.schedule(t).reach(),
                                       opts.min_travel)

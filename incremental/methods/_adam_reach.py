@@ -32,9 +32,9 @@ def adam_lr(base: float, reach: float, travel: float = TRAVEL) -> float:
 
 
 def _schedule(ctx, t: int):
-    """The loop's resolved schedule of task t when the loop provides one (`ctx.schedule`), else None."""
-    sched = getattr(ctx, "schedule", None)
-    return sched if sched is not None and getattr(sched, "task", t) == t else None
+    """The loop's resolved schedule of task t when the loop provides one (`ctx.schedule`, a Context's), else None."""
+    sched = ctx.schedule
+    return sched if sched is not None and sched.task == t else None
 
 
 def steps_per_epoch(ctx, t: int) -> int:
