@@ -1,14 +1,18 @@
 """The frozen plain backbone that the mask methods (Piggyback, KSM; notes/algorithms.md §4) learn over.
 
-Both keep the pretrained convolution weights W fixed and learn, per task, a mask that scales them: W_eff = f(m) ⊙ W.
+Both keep the pretrained weights W of the convolutions and linear layers fixed and learn, per task, a mask that
+scales them: W_eff = f(m) ⊙ W.
 What is shared and what is per task:
 - shared, stored once for all tasks: `<method>/backbone.safetensors`, the weights (and biases, if any) of every
-  convolution except the head, copied from the pretrain stage's plain backbone;
+  convolution and linear layer except the head, copied from the pretrain stage's plain backbone;
 - per task: the mask (the method's file), and `state.safetensors` with everything else of the network (BatchNorm
   parameters and running statistics, trained per task from the pretrained ones, and the task's own head).
 
-During training the mask is a `torch.nn.utils.parametrize` parametrization of each conv's `weight`, so the frozen
-tensor is never in an optimizer; the rebuilt model is a plain network whose conv weights are W_eff.
+During training the mask is a `torch.nn.utils.parametrize` parametrization of each masked layer's `weight`, so the
+frozen tensor is never in an optimizer; the rebuilt model is a plain network whose masked weights are W_eff. The
+official Piggyback masks Linear layers as it masks convolutions (ElementWiseLinear beside ElementWiseConv2d), so the
+fully connected networks (fc1024, lenet300) are masked too: a Linear weight is a (out, in) conv weight of 1×1
+kernels (issue 16: with convolutions only, they had nothing to mask and trained a head over a frozen network).
 
 BatchNorm statistics: after the last epoch the running statistics are re-estimated over the task's training data with
 the final masks (methods._bn_stats), so the stored statistics belong to the stored masks. The moving averages of
@@ -38,14 +42,15 @@ STATE = "state.safetensors"
 HEAD = "fc"
 
 
-def masked_convs(net: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """Every convolution of `net` but the head, in module order: the layers a mask method masks."""
-    return [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d) and name != HEAD]
+def masked_layers(net: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
+    """Every convolution and linear layer of `net` but the head, in module order: the layers a mask method
+    masks."""
+    return [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d | nn.Linear) and name != HEAD]
 
 
 def frozen_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
-    """{key: tensor} of the masked convolutions' weights and biases in a plain network."""
-    return {f"{name}.{key}": p.detach().clone() for name, conv in masked_convs(net)
+    """{key: tensor} of the masked layers' weights and biases in a plain network."""
+    return {f"{name}.{key}": p.detach().clone() for name, conv in masked_layers(net)
             for key, p in conv.named_parameters(recurse=False)}
 
 
@@ -54,7 +59,7 @@ def backbone_path(ctx) -> Path:
 
 
 def prepare_backbone(ctx, stored: Callable[[int], bool]) -> None:
-    """Put the frozen convolution weights into the method folder (idempotent); refuse a changed backbone once a
+    """Put the frozen weights of the masked layers into the method folder (idempotent); refuse a changed backbone once a
     task (`stored(t)`) was trained over the old one."""
     src, dst = check_plain(ctx), backbone_path(ctx)
     frozen = frozen_tensors(load_plain(ctx))
@@ -71,29 +76,29 @@ def prepare_backbone(ctx, stored: Callable[[int], bool]) -> None:
 
 def start_net(ctx, t: int) -> nn.Module:
     """Task t's network before its mask: the pretrained plain network (BatchNorm included) with a fresh head for
-    task t's classes, its masked convolutions frozen."""
+    task t's classes, its masked layers frozen."""
     net = load_plain(ctx, ctx.tasks[t].num_classes)
-    for _, conv in masked_convs(net):
-        conv.requires_grad_(False)
+    for _, layer in masked_layers(net):
+        layer.requires_grad_(False)
     return net
 
 
 def attach(net: nn.Module, make: Callable[[nn.Conv2d], nn.Module]) -> nn.Module:
-    """Parametrize every masked conv's weight as `make(conv)(W)` (the mask module holds the trainable mask)."""
-    for _, conv in masked_convs(net):
-        parametrize.register_parametrization(conv, "weight", make(conv))
+    """Parametrize every masked layer's weight as `make(conv)(W)` (the mask module holds the trainable mask)."""
+    for _, layer in masked_layers(net):
+        parametrize.register_parametrization(layer, "weight", make(layer))
     return net
 
 
 def mask_modules(net: nn.Module) -> dict[str, nn.Module]:
-    """{conv name: its mask module} of a network `attach` parametrized."""
-    return {name: conv.parametrizations.weight[0] for name, conv in masked_convs(net)
+    """{layer name: its mask module} of a network `attach` parametrized."""
+    return {name: conv.parametrizations.weight[0] for name, conv in masked_layers(net)
             if parametrize.is_parametrized(conv, "weight")}
 
 
 def original_weights(net: nn.Module) -> dict[str, torch.Tensor]:
-    """{conv name: the frozen W under its mask} of a parametrized network."""
-    return {name: conv.parametrizations.weight.original for name, conv in masked_convs(net)
+    """{layer name: the frozen W under its mask} of a parametrized network."""
+    return {name: conv.parametrizations.weight.original for name, conv in masked_layers(net)
             if parametrize.is_parametrized(conv, "weight")}
 
 
@@ -121,21 +126,24 @@ def save_state(ctx, net: nn.Module, folder: Path, meta: dict[str, str]) -> None:
 
 
 def rebuild_net(ctx, t: int, folder: Path, scales: dict[str, torch.Tensor], source: Path) -> nn.Module:
-    """Task t's plain network from the shared backbone, its `state.safetensors`, and each masked conv's mask as a
-    float multiplier `scales[name]` (broadcast over W; read from `source`): conv weights become mask ⊙ W."""
+    """Task t's plain network from the shared backbone, its `state.safetensors`, and each masked layer's mask as a
+    float multiplier `scales[name]` (W's shape, or its first two dimensions for one value per kernel, broadcast over
+    the kernel; read from `source`): the masked weights become mask ⊙ W."""
     backbone, state = backbone_path(ctx), folder / STATE
     net = ctx.cfg.model.build(ctx.tasks[t].num_classes)
     try:
         net.load_state_dict({**load_tensors(backbone), **load_tensors(state)})
     except RuntimeError as e:
         raise StoredTaskError(f"{state} with {backbone}: does not match the configured network: {e}") from None
-    convs = masked_convs(net)
-    names = [name for name, _ in convs]
+    layers = masked_layers(net)
+    names = [name for name, _ in layers]
     if sorted(scales) != sorted(names):
         raise StoredTaskError(f"{source}: masks for layers {sorted(scales)}, expected {sorted(names)}")
     with torch.no_grad():
-        for name, conv in convs:
-            w, scale = conv.weight, scales[name]
+        for name, layer in layers:
+            w, scale = layer.weight, scales[name]
+            if scale.dim() == 2 < w.dim():  # one value per kernel
+                scale = scale.reshape(*scale.shape, *(1,) * (w.dim() - 2))
             if scale.dim() != w.dim() or scale.shape[:2] != w.shape[:2] or scale.shape[2:] not in (w.shape[2:],
                                                                                                (1,) * (w.dim() - 2)):
                 raise StoredTaskError(f"{source}: mask {name!r} of shape {tuple(scale.shape)} does not fit the weight "
@@ -149,13 +157,13 @@ class MaskMethod(Method):
     over the masks, BatchNorm and head, each with its lr (options lr_mask, lr_bn, lr_head; recipe "paper": the shared
     SGD, incremental.methods), and BatchNorm trained per task with its statistics re-estimated for the final masks
     (option bn_batches), or option `bn: frozen`: the pretrained BN in evaluation mode and out of the optimizer (the
-    official scripts without --train_bn). A subclass says what mask a conv gets (`make_mask`)."""
+    official scripts without --train_bn). A subclass says what mask a layer gets (`make_mask`)."""
 
     task = -1  # the task set up last
 
     @abstractmethod
-    def make_mask(self, conv: nn.Conv2d) -> nn.Module:
-        """The parametrization (holding the trainable mask) of one masked conv's weight."""
+    def make_mask(self, layer: nn.Conv2d | nn.Linear) -> nn.Module:
+        """The parametrization (holding the trainable mask) of one masked layer's weight."""
 
     def setup_task(self, t: int) -> nn.Module:
         self.task = t

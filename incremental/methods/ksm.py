@@ -1,7 +1,8 @@
 """KSM, Kernel-wise Soft Mask (Yang et al., CVPR 2021; notes/algorithms.md §4; LYang-666/CVPR_2021_KSM).
 
 - Shared, stored once: the frozen plain backbone (methods._frozen_backbone), never trained.
-- Per task, per conv (the head excluded): a real mask m of shape (out, in, 1, 1), one value per k×k kernel, all
+- Per task, per conv and linear layer (the head excluded): a real mask m of shape (out, in, 1, 1), one value per
+  k×k kernel (a Linear weight's scalars are 1×1 kernels: m of its (out, in) shape, one value per weight), all
   `mask_init` (official 1e-2). With x = (m − threshold)·scale (official 5e-3, 1200):
   hard = 1[x ≥ 0], trained through sigmoid(x / temperature) (official 100; its Gumbel noise is off by default and
   not offered here); soft: a = m·(1 − hard) (no gradient), min-max normalised over the layer's a (the entries with
@@ -89,11 +90,12 @@ class KernelStep(torch.autograd.Function):
 
 
 class KernelMask(nn.Module):
-    """The parametrization W -> mask ⊙ W of one conv weight, mask = hard + 0.5·(normalised soft part)."""
+    """The parametrization W -> mask ⊙ W of one masked weight, mask = hard + 0.5·(normalised soft part)."""
 
     def __init__(self, weight_shape: torch.Size, opts: KSMOptions):
         super().__init__()
-        self.real = nn.Parameter(torch.full((weight_shape[0], weight_shape[1], 1, 1), opts.mask_init))
+        kernels = (*weight_shape[:2], *(1,) * (len(weight_shape) - 2))  # (out, in, 1, 1) for a conv, (out, in)
+        self.real = nn.Parameter(torch.full(kernels, opts.mask_init))
         self.threshold, self.scale, self.temperature = opts.threshold, opts.scale, opts.temperature
         self.soft_dtype = DTYPES[opts.soft_dtype]
 
@@ -119,7 +121,7 @@ class KernelMask(nn.Module):
 
 
 def kernel_scales(hard: dict[str, torch.Tensor], soft: dict[str, torch.Tensor], source: Path) -> dict:
-    """{layer: the (out, in, 1, 1) float mask} from the stored hard bits and soft values."""
+    """{layer: the (out, in) float mask, one value per kernel} from the stored hard bits and soft values."""
     out = {}
     for name, bits in hard.items():
         values = soft.get(name)
@@ -129,7 +131,7 @@ def kernel_scales(hard: dict[str, torch.Tensor], soft: dict[str, torch.Tensor], 
                                   "(one per kernel whose hard bit is 0)")
         mask = torch.ones(bits.shape)
         mask[~bits] = values.float()
-        out[name] = mask.reshape(*bits.shape, 1, 1)
+        out[name] = mask
     return out
 
 
@@ -139,8 +141,8 @@ class KSM(fb.MaskMethod):
     ignores = ("beta", "head", "codec")  # recipe "paper" replaces its Adam
     recipe_keys = ("lr_bn", "lr_head")
 
-    def make_mask(self, conv: nn.Conv2d) -> nn.Module:
-        return KernelMask(conv.weight.shape, self.opts)
+    def make_mask(self, layer: nn.Conv2d | nn.Linear) -> nn.Module:
+        return KernelMask(layer.weight.shape, self.opts)
 
     def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
         meta = {"task": self.ctx.tasks[t].name, "num_classes": str(self.ctx.tasks[t].num_classes)}

@@ -1,7 +1,8 @@
 """Piggyback (Mallya et al., ECCV 2018; notes/algorithms.md §4; arunmallya/piggyback) as a method of the task loop.
 
 - Shared, stored once: the frozen plain backbone (methods._frozen_backbone), never trained.
-- Per task: a real-valued mask m of the shape of every conv weight (the head excluded), all entries `mask_init`
+- Per task: a real-valued mask m of the shape of every conv and linear weight (the head excluded; the official
+  ElementWiseLinear masks Linear layers as ElementWiseConv2d masks convolutions), all entries `mask_init`
   (official `--mask_init 1s --mask_scale 1e-2`); the forward uses W ⊙ 1[m > threshold] (official
   DEFAULT_THRESHOLD 5e-3, the binarizer) and the backward passes the gradient straight through to m.
 - BatchNorm (option `bn`): "train" (default), per task, trained from the pretrained statistics and stored in the
@@ -73,7 +74,7 @@ class Binarize(torch.autograd.Function):
 
 
 class ElementMask(nn.Module):
-    """The parametrization W -> W ⊙ 1[m > threshold] of one conv weight; m is the trainable real-valued mask."""
+    """The parametrization W -> W ⊙ 1[m > threshold] of one masked weight; m is the trainable real-valued mask."""
 
     def __init__(self, shape: torch.Size, init: float, threshold: float):
         super().__init__()
@@ -94,8 +95,8 @@ class Piggyback(fb.MaskMethod):
     ignores = ("beta", "head", "codec")  # recipe "paper" replaces its Adam
     recipe_keys = ("lr_bn", "lr_head")
 
-    def make_mask(self, conv: nn.Conv2d) -> nn.Module:
-        return ElementMask(conv.weight.shape, self.opts.mask_init, self.opts.threshold)
+    def make_mask(self, layer: nn.Conv2d | nn.Linear) -> nn.Module:
+        return ElementMask(layer.weight.shape, self.opts.mask_init, self.opts.threshold)
 
     def write_artifact(self, model: nn.Module, t: int, folder: Path) -> None:
         meta = {"task": self.ctx.tasks[t].name, "num_classes": str(self.ctx.tasks[t].num_classes)}

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from tests.conftest import THREADS
-from tests.incremental.fixtures import make_config, make_pretrain, prepare_digits
+from pipeline.config import experiment_schema, validate
+from tests.conftest import SEED, THREADS
+from tests.incremental.fixtures import DATA, LENET, make_config, make_pretrain, prepare_digits
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +26,10 @@ def digits(tmp_path_factory):
 def pretrained(digits, tmp_path_factory):
     torch.set_num_threads(THREADS)
     return make_pretrain(digits, tmp_path_factory.mktemp("pretrain"), make_config(), steps=15)
+
+
+@pytest.fixture(scope="session")
+def lenet_pretrained(digits, tmp_path_factory):
+    """Pretrain outputs of LeNet-300-100 on the 8x8 digits: a network without convolution or BatchNorm."""
+    cfg = validate(experiment_schema(), {"name": "t", "seeds": [SEED], "data": DATA, "model": LENET})
+    return make_pretrain(digits, tmp_path_factory.mktemp("lenet_pretrain"), cfg, steps=15)

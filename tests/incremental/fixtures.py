@@ -20,6 +20,8 @@ from tests.conftest import SEED
 MODEL = {"arch": "resnet18", "stem": "cifar", "width": 0.125, "pool_size": 32}
 DATA = {"source": "digits", "tasks": {"kind": "blocks", "classes_per_task": 2}, "formats": ["wds"],
         "loader": "memory"}
+# LeNet-300-100 over the 8x8 digits: the fully connected network (no convolution, no BatchNorm)
+LENET = {"arch": "lenet300", "input_size": 8, "pool_size": 32}
 
 
 def make_config(**incremental):

@@ -24,12 +24,10 @@ from pipeline.config import ConfigError, experiment_schema, validate
 from tests import margin
 from tests.conftest import SEED
 from tests.incremental.bn_check import assert_statistics_match_weights, method_of
-from tests.incremental.fixtures import DATA, make_config, make_pretrain
+from tests.incremental.fixtures import DATA, LENET, make_config
 from tests.incremental.test_dst import same_content
 from tests.incremental.test_methods import method_for, sample_batch
 from tests.incremental.test_piggyback import check_resume_is_identical
-
-LENET = {"arch": "lenet300", "input_size": 8, "pool_size": 32}
 
 
 def hat(digits, pretrained, tmp_path, **inc):
@@ -64,12 +62,6 @@ def train(m, model, t, steps, check=None):
 def store(m, model, t):
     m.write_artifact(model, t, m.ctx.task_dir(t))
     promote(m.ctx.method_dir, staged_records(m.ctx.method_dir, m.shared_files()), m.ctx.task_dir(t))
-
-
-@pytest.fixture(scope="module")
-def lenet_pretrained(digits, tmp_path_factory):
-    cfg = validate(experiment_schema(), {"name": "t", "seeds": [SEED], "data": DATA, "model": LENET})
-    return make_pretrain(digits, tmp_path_factory.mktemp("lenet_pretrain"), cfg, steps=15)
 
 
 def test_every_unit_is_gated_and_every_shared_weight_has_its_view():

@@ -11,7 +11,7 @@ import torch
 from incremental.loop import run, task_list
 from incremental.masks import load_masks, packed_bytes
 from incremental.methods import make_method
-from incremental.methods._frozen_backbone import STATE, masked_convs, original_weights
+from incremental.methods._frozen_backbone import STATE, masked_layers, original_weights
 from incremental.methods.ksm import MASKS, SOFT, KernelMask, KSMOptions
 from nws.artifact import ArtifactError
 from nws.io import load_tensors, save_tensors
@@ -87,7 +87,7 @@ def test_round_trip_is_identical_and_stores_the_expected_bits(digits, pretrained
     folder = m.ctx.task_dir(0)
     m.write_artifact(model, 0, folder)
     rebuilt = m.rebuild(0, folder).eval()
-    assert not any(hasattr(c, "parametrizations") for _, c in masked_convs(rebuilt))
+    assert not any(hasattr(c, "parametrizations") for _, c in masked_layers(rebuilt))
     x = sample_batch(m, 0)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), rebuilt(x))

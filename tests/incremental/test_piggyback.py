@@ -10,7 +10,7 @@ import torch
 from incremental.loop import run, task_list
 from incremental.masks import load_masks, packed_bytes
 from incremental.methods import make_method
-from incremental.methods._frozen_backbone import STATE, masked_convs, original_weights
+from incremental.methods._frozen_backbone import STATE, masked_layers, original_weights
 from incremental.methods.piggyback import MASKS, ElementMask
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors
@@ -76,7 +76,7 @@ def test_round_trip_is_identical_and_stores_one_bit_per_weight(digits, pretraine
     folder = m.ctx.task_dir(1)
     m.write_artifact(model, 1, folder)
     rebuilt = m.rebuild(1, folder).eval()
-    assert not any(hasattr(c, "parametrizations") for _, c in masked_convs(rebuilt))
+    assert not any(hasattr(c, "parametrizations") for _, c in masked_layers(rebuilt))
     x = sample_batch(m, 1)
     with torch.no_grad():
         assert torch.equal(model(x), rebuilt(x))
@@ -234,3 +234,27 @@ def test_frozen_batchnorm_shares_the_pretrained_batchnorm(digits, pretrained, tm
         state = load_tensors(tmp_path / "out" / name / folder / STATE)
         kept = [k for k in state if not k.startswith("fc.")]
         assert kept and all(torch.equal(state[k], plain[k]) for k in kept)
+
+
+@pytest.mark.parametrize("name", ["piggyback", "ksm"])
+def test_the_fully_connected_network_is_masked(digits, lenet_pretrained, tmp_path, name):
+    """LeNet-300-100 has no convolution: every Linear but the head carries a mask (the official ElementWiseLinear;
+    before, nothing was masked and the run crashed in task_report on zero masked weights), the rebuilt model gives
+    the trained logits exactly, and two tasks learn over the frozen network."""
+    from pipeline.config import experiment_schema, validate
+    from tests.conftest import SEED
+    from tests.incremental.fixtures import DATA, LENET
+
+    cfg = validate(experiment_schema(), {"name": "t", "seeds": [SEED], "data": DATA, "model": LENET, "incremental": {
+        "epochs": 3, "batch_size": 32, "milestones": [2], "track": False, "augment": False, "num_tasks": 2}})
+    m = make_method(name, cfg, digits, lenet_pretrained, tmp_path / "unit", task_list(digits, 2))
+    m.ctx.method_dir.mkdir(parents=True)
+    m.prepare()
+    model = train_a_little(m, m.setup_task(0), 0, steps=6)
+    assert sorted(original_weights(model)) == ["features.0", "features.2"]  # the head, `fc`, is the task's own
+    m.write_artifact(model, 0, m.ctx.task_dir(0))
+    x = sample_batch(m, 0)
+    with torch.no_grad():
+        assert torch.equal(m.rebuild(0, m.ctx.task_dir(0))(x), model.eval()(x))
+    doc = run(cfg, digits, lenet_pretrained, tmp_path / "run", methods=[name])[name]
+    margin.above(f"{name} lenet300 final avg acc", doc["final_avg_acc"], 0.75)  # chance 0.5
