@@ -113,7 +113,8 @@ def register(subparsers) -> None:
 
 
 def _load(config: Path, overrides: list[str]):
-    from pipeline.config import experiment_schema, load_config
+    from base.config import load_config
+    from pipeline.config import experiment_schema
 
     return load_config(experiment_schema(), config, overrides)
 

@@ -22,8 +22,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from base.config import check_name
 from nws.preempt import EXIT_CODE as PREEMPTED
-from pipeline.config import check_name
 from pipeline.layout import Layout
 
 TEMPLATES = Path(__file__).with_name("templates")

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import yaml
 
+from base.config import ConfigError, check_name, resolved
 from incremental.config import RESUME_NEUTRAL
 from nws.io import atomic_write_bytes
 from pipeline import reuse
-from pipeline.config import ConfigError, check_name, experiment_schema, resolved
+from pipeline.config import experiment_schema
 from pretrain.config import JUDGING_KEYS
 
 VARIANTS = "variants"

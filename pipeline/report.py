@@ -197,7 +197,7 @@ def _file_name(text: str) -> str:
 def network_order(model: dict | None, layers: list[str]) -> list[str]:
     """`layers` in the order of the network's modules (metrics.json keeps them sorted by name, which puts `fc`
     second): the layer numbering of seed 004_ Fig. 4 and appendix §6 (1 = first conv, 21 = FC of a ResNet-18)."""
-    from pipeline.config import ModelConfig
+    from base.config import ModelConfig
 
     if not model:
         return list(layers)

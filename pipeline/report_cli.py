@@ -90,8 +90,9 @@ def warn_chance(results: dict, strict: bool) -> int:
 
 
 def run_cli(args) -> int:
+    from base.config import ConfigError, resolved
     from nws import exits
-    from pipeline.config import ConfigError, resolved, stage_config
+    from pipeline.config import stage_config
     from pipeline.report import PLOTS, REPORT, RESULTS_MD, make_report
 
     try:

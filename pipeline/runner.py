@@ -15,12 +15,13 @@ import os
 import time
 from pathlib import Path
 
+from base.config import ConfigError, config_hash, load_config, resolved
 from nws.io import atomic_write_json, read_json
 from nws.lock import folder_lock, is_rank_zero
 from pipeline import layout as L
 from pipeline import reuse
 from pipeline import stages as S
-from pipeline.config import ConfigError, config_hash, experiment_schema, load_config, resolved
+from pipeline.config import experiment_schema
 from pipeline.tracking import DEFAULT_RUNS_DIR, PARENT_ENV, TAGS_ENV, attach_run, start_run
 
 STAGES = S.STAGES

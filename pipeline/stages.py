@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from base.config import resolved
 from nws import exits, preempt
 from nws.lock import child_options
 from pipeline import reuse
-from pipeline.config import resolved
 from pipeline.layout import Layout, pretrain_source
 
 STAGES = ("data", "pretrain", "incremental", "report")

@@ -45,6 +45,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from base.config import ConfigError
 from incremental.backbone import check_plain, load_plain
 from incremental.bn_stats import DEFAULT_BATCHES, freeze_batchnorm, recalibrate_task
 from incremental.masked_net import assemble, masked_params, task_state
@@ -53,7 +54,6 @@ from incremental.methods import Method, MethodOptions
 from incremental.stored import is_sealed, staged_path
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors, save_tensors
-from pipeline.config import ConfigError
 
 NETWORK = "network.safetensors"
 OWNERS = "owners.safetensors"

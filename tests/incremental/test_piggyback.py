@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from base.config import ConfigError
 from incremental.frozen_backbone import STATE, masked_convs, original_weights
 from incremental.loop import run, task_list
 from incremental.masks import load_masks, packed_bytes
@@ -14,7 +15,6 @@ from incremental.methods import make_method
 from incremental.methods.piggyback import MASKS, ElementMask
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors
-from pipeline.config import ConfigError
 from tests import margin
 from tests.incremental.bn_check import assert_statistics_match_weights, method_of
 from tests.incremental.fixtures import make_config

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 import incremental.methods as methods_module
+from base.config import resolved
 from data_prep.sources import open_source
 from data_prep.tasks import load_tasks, split_tasks
 from incremental.chance import LEGEND, NO_SIZES, binomial_p
@@ -21,7 +22,6 @@ from incremental.stored import task_files
 from nws.memory import MIB
 from pipeline import headline
 from pipeline.cli import main as nws_main
-from pipeline.config import resolved
 from pipeline.report import make_report
 from pipeline.task_labels import label, task_labels
 from tests import margin
@@ -408,8 +408,9 @@ def test_a_standalone_incremental_run_is_one_run_of_the_given_config(experiment,
 def test_task_inference_results_are_reported(experiment, tmp_path):
     """Task inference run on the stored NWS tasks of each seed (task_inference.json beside metrics.json) shows up
     in results.json, aggregated over the seeds, and as its own table."""
+    from base.config import validate
     from incremental.task_inference import evaluate_run
-    from pipeline.config import experiment_schema, validate
+    from pipeline.config import experiment_schema
 
     root = experiment.parent.parent
     found = []

@@ -9,8 +9,8 @@ import os
 import pytest
 import yaml
 
+from base.config import ConfigError
 from nws.io import read_json
-from pipeline.config import ConfigError
 from pipeline.run_cli import main as cli_main
 from pipeline.runner import run_pipeline
 
