@@ -138,9 +138,9 @@ def build_submission(args, parent_run_id: str, tracking_uri: str, stamp: str) ->
 
 
 def run_submit(args) -> int:
+    from base.tracking import tracking_uri
     from cluster.parent import end_parent, open_parent
     from pipeline.layout import Layout, check_folder, seed_config
-    from pipeline.tracking import tracking_uri
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     parent = None

@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from base.config import config_hash, resolved
+from base.tracking import DEFAULT_RUNS_DIR, start_run
 from data_prep.loaders import make_loader
 from data_prep.manifest import read_unit
 from data_prep.tasks import Task, load_tasks
@@ -45,7 +46,6 @@ from incremental.stored import (
 )
 from incremental.train import train_task
 from nws.io import atomic_write_json, read_json
-from pipeline.tracking import DEFAULT_RUNS_DIR, start_run
 
 PROGRESS = "progress.json"
 METRICS = "metrics.json"

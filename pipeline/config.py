@@ -55,8 +55,8 @@ def stage_config(args):
     """The experiment config of a stage command (`-c CONFIG key.sub=value ...`) and the pipeline.layout.Layout its
     files go to by default: the pipeline's, under --runs-dir (default runs: outputs and the MLflow store) and
     --variant. Raises ConfigError (a ValueError) for a bad file or key."""
+    from base.tracking import DEFAULT_RUNS_DIR
     from pipeline.layout import Layout
-    from pipeline.tracking import DEFAULT_RUNS_DIR
 
     cfg = load_config(experiment_schema(), args.config, args.overrides)
     return cfg, Layout(Path(args.runs_dir or DEFAULT_RUNS_DIR), cfg.name, getattr(args, "variant", None))
@@ -79,8 +79,8 @@ def add_layout_arguments(p, stage: str) -> None:
 @contextmanager
 def seed_tagged(seed: int) -> Iterator[None]:
     """Meanwhile this process's MLflow runs get the seed tag (and the ` seed<S>` in their names) that the pipeline
-    gives the stages it starts (pipeline.tracking.TAGS_ENV), so a stage run by hand is named like the pipeline's."""
-    from pipeline.tracking import TAGS_ENV
+    gives the stages it starts (base.tracking.TAGS_ENV), so a stage run by hand is named like the pipeline's."""
+    from base.tracking import TAGS_ENV
 
     saved = os.environ.get(TAGS_ENV)
     os.environ[TAGS_ENV] = json.dumps({"seed": str(seed), **json.loads(saved or "{}")})

@@ -131,7 +131,7 @@ def common_tasks(found: dict[str, list[MethodRun]]) -> list[str]:
 def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, tracker=None,
                 config: dict | None = None, data_dir: str | Path | None = None) -> dict:
     """Write results.json, results.md, results.csv, results.tex and plots/ (default runs/<name>/report) and return
-    results.json's content; with a tracker (pipeline.tracking.Run) they are logged as artifacts and the headline
+    results.json's content; with a tracker (base.tracking.Run) they are logged as artifacts and the headline
     numbers as metrics. Task labels come from <data_dir>/tasks.json (default runs/<name>/data, where the pipeline
     prepares the data)."""
     experiment_dir = Path(experiment_dir)

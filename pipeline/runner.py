@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 
 from base.config import ConfigError, config_hash, load_config, resolved
+from base.tracking import DEFAULT_RUNS_DIR, PARENT_ENV, TAGS_ENV, start_run
 from nws.io import atomic_write_json, read_json
 from nws.lock import folder_lock, is_rank_zero
 from pipeline import layout as L
 from pipeline import reuse
 from pipeline import stages as S
 from pipeline.config import experiment_schema
-from pipeline.tracking import DEFAULT_RUNS_DIR, PARENT_ENV, TAGS_ENV, attach_run, start_run
+from pipeline.tracking import attach_run
 
 STAGES = S.STAGES
 RECORD = "stage.json"

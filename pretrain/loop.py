@@ -347,7 +347,7 @@ def _duration(seconds: float) -> str:
 
 
 def train(kind: str, job: Job, tracker) -> tuple[nn.Module, checkpoint.TrainState, dict]:
-    """Train one kind to the end (resuming when checkpoints exist), logging to `tracker` (pipeline.tracking), then
+    """Train one kind to the end (resuming when checkpoints exist), logging to `tracker` (base.tracking), then
     re-estimate the NWS network's BatchNorm statistics; returns the trained module, the final state and the report:
     the images of one epoch, and for `nws` the dead-kernel restart period, the recalibration batches and the
     per-layer pool report."""

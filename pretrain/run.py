@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 
 from base.config import config_hash, resolved
+from base.tracking import DEFAULT_RUNS_DIR, start_run
 from nws.io import atomic_write_json, read_json
 from nws.preempt import Preempted
-from pipeline.tracking import DEFAULT_RUNS_DIR, start_run
 from pretrain import checkpoint, data, health, outputs
 from pretrain.config import JUDGING_KEYS
 from pretrain.engine import precision_of

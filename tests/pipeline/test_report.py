@@ -316,7 +316,7 @@ def test_a_metrics_json_from_before_coded_memory_is_reported_with_a_dash(experim
 def test_report_is_logged_to_an_mlflow_run(experiment, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
+    from base.tracking import PARENT_ENV, start_run, tracking_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv(PARENT_ENV, raising=False)  # the run id comes from pipeline.json
     parent = start_run("t", "pipeline")
@@ -452,7 +452,7 @@ def chance_experiment(experiment, tmp_path_factory):
 def test_a_method_at_chance_is_flagged_in_the_report(chance_experiment, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
+    from base.tracking import PARENT_ENV, start_run, tracking_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv(PARENT_ENV, raising=False)
     parent = start_run("t", "pipeline")
