@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from base.layout import MANIFEST  # the data stage's manifest (data_prep.manifest): its digest identifies the data
 from base.provenance import provenance
 from nws.io import sha256_file, writing
 
@@ -25,7 +26,6 @@ TAGS_ENV = "NWS_MLFLOW_TAGS"  # JSON object of tags every run of this process ge
 DEFAULT_RUNS_DIR = "runs"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 BATCH = 100  # params per log_batch call (MLflow's limit); metrics are sent in chunks of the same size
-MANIFEST = "manifest.json"  # the data stage's manifest (data_prep.manifest): its digest identifies the data
 
 
 def tracking_uri(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:

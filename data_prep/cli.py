@@ -131,7 +131,8 @@ def _add_verify(sub) -> None:
 
 
 def run_verify(args) -> int:
-    from data_prep.manifest import MANIFEST, load_manifest, verify_unit
+    from base.layout import MANIFEST
+    from data_prep.manifest import load_manifest, verify_unit
 
     if not (args.dir / MANIFEST).is_file():
         print(f"error: {args.dir / MANIFEST}: file not found; not a folder written by `nws data prepare`",

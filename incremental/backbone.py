@@ -7,11 +7,10 @@ from pathlib import Path
 
 from torch import nn
 
+from base.layout import PLAIN
 from incremental import nws_net
 from nws.io import load_tensors
 from nws.models import replace_head
-
-PLAIN = "plain_backbone.safetensors"
 
 
 def plain_path(ctx) -> Path:

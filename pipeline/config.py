@@ -52,11 +52,11 @@ def experiment_schema() -> type[Experiment]:
 
 
 def stage_config(args):
-    """The experiment config of a stage command (`-c CONFIG key.sub=value ...`) and the pipeline.layout.Layout its
+    """The experiment config of a stage command (`-c CONFIG key.sub=value ...`) and the base.layout.Layout its
     files go to by default: the pipeline's, under --runs-dir (default runs: outputs and the MLflow store) and
     --variant. Raises ConfigError (a ValueError) for a bad file or key."""
+    from base.layout import Layout
     from base.tracking import DEFAULT_RUNS_DIR
-    from pipeline.layout import Layout
 
     cfg = load_config(experiment_schema(), args.config, args.overrides)
     return cfg, Layout(Path(args.runs_dir or DEFAULT_RUNS_DIR), cfg.name, getattr(args, "variant", None))

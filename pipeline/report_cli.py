@@ -92,9 +92,10 @@ def warn_chance(results: dict, strict: bool) -> int:
 
 def run_cli(args) -> int:
     from base.config import ConfigError, resolved
+    from base.layout import PLOTS, REPORT, RESULTS_MD
     from nws import exits
     from pipeline.config import stage_config
-    from pipeline.report import PLOTS, REPORT, RESULTS_MD, make_report
+    from pipeline.report import make_report
 
     try:
         if args.config is not None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nws
+from base.layout import CHECKPOINTS
 from nws.distill import restart_period
 from nws.io import load_tensors
 from nws.pools import quantisation_error
@@ -57,7 +58,7 @@ class Job:
 
 
 def checkpoint_dir(job: Job, kind: str) -> Path:
-    return job.out_dir / "checkpoints" / kind
+    return job.out_dir / CHECKPOINTS / kind
 
 
 def build_model(kind: str, job: Job) -> nn.Module:

@@ -28,6 +28,7 @@ from pydantic import Field
 from torch import nn
 
 import nws
+from base.layout import BASE_MODEL, POOLS
 from incremental import nws_net
 from incremental.methods import Method, MethodOptions
 from incremental.stored import share_copy
@@ -35,9 +36,7 @@ from nws.artifact import INDICES, MANIFEST, STATE, load_task, read_manifest, sav
 from nws.io import load_tensors, save_tensors, sha256_file
 from nws.levers import keep_previous
 
-POOLS = "pools.safetensors"
 BASE_INDICES = "base_indices.bin"
-BASE_MODEL = "base_model"
 REPORTS = "reports"
 
 

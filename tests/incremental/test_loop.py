@@ -9,9 +9,9 @@ import torch
 import incremental.evaluate as evaluate_module
 import incremental.methods as methods_module
 import nws
+from base.layout import BASE_MODEL
 from incremental.loop import run
 from incremental.methods.finetune import NETWORK, Finetune
-from incremental.methods.nws import BASE_MODEL
 from nws.artifact import INDICES, ArtifactError
 from nws.io import load_tensors, save_tensors
 from tests import margin
