@@ -99,7 +99,7 @@ def seed_stage_config(args):
     and one run by the pipeline are the same run. When the command writes into the layout (no --out), the folder's
     other runs must be of this config (pipeline.layout's variant rule; --replace skips it) and the seed's
     config.yaml is written, as the pipeline writes it: `nws report` reads it."""
-    from nws.lock import is_rank_zero
+    from base.ranks import is_rank_zero
     from pipeline.layout import check_folder, seed_config, write_seed_config
 
     cfg, layout = stage_config(args)
