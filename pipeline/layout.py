@@ -24,7 +24,6 @@ from base.layout import SEED_CONFIG, VARIANTS, Layout
 from incremental.config import RESUME_NEUTRAL
 from nws.io import atomic_write_bytes
 from pipeline import reuse
-from pipeline.config import experiment_schema
 from pretrain.config import JUDGING_KEYS
 
 # settings that do not change a run's results: the seed list (each seed folder holds one), the incremental settings
@@ -43,10 +42,11 @@ def pretrain_source(cfg, seed: int, layout: Layout) -> Path:
 
 
 def seed_config(cfg, seed: int):
-    """The config of one seed's run (`seeds: [seed]`) and its resolved data: what seed<S>/config.yaml holds."""
-    data = resolved(cfg)
-    data["seeds"] = [seed]
-    return experiment_schema().model_validate(data), data
+    """The config of one seed's run (`seeds: [seed]`) and its resolved data: what seed<S>/config.yaml holds. A copy
+    of the validated config, not validated again: a process validates its config once, when it loads it (a stage
+    process started by the pipeline loads seed<S>/config.yaml, and validates that once itself)."""
+    seeded = cfg.model_copy(update={"seeds": [seed]}, deep=True)
+    return seeded, resolved(seeded)
 
 
 def write_seed_config(layout: Layout, seed: int, data: dict) -> None:
