@@ -210,19 +210,13 @@ def incremental_stage(cfg, seed: int, layout: Layout, upstream: list[str | None]
     key = {**resolved(cfg), "upstream": upstream}
     args = ["-c", str(layout.config(seed)), "--data", str(layout.data),
             "--pretrain", str(pretrain_source(cfg, seed, layout)),
-            "--out", str(out), "--runs-dir", str(layout.runs_dir)]
-
-    def execute() -> None:
-        from incremental.replace import drop_changed_methods
-
-        drop_changed_methods(cfg, out, cfg.incremental.methods, "[pipeline]")
-        run_module("incremental", args, env)
+            "--out", str(out), "--runs-dir", str(layout.runs_dir), "--replace"]
 
     def outputs() -> list[Path]:  # each method's metrics.json (absent: not finished), then every file it stored
         metrics = [out / m / METRICS for m in cfg.incremental.methods]
         return metrics + [p for m in cfg.incremental.methods for p in tree(out / m) if p not in metrics]
 
-    return Stage("incremental", seed, out, key, outputs, execute,
+    return Stage("incremental", seed, out, key, outputs, lambda: run_module("incremental", args, env),
                  lambda: shutil.rmtree(out, ignore_errors=True))
 
 
