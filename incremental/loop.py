@@ -79,7 +79,7 @@ def run_hash(cfg, method: str) -> str:
 def task_list(data_dir: Path, num_tasks: int | None) -> list[Task]:
     tasks, _ = load_tasks(Path(data_dir) / TASKS)
     if num_tasks is not None and num_tasks > len(tasks):
-        raise ValueError(f"incremental.num_tasks={num_tasks}, but {Path(data_dir) / 'tasks.json'} has {len(tasks)}")
+        raise ValueError(f"incremental.num_tasks={num_tasks}, but {Path(data_dir) / TASKS} has {len(tasks)}")
     return tasks[:num_tasks]
 
 

@@ -15,7 +15,7 @@ EVAL_SPLITS = ("test", "val")
 def unit_dir(data_dir: str | Path) -> Path:
     path = Path(data_dir) / PRETRAIN
     if not (Path(data_dir) / MANIFEST).is_file():
-        raise FileNotFoundError(f"{Path(data_dir) / 'manifest.json'}: no prepared data; run `nws data prepare` "
+        raise FileNotFoundError(f"{Path(data_dir) / MANIFEST}: no prepared data; run `nws data prepare` "
                                 "with the same config first (data.pretrain_set must be true)")
     read_unit(path)  # names the prepared units when `pretrain` is missing
     return path
