@@ -30,7 +30,7 @@ bench: $(STAMP)  ## run the benchmarks and print their tables (see BENCHMARKS.md
 	$(PY) -m bench.pretrain
 
 # every target below reads and writes one layout, the pipeline's: $(RUNS)/<name>/{data, seed<S>/{config.yaml,
-# pretrain, incremental}, report} and the MLflow store $(RUNS)/mlflow.db (pipeline/layout.py)
+# pretrain, incremental}, report} and the MLflow store $(RUNS)/mlflow.db (base/layout.py)
 CONFIG ?= configs/demo.yaml
 ARGS ?=
 RUNS ?= runs

@@ -113,7 +113,8 @@ def register(subparsers) -> None:
 
 
 def _load(config: Path, overrides: list[str]):
-    from pipeline.config import experiment_schema, load_config
+    from base.config import load_config
+    from pipeline.config import experiment_schema
 
     return load_config(experiment_schema(), config, overrides)
 
@@ -137,9 +138,10 @@ def build_submission(args, parent_run_id: str, tracking_uri: str, stamp: str) ->
 
 
 def run_submit(args) -> int:
+    from base.layout import Layout
+    from base.tracking import tracking_uri
     from cluster.parent import end_parent, open_parent
-    from pipeline.layout import Layout, check_folder, seed_config
-    from pipeline.tracking import tracking_uri
+    from pipeline.layout import check_folder, seed_config
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     parent = None
@@ -182,8 +184,8 @@ def _dependency_hint(job, jobs) -> str:
 
 
 def run_status(args) -> int:
+    from base.layout import Layout
     from cluster.status import SlurmUnavailable, format_rows, job_rows, query_states, wait
-    from pipeline.layout import Layout
 
     try:
         folder = (args.dir if args.dir else Layout(args.runs_dir, _load(args.config, []).name, args.variant).root

@@ -14,15 +14,15 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.tracking import PARENT_ENV, tracking_uri
+from base.tracking import PARENT_ENV, tracking_uri
 
 
 def open_parent(cfg, runs_dir: Path, stamp: str, uri: str | None = None,
                 variant: str | None = None) -> tuple[str, str]:
     """The parent run of runs/<cfg.name> (or of its variant's folder), tagged with this submission, in the store at
-    `uri` (default: the usual one, pipeline.tracking.tracking_uri); returns (run id, tracking URI)."""
+    `uri` (default: the usual one, base.tracking.tracking_uri); returns (run id, tracking URI)."""
+    from base.layout import Layout
     from pipeline.runner import parent_run
-    from pipeline.stages import Layout
 
     # a submission opens its folder's parent, never a child of another
     saved = {key: os.environ.pop(key, None) for key in (PARENT_ENV, *(["MLFLOW_TRACKING_URI"] if uri else []))}

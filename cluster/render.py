@@ -22,9 +22,9 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from base.config import check_name
+from base.layout import Layout
 from nws.preempt import EXIT_CODE as PREEMPTED
-from pipeline.config import check_name
-from pipeline.layout import Layout
 
 TEMPLATES = Path(__file__).with_name("templates")
 STAGES = ("data", "pretrain", "incremental", "report")

@@ -131,7 +131,8 @@ def _add_verify(sub) -> None:
 
 
 def run_verify(args) -> int:
-    from data_prep.manifest import MANIFEST, load_manifest, verify_unit
+    from base.layout import MANIFEST
+    from data_prep.manifest import load_manifest, verify_unit
 
     if not (args.dir / MANIFEST).is_file():
         print(f"error: {args.dir / MANIFEST}: file not found; not a folder written by `nws data prepare`",
@@ -258,7 +259,8 @@ def config_options(args):
     runs/<name>/data of pipeline.layout). The first positional word is an override here, not a source; the
     options that the data section holds are refused, naming the key to set instead. A folder whose runs hold
     another data section is refused (pipeline.layout's variant rule; --replace makes this one the folder's)."""
-    from pipeline.config import ConfigError, resolved, stage_config
+    from base.config import ConfigError, resolved
+    from pipeline.config import stage_config
     from pipeline.layout import check_folder
 
     args.overrides = [args.source, *args.overrides] if args.source else args.overrides

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
-from pipeline.config import Section
+from base.config import Section
 
 # the keys of the task families, opt-in: left out of the resolved config when unset, so every config written before
 # they existed resolves and hashes (stored runs, pipeline stage keys) as it did

@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from base.layout import MANIFEST
 from nws.io import atomic_write_json, read_json, sha256_file
 
-MANIFEST = "manifest.json"
-TASKS = "tasks.json"
 BAD_LOG = "bad_images.log"
 FORMAT_VERSION = 1
 

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from base.layout import TASKS
 from data_prep import subset
 from data_prep.manifest import (
     BAD_LOG,
     FORMAT_VERSION,
-    TASKS,
     PixelStats,
     config_hash,
     load_manifest,

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from base.layout import CHECKPOINTS
 from nws.disk import DiskFull, writing
 from nws.io import atomic_write_json, load_tensors, read_json, save_tensors
 
@@ -33,7 +34,7 @@ class Progress:
 
 
 def task_checkpoints(method_dir: Path, t: int) -> Path:
-    return Path(method_dir) / "checkpoints" / f"task{t:02d}"
+    return Path(method_dir) / CHECKPOINTS / f"task{t:02d}"
 
 
 def save(accelerator, root: Path, progress: Progress, method_state: dict) -> None:

@@ -96,12 +96,13 @@ def print_table(results: dict[str, dict]) -> bool:
 def run_cli(args) -> int:
     from accelerate import PartialState
 
+    from base.ranks import is_rank_zero
     from incremental import method_names
     from incremental.chance import EXIT_CODE
     from incremental.loop import run
     from incremental.replace import drop_changed_methods
     from nws.disk import handle
-    from nws.lock import folder_lock, is_rank_zero
+    from nws.lock import folder_lock
     from nws.preempt import catch
     from pipeline.config import seed_stage_config, seed_tagged
     from pipeline.layout import pretrain_source

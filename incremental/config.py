@@ -20,8 +20,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from base import training
+from base.config import Section
 from incremental.method_names import unknown
-from pipeline.config import Section
 
 # keys that do not change what a finished task stores: a run may be resumed or extended with other values (the
 # budget keys epochs/steps/min_steps/milestones all change what a task trains: none of them is neutral)

@@ -24,6 +24,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
+from base.config import config_hash, resolved
+from base.layout import METRICS, PROGRESS, RUN_FILE, TASKS
+from base.tracking import DEFAULT_RUNS_DIR, start_run
 from data_prep.manifest import read_unit
 from data_prep.tasks import Task, load_tasks
 from incremental import chance, checkpoint, coded, evaluate_transfer, memory, method_names, metrics, run_metrics
@@ -44,11 +47,7 @@ from incremental.stored import (
 from incremental.train import train_task
 from loaders import make_loader
 from nws.io import atomic_write_json, read_json
-from pipeline.config import config_hash, resolved
-from pipeline.tracking import DEFAULT_RUNS_DIR, start_run
 
-PROGRESS = "progress.json"
-METRICS = "metrics.json"
 EVAL_SPLITS = ("test", "val")
 
 
@@ -78,9 +77,9 @@ def run_hash(cfg, method: str) -> str:
 
 
 def task_list(data_dir: Path, num_tasks: int | None) -> list[Task]:
-    tasks, _ = load_tasks(Path(data_dir) / "tasks.json")
+    tasks, _ = load_tasks(Path(data_dir) / TASKS)
     if num_tasks is not None and num_tasks > len(tasks):
-        raise ValueError(f"incremental.num_tasks={num_tasks}, but {Path(data_dir) / 'tasks.json'} has {len(tasks)}")
+        raise ValueError(f"incremental.num_tasks={num_tasks}, but {Path(data_dir) / TASKS} has {len(tasks)}")
     return tasks[:num_tasks]
 
 
@@ -149,7 +148,7 @@ def run_method(accelerator, method: Method, runs_dir: Path, on_epoch_end=None) -
         method.prepare()
         seal_shared(method_dir, method.shared_files())
     accelerator.wait_for_everyone()
-    run_file = method_dir / "mlflow_run.json"
+    run_file = method_dir / RUN_FILE
     resume_id = read_json(run_file).get("run_id") if run_file.is_file() else None
     tracker = start_run(ctx.cfg.name, f"incremental-{name}", runs_dir=runs_dir,
                         enabled=main and ctx.cfg.incremental.track, resume_run_id=resume_id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pkgutil
 from importlib.util import find_spec
 
-from pipeline.config import ConfigError
+from base.config import ConfigError
 
 
 def available() -> list[str]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from incremental.loop import PROGRESS, run_hash
+from base.layout import PROGRESS
+from incremental.loop import run_hash
 from nws.io import read_json
 
 

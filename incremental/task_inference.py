@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from base.layout import TASK_INFERENCE
 from incremental.methods import Method, make_method
 from incremental.stored import verify_shared, verify_task
 from loaders import make_loader
 from nws.io import atomic_write_json
 
-OUT = "task_inference.json"
 SPLITS = ("test", "val")
 RULES = {
     "one_shot_gradient": "SupSup one-shot: alpha_i = 1/T over the superposed stored masks, task = argmin_i dH/dalpha_i "
@@ -160,7 +160,7 @@ def evaluate(method: Method, batch_size: int = 128, samples: int | None = None, 
                               "inference_acc": sum(c["right_batches"] for c in counts[r]) / batches,
                               "acc_inferred": sum(p["acc_inferred"] for p in per_task) / T,
                               "acc_given": result["acc_given"], "per_task": per_task}
-    atomic_write_json(method.ctx.method_dir / OUT, result)
+    atomic_write_json(method.ctx.method_dir / TASK_INFERENCE, result)
     return result
 
 

@@ -37,11 +37,6 @@ HELD_ENV = "NWS_HELD_LOCKS"  # os.pathsep-separated folders whose lock a parent 
 _HELD: dict[str, int] = {}  # folder -> fd of the locks this process holds (handed to its stage children)
 
 
-def is_rank_zero() -> bool:
-    """Rank 0 of a launcher (RANK) or of srun (SLURM_PROCID), or a plain process: the one that locks and writes."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
-
-
 class FolderLocked(RuntimeError):
     """Another live process writes this folder; the message names it (pid, host, since, command)."""
 

@@ -14,11 +14,11 @@ import csv
 import io
 from pathlib import Path
 
+from base.layout import RESULTS_CSV, RESULTS_TEX
 from nws.io import atomic_write_bytes
 from nws.memory import MIB
 from pipeline.aggregate import is_number, mean, seed_values, std
 
-RESULTS_CSV, RESULTS_TEX = "results.csv", "results.tex"
 # (results.json key, column name, its header in results.tex, scale): the columns after the per-task accuracies
 SUMMARY = (("final_avg_acc", "avg acc", r"Avg Acc (\%)", 100.0),
            ("forgetting", "forgetting", r"Forgetting (\%)", 100.0),

@@ -1,9 +1,5 @@
-"""Where an experiment's files go, for `nws pipeline run` and the stage commands alike (DESIGN §2), and the rule that
-keeps one config per folder.
-
-runs/<name>/{data, seed<S>/{config.yaml, pretrain, incremental/<method>}, report, pipeline.json}; a variant
-(`--variant NAME`) is a run folder of its own, runs/<name>/variants/<NAME>/, laid out the same way. The stage
-commands default to these folders, so a stage run by hand and the pipeline see each other's outputs.
+"""The rule that keeps one config per run folder, for `nws pipeline run` and the stage commands alike; the folders
+themselves (Layout) and the names of the files in them are base.layout's.
 
 The variant rule (issue 19: a second `run_pipeline(cfg, ["incremental.epochs=2"])` overwrote seed0's run, and the
 report averaged seeds of two configs). A run whose config differs from the one its folder's runs were made with
@@ -19,18 +15,17 @@ run again) means to replace, and would otherwise pile up silent copies of the da
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from base.config import ConfigError, resolved
+from base.layout import SEED_CONFIG, VARIANTS, Layout
 from incremental.config import RESUME_NEUTRAL
 from nws.io import atomic_write_bytes
 from pipeline import reuse
-from pipeline.config import ConfigError, check_name, experiment_schema, resolved
 from pretrain.config import JUDGING_KEYS
 
-VARIANTS = "variants"
 # settings that do not change a run's results: the seed list (each seed folder holds one), the incremental settings
 # that finished tasks do not depend on and the pretraining health check's
 NEUTRAL = {"seeds": None, "incremental": RESUME_NEUTRAL, "pretrain": JUDGING_KEYS}
@@ -40,48 +35,6 @@ class VariantConflict(ConfigError):
     """A run of another config than its folder holds (the module docstring's rule); exit 2 like any bad input."""
 
 
-@dataclass
-class Layout:
-    """Where a run's files go: runs/<name>[/variants/<variant>]/{data, seed<S>/{pretrain, incremental}, report}."""
-
-    runs_dir: Path
-    name: str
-    variant: str | None = None
-
-    @property
-    def root(self) -> Path:
-        """runs/<name> (or its variant's folder), refused when it would not lie inside the runs folder (a name with a
-        separator or `..`)."""
-        check_name(self.name, "name")
-        if self.variant is None:
-            return self.runs_dir / self.name
-        return self.runs_dir / self.name / VARIANTS / check_name(self.variant, "--variant")
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    def seed(self, seed: int) -> Path:
-        return self.root / f"seed{seed}"
-
-    def pretrain(self, seed: int) -> Path:
-        return self.seed(seed) / "pretrain"
-
-    def incremental(self, seed: int) -> Path:
-        return self.seed(seed) / "incremental"
-
-    def config(self, seed: int) -> Path:
-        return self.seed(seed) / "config.yaml"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-    def tags(self) -> dict[str, str]:
-        """MLflow tags of this folder's runs: the variant, when there is one."""
-        return {} if self.variant is None else {"variant": self.variant}
-
-
 def pretrain_source(cfg, seed: int, layout: Layout) -> Path:
     """Where a seed's pretrain outputs are read from: its own folder, or the folder `pretrain.reuse` names (a
     relative path under the runs folder, pipeline.reuse)."""
@@ -89,10 +42,11 @@ def pretrain_source(cfg, seed: int, layout: Layout) -> Path:
 
 
 def seed_config(cfg, seed: int):
-    """The config of one seed's run (`seeds: [seed]`) and its resolved data: what seed<S>/config.yaml holds."""
-    data = resolved(cfg)
-    data["seeds"] = [seed]
-    return experiment_schema().model_validate(data), data
+    """The config of one seed's run (`seeds: [seed]`) and its resolved data: what seed<S>/config.yaml holds. A copy
+    of the validated config, not validated again: a process validates its config once, when it loads it (a stage
+    process started by the pipeline loads seed<S>/config.yaml, and validates that once itself)."""
+    seeded = cfg.model_copy(update={"seeds": [seed]}, deep=True)
+    return seeded, resolved(seeded)
 
 
 def write_seed_config(layout: Layout, seed: int, data: dict) -> None:
@@ -130,7 +84,7 @@ def describe(diffs: list[tuple[str, object, object]], labels: tuple[str, str] = 
 def held_configs(root: Path) -> dict[Path, dict]:
     """{seed<S>/config.yaml: its config} of the runs in a run folder."""
     found = {}
-    for path in sorted(root.glob("seed*/config.yaml")):
+    for path in sorted(root.glob(f"seed*/{SEED_CONFIG}")):
         data = yaml.safe_load(path.read_text())
         if isinstance(data, dict):
             found[path] = data

@@ -35,6 +35,18 @@ from pathlib import Path
 
 import yaml
 
+from base.layout import (
+    PLOTS,
+    REPORT,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    RESULTS_MD,
+    RESULTS_TEX,
+    SEED_CONFIG,
+    STAGE_RECORD,
+    TASK_INFERENCE,
+    TASKS,
+)
 from incremental import chance
 from nws.io import atomic_write_bytes, atomic_write_json, load_tensors, read_json, sha256_file
 from nws.memory import MIB
@@ -42,7 +54,6 @@ from pipeline import export, headline, plots
 from pipeline.aggregate import PAPER, STD_NOTE, aggregate, is_number, mean, one_config, seed_values, std
 from pipeline.task_labels import task_labels
 
-REPORT, RESULTS_JSON, RESULTS_MD, PLOTS = "report", "results.json", "results.md", "plots"
 REQUIRED = ("tasks", "acc_matrix", "final_avg_acc", "forgetting", "bwt", "memory_bytes", "train_seconds")
 SEED_DIR = re.compile(r"seed(\d+)")
 
@@ -71,10 +82,10 @@ def run_folders(experiment_dir: Path, config: dict | None) -> list[tuple[int | N
     seeds = sorted((int(m.group(1)), p) for p in experiment_dir.iterdir()
                    if p.is_dir() and (m := SEED_DIR.fullmatch(p.name)))
     if seeds:
-        return [(s, p, load_config(p / "config.yaml")) for s, p in seeds if (p / "incremental").is_dir()]
+        return [(s, p, load_config(p / SEED_CONFIG)) for s, p in seeds if (p / "incremental").is_dir()]
     if not (experiment_dir / "incremental").is_dir():
         return []
-    own = experiment_dir / "config.yaml"
+    own = experiment_dir / SEED_CONFIG
     cfg = load_config(own) if own.is_file() or config is None else config
     return [(cfg.get("seeds", [None])[0], experiment_dir, cfg)]
 
@@ -82,7 +93,7 @@ def run_folders(experiment_dir: Path, config: dict | None) -> list[tuple[int | N
 def check_recorded(path: Path, stage_folder: Path) -> None:
     """A metrics.json that the pipeline's stage record (stage.json) lists must still have the recorded bytes: a
     hand-edited one is refused, not published (issue 17). Runs made by `nws incremental` alone have no record."""
-    record = stage_folder / "stage.json"
+    record = stage_folder / STAGE_RECORD
     if not record.is_file():
         return
     recorded = read_json(record).get("files") or {}
@@ -97,7 +108,7 @@ def collect(experiment_dir: Path, config: dict | None = None) -> tuple[list[dict
     if not experiment_dir.is_dir():
         raise FileNotFoundError(f"{experiment_dir}: no such experiment folder (runs/<experiment name>)")
     runs = run_folders(experiment_dir, config)
-    one_config([(str(folder / "config.yaml"), cfg) for _, folder, cfg in runs])
+    one_config([(str(folder / SEED_CONFIG), cfg) for _, folder, cfg in runs])
     found: dict[str, list[MethodRun]] = {}
     for seed, folder, _ in runs:
         for path in sorted((folder / "incremental").glob("*/metrics.json")):
@@ -131,7 +142,7 @@ def common_tasks(found: dict[str, list[MethodRun]]) -> list[str]:
 def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, tracker=None,
                 config: dict | None = None, data_dir: str | Path | None = None) -> dict:
     """Write results.json, results.md, results.csv, results.tex and plots/ (default runs/<name>/report) and return
-    results.json's content; with a tracker (pipeline.tracking.Run) they are logged as artifacts and the headline
+    results.json's content; with a tracker (base.tracking.Run) they are logged as artifacts and the headline
     numbers as metrics. Task labels come from <data_dir>/tasks.json (default runs/<name>/data, where the pipeline
     prepares the data)."""
     experiment_dir = Path(experiment_dir)
@@ -146,7 +157,7 @@ def make_report(experiment_dir: str | Path, out_dir: str | Path | None = None, t
         "data": cfg.get("data"),
         "seeds": sorted({r.seed for runs in found.values() for r in runs if r.seed is not None}),
         "tasks": (tasks := common_tasks(found)),
-        "task_labels": task_labels(tasks, data_dir / "tasks.json"),
+        "task_labels": task_labels(tasks, data_dir / TASKS),
         "std": STD_NOTE,
         # one seed: its metrics.json as it is; several: every number as mean/std/n/values (pipeline.aggregate)
         "methods": {m: aggregate([r.doc for r in found[m]]) if len(found[m]) > 1 else found[m][0].doc
@@ -197,7 +208,7 @@ def _file_name(text: str) -> str:
 def network_order(model: dict | None, layers: list[str]) -> list[str]:
     """`layers` in the order of the network's modules (metrics.json keeps them sorted by name, which puts `fc`
     second): the layer numbering of seed 004_ Fig. 4 and appendix §6 (1 = first conv, 21 = FC of a ResNet-18)."""
-    from pipeline.config import ModelConfig
+    from base.config import ModelConfig
 
     if not model:
         return list(layers)
@@ -261,7 +272,6 @@ def _fmt(value, scale: float = 1.0, digits: int = 1) -> str:
     return text if s is None else f"{text} ± {scale * s:.{digits}f}"
 
 
-INFERENCE = "task_inference.json"
 INFERENCE_KEYS = ("inference_acc", "acc_inferred", "acc_given")
 
 
@@ -270,7 +280,8 @@ def task_inference(found: dict[str, list[MethodRun]], order: list[str]) -> dict:
     (`nws incremental --task-inference` writes task_inference.json beside metrics.json); several seeds aggregated."""
     out = {}
     for m in order:
-        docs = [read_json(r.path.parent / INFERENCE) for r in found[m] if (r.path.parent / INFERENCE).is_file()]
+        docs = [read_json(r.path.parent / TASK_INFERENCE) for r in found[m]
+                if (r.path.parent / TASK_INFERENCE).is_file()]
         if not docs:
             continue
         per_seed = [{rule: {k: v[k] for k in INFERENCE_KEYS} for rule, v in d["rules"].items()} for d in docs]
@@ -325,7 +336,7 @@ def markdown(results: dict) -> str:
              "stored files; memory in MiB (2^20 bytes) of those files, shared pools included, as stored (the "
              "paper's convention) and coded (the same files under the best lossless coding: masks and owner maps "
              "entropy-coded, floats as stored; – for runs made before it). The same rows: "
-             f"[{export.RESULTS_CSV}]({export.RESULTS_CSV}), [{export.RESULTS_TEX}]({export.RESULTS_TEX}).", "",
+             f"[{RESULTS_CSV}]({RESULTS_CSV}), [{RESULTS_TEX}]({RESULTS_TEX}).", "",
              "## Task-wise accuracy, average accuracy, forgetting, BWT, FWT and memory", "",
              f"As Tables 1 and 2 of {PAPER}.", "",
              "| Method | " + " | ".join(export.labels(results)) + " | Avg Acc (%) | Forgetting (%) | BWT (%) | "
@@ -365,7 +376,7 @@ def markdown(results: dict) -> str:
 def log(tracker, results: dict, out: Path) -> None:
     """results.json, results.md, results.csv, results.tex and the plots as artifacts under report/; each method's
     headline numbers (mean, and std with several seeds) as metrics report.<method>.<key>."""
-    for name in (RESULTS_JSON, RESULTS_MD, export.RESULTS_CSV, export.RESULTS_TEX):
+    for name in (RESULTS_JSON, RESULTS_MD, RESULTS_CSV, RESULTS_TEX):
         tracker.log_artifact(out / name, artifact_path=REPORT)
     for rel in results["plots"]:
         tracker.log_artifact(out / rel, artifact_path=f"{REPORT}/{PLOTS}")

@@ -50,8 +50,8 @@ def register(subparsers) -> None:
 
 
 def parent_run_id(experiment: Path) -> str | None:
+    from base.tracking import PARENT_ENV
     from nws.io import read_json
-    from pipeline.tracking import PARENT_ENV
 
     if os.environ.get(PARENT_ENV):
         return os.environ[PARENT_ENV]
@@ -63,7 +63,8 @@ def existing_run(run_id: str, runs_dir: Path):
     """A tracker on a run that already exists; it is not ended here (the pipeline owns its parent run)."""
     from mlflow.exceptions import MlflowException
 
-    from pipeline.tracking import attach_run, tracking_uri
+    from base.tracking import tracking_uri
+    from pipeline.tracking import attach_run
 
     try:
         return attach_run(run_id, runs_dir)
@@ -90,9 +91,11 @@ def warn_chance(results: dict, strict: bool) -> int:
 
 
 def run_cli(args) -> int:
+    from base.config import ConfigError, resolved
+    from base.layout import PLOTS, REPORT, RESULTS_MD
     from nws.disk import handle
-    from pipeline.config import ConfigError, resolved, stage_config
-    from pipeline.report import PLOTS, REPORT, RESULTS_MD, make_report
+    from pipeline.config import stage_config
+    from pipeline.report import make_report
 
     try:
         if args.config is not None:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from base.config import ConfigError, ModelConfig
+from base.layout import CONFIG, PLAIN, POOLS
 from nws.io import load_metadata, read_json
-from pipeline.config import ConfigError, ModelConfig
 
-CONFIG, POOLS, PLAIN = "config.json", "pools.safetensors", "plain_backbone.safetensors"  # pretrain/run.py, outputs.py
 POOL_KEYS = ("pool_size", "linear_group_size")  # they shape the pools: compared only where pools are reused
 
 

@@ -94,9 +94,10 @@ def run_cli(args) -> int:
 def chance_exit(summary: dict, strict: bool) -> int:
     """WARNING lines for the task accuracies at chance (from the report, else from the metrics.json files of the
     incremental stages that were selected); chance.EXIT_CODE when there are some under --strict."""
+    from base.layout import RESULTS_JSON
     from incremental import chance
     from nws.io import read_json
-    from pipeline.report import RESULTS_JSON, SEED_DIR
+    from pipeline.report import SEED_DIR
     from pipeline.report_cli import warn_chance
 
     if "report" in summary:

@@ -14,10 +14,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from base.layout import PLOTS, RUN_FILE
 from nws.io import read_json
-
-RUN_FILE = "mlflow_run.json"
-PLOTS = "plots"
 
 
 def child_run_id(metrics_path: Path) -> str | None:

@@ -15,22 +15,19 @@ import os
 import time
 from pathlib import Path
 
+from base.config import ConfigError, config_hash, load_config, resolved
+from base.layout import CONFIG, PIPELINE_RECORD, STAGE_RECORD, Layout
+from base.ranks import is_rank_zero
+from base.tracking import DEFAULT_RUNS_DIR, PARENT_ENV, TAGS_ENV, start_run
 from nws.io import atomic_write_json, read_json
-from nws.lock import folder_lock, is_rank_zero
+from nws.lock import folder_lock
 from pipeline import layout as L
 from pipeline import reuse
 from pipeline import stages as S
-from pipeline.config import ConfigError, config_hash, experiment_schema, load_config, resolved
-from pipeline.tracking import DEFAULT_RUNS_DIR, PARENT_ENV, TAGS_ENV, attach_run, start_run
+from pipeline.config import experiment_schema
+from pipeline.tracking import attach_run
 
 STAGES = S.STAGES
-RECORD = "stage.json"
-PIPELINE = "pipeline.json"
-
-
-def is_main_rank() -> bool:
-    """Rank 0 of a launcher or of srun (every rank runs `--only pretrain` under srun; only rank 0 records)."""
-    return is_rank_zero()
 
 
 def selected(only: str | None, start: str | None) -> list[str]:
@@ -49,7 +46,7 @@ def up_to_date(stage: S.Stage) -> bool:
     stored, re-hashed; the data shards' sizes against the manifest). A changed or missing file is named (issue 17:
     a flipped byte in a stored indices.bin was `up to date`), and the stage runs again, which for a corrupted
     stored task stops with the loop's checksum error instead of publishing the old accuracy."""
-    path = stage.folder / RECORD
+    path = stage.folder / STAGE_RECORD
     if not path.is_file():
         if S.digest(stage.outputs()) is not None:  # e.g. `nws pretrain` run by hand: its outputs are checked and kept
             print(f"[pipeline] {stage.label}: outputs without a stage record (made outside the pipeline): run to check "
@@ -69,27 +66,27 @@ def up_to_date(stage: S.Stage) -> bool:
     return True
 
 
-def seed_config(cfg, seed: int, layout: S.Layout):
+def seed_config(cfg, seed: int, layout: Layout):
     """The config of one seed's run (`seeds: [seed]`), written to seed<S>/config.yaml for the stage processes."""
     seeded, data = L.seed_config(cfg, seed)
-    if is_main_rank():
+    if is_rank_zero():
         L.write_seed_config(layout, seed, data)
     return seeded
 
 
-def parent_run(cfg, layout: S.Layout, runs_dir: Path):
+def parent_run(cfg, layout: Layout, runs_dir: Path):
     """The pipeline folder's MLflow parent run: the one $NWS_MLFLOW_PARENT_RUN_ID names (a Slurm job of a submitted
     pipeline: attached, not ended), else the one pipeline.json names (reopened), else a new one."""
     if os.environ.get(PARENT_ENV):
-        return attach_run(os.environ[PARENT_ENV], runs_dir) if is_main_rank() else start_run("", "", enabled=False)
-    path = layout.root / PIPELINE
+        return attach_run(os.environ[PARENT_ENV], runs_dir) if is_rank_zero() else start_run("", "", enabled=False)
+    path = layout.root / PIPELINE_RECORD
     known = read_json(path).get("parent_run_id") if path.is_file() else None
-    tracker = start_run(cfg.name, "pipeline", runs_dir=runs_dir, enabled=is_main_rank(), resume_run_id=known,
+    tracker = start_run(cfg.name, "pipeline", runs_dir=runs_dir, enabled=is_rank_zero(), resume_run_id=known,
                         tags={"stage": "pipeline", **layout.tags()}, parent=False)
     if tracker.run_id and tracker.run_id != known:
         atomic_write_json(path, {"parent_run_id": tracker.run_id, "experiment": cfg.name})
         tracker.log_params(resolved(cfg))
-        tracker.log_dict(resolved(cfg), "config.json")
+        tracker.log_dict(resolved(cfg), CONFIG)
     return tracker
 
 
@@ -109,7 +106,7 @@ def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: 
         if unknown:
             raise ConfigError(f"--seed {unknown}: not among the config's seeds {cfg.seeds}")
     run_seeds = list(seeds or cfg.seeds)
-    layout = S.Layout(runs_dir, cfg.name, variant)
+    layout = Layout(runs_dir, cfg.name, variant)
     if not replace:  # before any stage writes (pipeline.layout: one config per folder)
         for seed in run_seeds:
             L.check_folder(layout, L.seed_config(cfg, seed)[1])
@@ -121,7 +118,7 @@ def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: 
     summary: dict[str, dict] = {}
     # a whole run holds the experiment folder too (one MLflow parent, one writer of pipeline.json); `--only` jobs,
     # such as Slurm's concurrent array tasks of one stage, lock just the stage folders they write
-    with folder_lock(layout.root, enabled=is_main_rank() and only is None), \
+    with folder_lock(layout.root, enabled=is_rank_zero() and only is None), \
             parent_run(cfg, layout, runs_dir) as parent:
         env = {PARENT_ENV: os.environ.get(PARENT_ENV) or parent.run_id or ""}
         for stage in plan(cfg, layout, run_seeds, env, force, parent, allow_degenerate):
@@ -131,13 +128,13 @@ def run_pipeline(config: str | Path, overrides: list[str] | None = None, seeds: 
     return summary
 
 
-def stage_run(cfg, name: str, layout: S.Layout, parent_id: str | None):
+def stage_run(cfg, name: str, layout: Layout, parent_id: str | None):
     """The MLflow child run of a stage that runs in this process (data): a child of the parent run."""
-    return start_run(cfg.name, name, runs_dir=layout.runs_dir, enabled=is_main_rank(),
+    return start_run(cfg.name, name, runs_dir=layout.runs_dir, enabled=is_rank_zero(),
                      tags={"stage": name, **layout.tags()}, parent=parent_id or True)
 
 
-def plan(cfg, layout: S.Layout, seeds: list[int], env: dict[str, str], force: bool, parent,
+def plan(cfg, layout: Layout, seeds: list[int], env: dict[str, str], force: bool, parent,
          allow_degenerate: bool = False):
     """The stages in order; keys are computed lazily, after the stages before them ran (their output digests)."""
     data = S.data_stage(cfg, layout, force, lambda: stage_run(cfg, "data", layout, env[PARENT_ENV]))
@@ -160,7 +157,7 @@ def plan(cfg, layout: S.Layout, seeds: list[int], env: dict[str, str], force: bo
 
 def run_stage(stage: S.Stage, force: bool, parent) -> dict:
     """The stage, unless up to date; its folder locked meanwhile (nws.lock: one writer, handed to its child)."""
-    with folder_lock(stage.folder, enabled=is_main_rank()):
+    with folder_lock(stage.folder, enabled=is_rank_zero()):
         return _run_stage(stage, force, parent)
 
 
@@ -169,17 +166,17 @@ def _run_stage(stage: S.Stage, force: bool, parent) -> dict:
         print(f"[pipeline] {stage.label}: up to date, skipped ({stage.folder})", flush=True)
         return {"status": "skipped", "folder": str(stage.folder)}
     print(f"[pipeline] {stage.label}: running -> {stage.folder}", flush=True)
-    if force and is_main_rank():
+    if force and is_rank_zero():
         stage.clear()
     began = time.perf_counter()
     stage.execute()
     seconds = time.perf_counter() - began
-    if is_main_rank():
+    if is_rank_zero():
         outputs, files = S.output_hashes(stage.outputs(), stage.folder)
         if outputs is None:
             missing = [str(p) for p in stage.outputs() if not p.is_file()]
             raise S.StageFailed(f"{stage.label} finished without its outputs: {', '.join(missing)}")
-        atomic_write_json(stage.folder / RECORD, {"stage": stage.name, "seed": stage.seed,
+        atomic_write_json(stage.folder / STAGE_RECORD, {"stage": stage.name, "seed": stage.seed,
                                                   "key": config_hash(stage.key), "outputs": outputs,
                                                   "files": files,
                                                   "seconds": round(seconds, 3), "finished": time.time()})

@@ -17,11 +17,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from base.config import resolved
+from base.layout import (
+    CHECKPOINTS,
+    COMPLETE,
+    MANIFEST,
+    METRICS,
+    PRETRAIN_SUMMARY,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    RESULTS_MD,
+    RESULTS_TEX,
+    STAGE_RECORD,
+    TASKS,
+    Layout,
+)
 from nws import exits, preempt
 from nws.lock import child_options
 from pipeline import reuse
-from pipeline.config import resolved
-from pipeline.layout import Layout, pretrain_source
+from pipeline.layout import pretrain_source
 
 STAGES = ("data", "pretrain", "incremental", "report")
 PER_SEED = ("pretrain", "incremental")
@@ -90,12 +104,12 @@ def changed_files(recorded: dict[str, str] | None, now: dict[str, str]) -> list[
             if now.get(name) != sha]
 
 
-def tree(folder: Path, skip: tuple[str, ...] = ("checkpoints",)) -> list[Path]:
+def tree(folder: Path, skip: tuple[str, ...] = (CHECKPOINTS,)) -> list[Path]:
     """Every file a stage left under `folder`, sorted: what it stored, not the resumable state it kept on the way
     (the folders named in `skip`), hidden files or its own stage.json."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "stage.json"
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STAGE_RECORD
                   and not any(part in skip or part.startswith(".") for part in p.relative_to(folder).parts))
 
 
@@ -145,10 +159,10 @@ def data_stage(cfg, layout: Layout, force: bool, track: Callable) -> Stage:
                              "units": len(summary["units"]), "seconds": summary["seconds"],
                              **{f"images.{unit}.{split}": n for unit, u in summary["units"].items()
                                 for split, n in u["splits"].items()}})
-            run.log_artifact(layout.data / "tasks.json")
+            run.log_artifact(layout.data / TASKS)
 
     return Stage("data", None, layout.data, {"data": resolved(cfg)["data"]},
-                 lambda: [layout.data / "manifest.json", layout.data / "tasks.json"], execute,
+                 lambda: [layout.data / MANIFEST, layout.data / TASKS], execute,
                  check=lambda: data_files_problems(layout.data))
 
 
@@ -175,7 +189,7 @@ def reused_pretrain_stage(cfg, seed: int, layout: Layout, out: Path) -> Stage:
     been written since."""
 
     def execute() -> None:
-        if not (out / "complete").is_file():
+        if not (out / COMPLETE).is_file():
             raise FileNotFoundError(f"pretrain.reuse={cfg.pretrain.reuse!r}: no finished pretrain outputs in {out} "
                                     "(no `complete` file; a relative path is read from the runs folder); run that "
                                     "experiment's pretrain stage first")
@@ -187,7 +201,7 @@ def reused_pretrain_stage(cfg, seed: int, layout: Layout, out: Path) -> Stage:
 
 def pretrain_outputs(out: Path) -> list[Path]:
     """`complete` and pretrain.json first (a run that did not finish has no digest), then every stored file."""
-    first = [out / "complete", out / "pretrain.json"]
+    first = [out / COMPLETE, out / PRETRAIN_SUMMARY]
     return first + [p for p in tree(out) if p not in first]
 
 
@@ -196,19 +210,13 @@ def incremental_stage(cfg, seed: int, layout: Layout, upstream: list[str | None]
     key = {**resolved(cfg), "upstream": upstream}
     args = ["-c", str(layout.config(seed)), "--data", str(layout.data),
             "--pretrain", str(pretrain_source(cfg, seed, layout)),
-            "--out", str(out), "--runs-dir", str(layout.runs_dir)]
-
-    def execute() -> None:
-        from incremental.replace import drop_changed_methods
-
-        drop_changed_methods(cfg, out, cfg.incremental.methods, "[pipeline]")
-        run_module("incremental", args, env)
+            "--out", str(out), "--runs-dir", str(layout.runs_dir), "--replace"]
 
     def outputs() -> list[Path]:  # each method's metrics.json (absent: not finished), then every file it stored
-        metrics = [out / m / "metrics.json" for m in cfg.incremental.methods]
+        metrics = [out / m / METRICS for m in cfg.incremental.methods]
         return metrics + [p for m in cfg.incremental.methods for p in tree(out / m) if p not in metrics]
 
-    return Stage("incremental", seed, out, key, outputs, execute,
+    return Stage("incremental", seed, out, key, outputs, lambda: run_module("incremental", args, env),
                  lambda: shutil.rmtree(out, ignore_errors=True))
 
 
@@ -218,7 +226,7 @@ def report_stage(layout: Layout, seeds: list[int], upstream: list[str | None], t
 
         make_report(layout.root, layout.report, tracker=tracker)
 
-    tables = ("results.json", "results.md", "results.csv", "results.tex")
+    tables = (RESULTS_JSON, RESULTS_MD, RESULTS_CSV, RESULTS_TEX)
     return Stage("report", None, layout.report, {"seeds": seeds, "upstream": upstream},
                  lambda: [layout.report / name for name in tables], execute,
                  lambda: shutil.rmtree(layout.report, ignore_errors=True))

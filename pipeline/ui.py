@@ -1,7 +1,7 @@
 """`python -m pipeline.ui [--runs-dir runs] [--port 5000] [--host 127.0.0.1]` (`make ui`): the MLflow UI of the
 project's store on this machine only.
 
-The store is the one every stage logs to (pipeline.tracking.tracking_uri: MLFLOW_TRACKING_URI, else the SQLite file
+The store is the one every stage logs to (base.tracking.tracking_uri: MLFLOW_TRACKING_URI, else the SQLite file
 runs/mlflow.db); `mlflow server` (of which `mlflow ui` is an alias) serves it on the loopback interface, with the
 artifacts folder the stages use (mlartifacts/ beside the SQLite file) for anything created from the UI. A store that
 is already a tracking server needs no UI of ours: its address is printed instead.
@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.tracking import DEFAULT_RUNS_DIR, artifact_location, tracking_uri
+from base.tracking import DEFAULT_RUNS_DIR, artifact_location, tracking_uri
 
 HOST, PORT = "127.0.0.1", 5000
 

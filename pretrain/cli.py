@@ -58,8 +58,9 @@ def register(subparsers) -> None:
 
 
 def run_cli(args) -> int:
+    from base.ranks import is_rank_zero
     from nws.disk import handle
-    from nws.lock import folder_lock, is_rank_zero
+    from nws.lock import folder_lock
     from nws.preempt import catch
     from pipeline.config import seed_stage_config, seed_tagged
     from pretrain.run import run

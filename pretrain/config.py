@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config import Section
+from base.config import Section
 
 # keys of the pretrain section that judge the outputs without changing them: not part of the stage's identity
 JUDGING_KEYS = ("health", "allow_degenerate")

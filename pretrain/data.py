@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from base.layout import MANIFEST
 from data_prep.manifest import read_unit
 from data_prep.prepare import PRETRAIN
 from loaders import make_loader
@@ -13,8 +14,8 @@ EVAL_SPLITS = ("test", "val")
 
 def unit_dir(data_dir: str | Path) -> Path:
     path = Path(data_dir) / PRETRAIN
-    if not (Path(data_dir) / "manifest.json").is_file():
-        raise FileNotFoundError(f"{Path(data_dir) / 'manifest.json'}: no prepared data; run `nws data prepare` "
+    if not (Path(data_dir) / MANIFEST).is_file():
+        raise FileNotFoundError(f"{Path(data_dir) / MANIFEST}: no prepared data; run `nws data prepare` "
                                 "with the same config first (data.pretrain_set must be true)")
     read_unit(path)  # names the prepared units when `pretrain` is missing
     return path

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch import nn
 
 import nws
+from base.layout import BASE_MODEL, PLAIN, POOLS
 from nws.artifact import load_task
 from nws.io import load_tensors
 
@@ -32,13 +33,13 @@ def rebuild_nws(out_dir: Path, model_cfg, num_classes: int) -> nn.Module:
     kernels (what task 0 of the incremental stage starts from and what inference runs)."""
     net = nws.convert(model_cfg.build(num_classes), pool_size=model_cfg.pool_size,
                       linear_group_size=model_cfg.linear_group_size)
-    path = Path(out_dir) / "pools.safetensors"
+    path = Path(out_dir) / POOLS
     nws.load_pools(net, load_tensors(path), str(path))
-    load_task(Path(out_dir) / "base_model", net)
+    load_task(Path(out_dir) / BASE_MODEL, net)
     return nws.materialize(nws.set_mode(net, "frozen"))
 
 
 def rebuild_plain(out_dir: Path, model_cfg, num_classes: int) -> nn.Module:
     net = model_cfg.build(num_classes)
-    net.load_state_dict(load_tensors(Path(out_dir) / "plain_backbone.safetensors"))
+    net.load_state_dict(load_tensors(Path(out_dir) / PLAIN))
     return net

@@ -23,6 +23,7 @@ from torch import nn
 
 import nws
 from base import training
+from base.layout import CHECKPOINTS
 from nws.distill import restart_period
 from nws.io import load_tensors
 from nws.pools import quantisation_error
@@ -59,7 +60,7 @@ class Job:
 
 
 def checkpoint_dir(job: Job, kind: str) -> Path:
-    return job.out_dir / "checkpoints" / kind
+    return job.out_dir / CHECKPOINTS / kind
 
 
 def build_model(kind: str, job: Job) -> nn.Module:
@@ -347,7 +348,7 @@ def _duration(seconds: float) -> str:
 
 
 def train(kind: str, job: Job, tracker) -> tuple[nn.Module, checkpoint.TrainState, dict]:
-    """Train one kind to the end (resuming when checkpoints exist), logging to `tracker` (pipeline.tracking), then
+    """Train one kind to the end (resuming when checkpoints exist), logging to `tracker` (base.tracking), then
     re-estimate the NWS network's BatchNorm statistics; returns the trained module, the final state and the report:
     the images of one epoch, and for `nws` the dead-kernel restart period, the recalibration batches and the
     per-layer pool report."""

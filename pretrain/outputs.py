@@ -17,14 +17,9 @@ from pathlib import Path
 from torch import nn
 
 import nws
+from base.layout import BASE_MODEL, COMPLETE, PLAIN, POOLS, PRETRAIN_SUMMARY
 from nws.artifact import save_task
 from nws.io import atomic_write_json, read_json, save_tensors
-
-POOLS = "pools.safetensors"
-BASE_MODEL = "base_model"
-PLAIN = "plain_backbone.safetensors"
-SUMMARY = "pretrain.json"
-COMPLETE = "complete"
 
 
 def model_metadata(model_cfg, config_hash: str, num_classes: int) -> dict[str, str]:
@@ -62,7 +57,7 @@ def write_summary(out: Path, kinds: list[str], config_hash: str, extra: dict, up
     `complete` mark unless `complete` is false (outputs the health check stopped: kept for inspection only)."""
     kind_summaries = {k: {**read_json(kind_summary_path(out, k)), **(updates or {}).get(k, {})} for k in kinds}
     summary = {"config_hash": config_hash, **extra, **kind_summaries}
-    atomic_write_json(Path(out) / SUMMARY, summary)
+    atomic_write_json(Path(out) / PRETRAIN_SUMMARY, summary)
     if complete:
         atomic_write_json(Path(out) / COMPLETE, {"config_hash": config_hash})
     return summary

@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from base.config import config_hash, resolved
+from base.layout import CONFIG, PRETRAIN_SUMMARY, RUN_FILE
+from base.tracking import DEFAULT_RUNS_DIR, start_run
 from nws.io import atomic_write_json, read_json
 from nws.preempt import Preempted
-from pipeline.config import config_hash, resolved
-from pipeline.tracking import DEFAULT_RUNS_DIR, start_run
 from pretrain import checkpoint, data, health, outputs
 from pretrain.config import JUDGING_KEYS
 from pretrain.engine import precision_of
@@ -58,12 +59,12 @@ def run(cfg, data_dir: str | Path, out_dir: str | Path, runs_dir: str | Path = D
     if outputs.is_complete(out_dir, digest):
         if rank == 0:
             print(f"[pretrain] {out_dir} is complete for this config and data; nothing to do", flush=True)
-        return read_json(out_dir / outputs.SUMMARY)
+        return read_json(out_dir / PRETRAIN_SUMMARY)
     job = Job(cfg=cfg, data_dir=data_dir, out_dir=out_dir, num_classes=num_classes,
               config_hash=digest, resolved=resolved(cfg), rank=rank, world_size=world_size, runs_dir=Path(runs_dir),
               replace_changed=replace_changed)
     if rank == 0:
-        atomic_write_json(out_dir / "config.json", job.resolved)
+        atomic_write_json(out_dir / CONFIG, job.resolved)
     for kind in cfg.pretrain.kinds():
         if outputs.finished(out_dir, kind, digest):
             continue
@@ -90,7 +91,7 @@ def run(cfg, data_dir: str | Path, out_dir: str | Path, runs_dir: str | Path = D
     _barrier(world_size)
     if stop:
         raise health.DegeneratePretraining(health.stop_message(lines))
-    return summary if rank == 0 else read_json(out_dir / outputs.SUMMARY)
+    return summary if rank == 0 else read_json(out_dir / PRETRAIN_SUMMARY)
 
 
 def _train_kind(kind: str, job: Job) -> None:
@@ -102,7 +103,7 @@ def _train_kind(kind: str, job: Job) -> None:
                   f"(hash {stale}, now {job.config_hash}): removed, training starts over", flush=True)
             shutil.rmtree(checkpoint_dir(job, kind))
         _barrier(job.world_size)
-    run_file = checkpoint_dir(job, kind) / "mlflow_run.json"
+    run_file = checkpoint_dir(job, kind) / RUN_FILE
     resume_id = read_json(run_file).get("run_id") if run_file.is_file() else None
     tracker = start_run(cfg.name, f"pretrain-{kind}", runs_dir=job.runs_dir, enabled=rank == 0,
                         resume_run_id=resume_id, tags={"stage": "pretrain", "kind": kind})
@@ -111,7 +112,7 @@ def _train_kind(kind: str, job: Job) -> None:
             atomic_write_json(run_file, {"run_id": tracker.run_id})
             if resume_id is None:
                 tracker.log_params(job.resolved)
-                tracker.log_dict(job.resolved, "config.json")
+                tracker.log_dict(job.resolved, CONFIG)
             tracker.log_data(job.data_dir, cfg.data.source, "pretrain")
         model, state, report = train(kind, job, tracker)
         meta = outputs.model_metadata(cfg.model, job.config_hash, job.num_classes)

@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from base.config import load_config
 from incremental.loop import task_list
 from incremental.methods import make_method
 from incremental.task_inference import entropy, test_batches
-from pipeline.config import experiment_schema, load_config
+from pipeline.config import experiment_schema
 
 VARIANTS = ("one_shot", "one_shot_first", "one_shot_fixed_bn", "vertex_min_entropy")
 

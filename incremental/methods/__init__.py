@@ -35,12 +35,12 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from base.config import ConfigError, Section, validate
 from data_prep.tasks import Task
 from incremental import schedule
 from incremental.method_names import available as available  # the registry: the files of this package
 from incremental.method_names import unknown
 from incremental.schedule import TaskSchedule
-from pipeline.config import ConfigError, Section, validate
 
 
 def sgd(groups: list[dict], inc) -> torch.optim.Optimizer:

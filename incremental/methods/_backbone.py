@@ -9,10 +9,10 @@ from pathlib import Path
 
 from torch import nn
 
+from base.layout import PLAIN
 from nws.io import load_metadata, load_tensors
 from nws.models import replace_head
 
-PLAIN = "plain_backbone.safetensors"
 CHECKED_META = ("arch", "stem", "width", "pool_size")
 
 

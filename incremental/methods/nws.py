@@ -30,6 +30,7 @@ from pydantic import Field
 from torch import nn
 
 import nws
+from base.layout import BASE_MODEL, POOLS
 from incremental.methods import Method, MethodOptions
 from incremental.methods import _nws_net as nws_net
 from incremental.methods._backbone import check_pretrain_meta
@@ -38,9 +39,7 @@ from nws.artifact import INDICES, MANIFEST, STATE, ArtifactError, load_task, rea
 from nws.io import load_tensors, save_tensors
 from nws.levers import keep_previous
 
-POOLS = "pools.safetensors"
 BASE_INDICES = "base_indices.bin"
-BASE_MODEL = "base_model"
 REPORTS = "reports"
 
 

@@ -45,6 +45,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from base.config import ConfigError
 from incremental.masks import load_masks, packed_bytes, save_masks
 from incremental.methods import Method, MethodOptions
 from incremental.methods._backbone import check_plain, load_plain
@@ -52,7 +53,6 @@ from incremental.methods._bn_stats import DEFAULT_BATCHES, freeze_batchnorm, rec
 from incremental.methods._masked_net import assemble, masked_params, task_state
 from incremental.stored import StoredTaskError, is_sealed, staged_path
 from nws.io import load_metadata, load_tensors, save_tensors
-from pipeline.config import ConfigError
 
 NETWORK = "network.safetensors"
 OWNERS = "owners.safetensors"

@@ -26,7 +26,8 @@ def submission(tmp, uri: str, parent: str) -> Submission:
 
 def pretrain_job(tmp, digits, out, resources: Resources | None = None):
     """The pretrain template with `python -m pretrain ...` as its command, under a fresh MLflow parent run."""
-    from pipeline.config import experiment_schema, load_config
+    from base.config import load_config
+    from pipeline.config import experiment_schema
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")

@@ -319,8 +319,10 @@ def test_variant_and_replace_reach_every_job_and_another_config_is_refused_at_su
     """Issue 19: the jobs ran `nws pipeline run --only STAGE` without --variant/--replace, so a submission of another
     config than the folder's failed in its jobs; now the options reach every job, the variant's scripts and logs go
     to its folder, and another config is refused at submission (exit 2, nothing queued) naming the key."""
-    from pipeline.config import experiment_schema, load_config
-    from pipeline.layout import Layout, seed_config, write_seed_config
+    from base.config import load_config
+    from base.layout import Layout
+    from pipeline.config import experiment_schema
+    from pipeline.layout import seed_config, write_seed_config
 
     monkeypatch.chdir(tmp_path)
     runs = (tmp_path / "runs").resolve()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from base.config import ConfigError, config_hash, resolved, validate
 from data_prep.cli import main as data_main
 from data_prep.config import DataConfig, TasksConfig
 from data_prep.manifest import load_manifest, read_unit
@@ -19,7 +20,7 @@ from data_prep.sources import open_source
 from data_prep.task_transform import TaskTransform, check_transform, permutation, rotate
 from data_prep.tasks import FAMILY_TASKS_VERSION, Task, check_tasks, load_tasks, save_tasks, split_tasks
 from loaders import make_loader
-from pipeline.config import ConfigError, config_hash, experiment_schema, resolved, validate
+from pipeline.config import experiment_schema
 from pipeline.task_labels import label
 
 FORMATS = ("wds", "ffcv", "memory")

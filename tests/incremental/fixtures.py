@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 import nws
+from base.config import validate
 from data_prep.prepare import prepare
 from loaders import make_loader
-from pipeline.config import experiment_schema, validate
+from pipeline.config import experiment_schema
 from pretrain import outputs
 from tests.conftest import SEED
 

@@ -3,10 +3,11 @@ the task budget (issue 14): epochs or steps, an opt-in min_steps, milestones as 
 
 import pytest
 
+from base.config import ConfigError, config_hash, resolved, validate
 from incremental.config import RESUME_NEUTRAL, IncrementalConfig
 from incremental.loop import run_hash
 from incremental.methods import available, get_method, make_method
-from pipeline.config import ConfigError, config_hash, experiment_schema, resolved, validate
+from pipeline.config import experiment_schema
 from tests.incremental.fixtures import make_config
 
 
@@ -91,7 +92,7 @@ def test_every_method_is_checked_before_the_first_trains(digits, pretrained, tmp
 def test_model_input_size_is_opt_in_and_only_for_fully_connected_networks():
     """`model.input_size` (the first layer of fc1024/lenet300 depends on it) is left out of the resolved config when
     unset, so configs written before it existed keep their hash (computed with the model section of before it)."""
-    from pipeline.config import ModelConfig
+    from base.config import ModelConfig
 
     assert config_hash(resolved(ModelConfig())) == "22f1735dd4619e3b"
     assert config_hash(resolved(ModelConfig(arch="vgg16", width=0.5))) == "223ea49f086e7a77"

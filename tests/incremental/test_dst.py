@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from base.config import ConfigError
 from incremental.loop import run
 from incremental.masks import load_masks, packed_bytes, save_masks
 from incremental.methods._dst_sparse import death_rate, erk_densities, init_masks, prune_magnitude, regrow
@@ -16,7 +17,6 @@ from incremental.methods._masked_net import masked_params
 from incremental.methods.dst import MASK, OWNED, STATE
 from loaders import make_loader
 from nws.io import load_metadata, load_tensors
-from pipeline.config import ConfigError
 from tests.incremental.fixtures import make_config
 from tests.incremental.test_methods import method_for, sample_batch
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import torch
 
+from base.config import validate
 from data_prep.cli import prepare_section
 from incremental.evaluate import accuracy
 from incremental.loop import make_accelerator, run
 from incremental.methods.finetune import NETWORK
 from loaders import make_loader
 from nws.io import load_tensors
-from pipeline.config import experiment_schema, validate
+from pipeline.config import experiment_schema
 from pretrain import outputs
 from tests import margin
 from tests.conftest import SEED

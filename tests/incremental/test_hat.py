@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from base.config import ConfigError, validate
 from incremental.loop import run, task_list
 from incremental.methods import make_method
 from incremental.methods._hat_gates import attach, condition, gates_of, plan
@@ -20,7 +21,7 @@ from incremental.stored import promote, staged_records
 from loaders import make_loader
 from nws import models
 from nws.io import load_tensors
-from pipeline.config import ConfigError, experiment_schema, validate
+from pipeline.config import experiment_schema
 from tests import margin
 from tests.conftest import SEED
 from tests.incremental.bn_check import assert_statistics_match_weights, method_of

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from base.config import ConfigError
 from incremental.loop import run, task_list
 from incremental.masks import load_masks, packed_bytes
 from incremental.methods import make_method
@@ -15,7 +16,6 @@ from incremental.methods._frozen_backbone import STATE, masked_layers, original_
 from incremental.methods.ksm import MASKS, SOFT, KernelMask, KSMOptions
 from nws.artifact import ArtifactError
 from nws.io import load_tensors, save_tensors
-from pipeline.config import ConfigError
 from tests import margin
 from tests.incremental.fixtures import make_config
 from tests.incremental.test_methods import method_for, sample_batch, train_a_little

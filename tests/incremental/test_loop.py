@@ -9,9 +9,9 @@ import torch
 import incremental.evaluate as evaluate_module
 import incremental.methods as methods_module
 import nws
+from base.layout import BASE_MODEL
 from incremental.loop import run
 from incremental.methods.finetune import NETWORK, Finetune
-from incremental.methods.nws import BASE_MODEL
 from nws.artifact import INDICES, ArtifactError
 from nws.io import load_tensors, save_tensors
 from tests import margin
@@ -170,9 +170,9 @@ def test_a_method_at_chance_is_flagged_in_metrics_stderr_and_mlflow(digits, pret
     method and task, and the method's MLflow run gets the tag chance_tasks."""
     from mlflow.tracking import MlflowClient
 
+    from base.tracking import PARENT_ENV, tracking_uri
     from incremental.chance import binomial_p
     from loaders import make_loader
-    from pipeline.tracking import PARENT_ENV, tracking_uri
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv(PARENT_ENV, raising=False)
     real_get = methods_module.get_method
@@ -196,7 +196,7 @@ def test_a_method_at_chance_is_flagged_in_metrics_stderr_and_mlflow(digits, pret
 def test_mlflow_child_run_per_method(digits, pretrained, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
+    from base.tracking import PARENT_ENV, start_run, tracking_uri
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     parent = start_run("t", "pipeline", runs_dir=tmp_path / "runs")
     monkeypatch.setenv(PARENT_ENV, parent.run_id)

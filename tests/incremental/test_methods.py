@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 import nws
+from base.layout import BASE_MODEL
 from incremental.evaluate import accuracy, evaluate_stored
 from incremental.loop import make_accelerator, task_list
 from incremental.methods import make_method
-from incremental.methods.nws import BASE_INDICES, BASE_MODEL
+from incremental.methods.nws import BASE_INDICES
 from incremental.stored import seal_shared, seal_task
 from loaders import make_loader
 from nws.artifact import INDICES, MANIFEST, ArtifactError, read_manifest

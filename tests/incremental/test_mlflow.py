@@ -8,10 +8,10 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from base.provenance import provenance
+from base.tracking import PARENT_ENV, tracking_uri
 from incremental.loop import run
 from nws.io import sha256_file
-from pipeline.provenance import provenance
-from pipeline.tracking import PARENT_ENV, tracking_uri
 from tests.incremental.fixtures import make_config
 
 

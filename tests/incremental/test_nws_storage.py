@@ -7,8 +7,9 @@ import json
 import math
 
 import nws
+from base.layout import BASE_MODEL
 from incremental.loop import run
-from incremental.methods.nws import BASE_INDICES, BASE_MODEL
+from incremental.methods.nws import BASE_INDICES
 from incremental.stored import task_files
 from nws.artifact import INDICES, read_manifest
 from nws.io import load_tensors

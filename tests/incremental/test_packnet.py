@@ -9,12 +9,12 @@ import os
 import pytest
 import torch
 
+from base.config import ConfigError
 from incremental.loop import run
 from incremental.methods._masked_net import masked_params
 from incremental.methods.packnet import NETWORK, OWNERS, STATE, load_owners, save_owners
 from incremental.stored import promote, staged_records
 from nws.io import load_tensors, save_tensors
-from pipeline.config import ConfigError
 from tests import margin
 from tests.incremental.bn_check import accuracy_with_fresh_statistics, assert_statistics_match_weights, method_of
 from tests.incremental.fixtures import make_config

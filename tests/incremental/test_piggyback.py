@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from base.config import ConfigError
 from incremental.loop import run, task_list
 from incremental.masks import load_masks, packed_bytes
 from incremental.methods import make_method
@@ -14,7 +15,6 @@ from incremental.methods._frozen_backbone import STATE, masked_layers, original_
 from incremental.methods.piggyback import MASKS, ElementMask
 from nws.artifact import ArtifactError
 from nws.io import load_metadata, load_tensors
-from pipeline.config import ConfigError
 from tests import margin
 from tests.incremental.bn_check import assert_statistics_match_weights, method_of
 from tests.incremental.fixtures import make_config
@@ -241,7 +241,8 @@ def test_the_fully_connected_network_is_masked(digits, lenet_pretrained, tmp_pat
     """LeNet-300-100 has no convolution: every Linear but the head carries a mask (the official ElementWiseLinear;
     before, nothing was masked and the run crashed in task_report on zero masked weights), the rebuilt model gives
     the trained logits exactly, and two tasks learn over the frozen network."""
-    from pipeline.config import experiment_schema, validate
+    from base.config import validate
+    from pipeline.config import experiment_schema
     from tests.conftest import SEED
     from tests.incremental.fixtures import DATA, LENET
 

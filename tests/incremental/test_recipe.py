@@ -6,8 +6,8 @@ refused under "paper"; an untouched config hashes as before the switch existed."
 import pytest
 import torch
 
+from base.config import ConfigError, config_hash, resolved
 from incremental.loop import run, run_hash
-from pipeline.config import ConfigError, config_hash, resolved
 from tests.incremental.fixtures import make_config
 from tests.incremental.test_methods import method_for
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from base.config import load_config
 from data_prep.prepare import prepare
 from data_prep.sources.common import SubsetLoader
 from data_prep.sources.digits import open_digits
@@ -17,7 +18,7 @@ from incremental.methods import make_method
 from incremental.methods.finetune import Finetune
 from incremental.schedule import resolve, steps_per_epoch
 from loaders import make_loader
-from pipeline.config import experiment_schema, load_config
+from pipeline.config import experiment_schema
 from tests import margin
 from tests.incremental.fixtures import make_config
 

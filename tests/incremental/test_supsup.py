@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from base.config import ConfigError
 from incremental.loop import run
 from incremental.masks import load_masks, packed_bytes
 from incremental.methods.supsup import (
@@ -28,7 +29,6 @@ from incremental.methods.supsup import (
 )
 from nws.artifact import ArtifactError
 from nws.io import load_tensors
-from pipeline.config import ConfigError
 from tests import margin
 from tests.incremental.fixtures import make_config
 from tests.incremental.test_methods import method_for, sample_batch, train_a_little

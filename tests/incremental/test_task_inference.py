@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 
+from base.layout import TASK_INFERENCE
 from incremental.cli import main
 from incremental.loop import run
 from incremental.methods import make_method
-from incremental.task_inference import OUT, batch_stat_outputs, entropy, evaluate, min_entropy, one_shot_gradient
+from incremental.task_inference import batch_stat_outputs, entropy, evaluate, min_entropy, one_shot_gradient
 from nws.artifact import ArtifactError
 from tests import margin
 from tests.incremental.fixtures import DATA, MODEL, make_config
@@ -59,7 +60,7 @@ def test_evaluation_from_a_finished_run(digits, pretrained, tmp_path, name):
     doc = run(cfg, digits, pretrained, tmp_path / "out", methods=[name])[name]
     method = make_method(name, cfg, digits, pretrained, tmp_path / "out" / name, _tasks(digits))
     result = evaluate(method, batch_size=16)
-    assert json.loads((tmp_path / "out" / name / OUT).read_text()) == json.loads(json.dumps(result))
+    assert json.loads((tmp_path / "out" / name / TASK_INFERENCE).read_text()) == json.loads(json.dumps(result))
     rules = ["one_shot_gradient"] * (name == "supsup") + ["min_entropy", "min_entropy_batch_bn"]
     assert list(result["rules"]) == rules and result["batch_size"] == 16
     final_row = doc["acc_matrix"][-1]
@@ -100,7 +101,7 @@ def test_cli_task_inference_on_a_run_and_again_on_the_finished_run(digits, pretr
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "finetune task inference (min_entropy, batch 32): inference accuracy" in out
-    path = tmp_path / "out" / "finetune" / OUT
+    path = tmp_path / "out" / "finetune" / TASK_INFERENCE
     first = json.loads(path.read_text())
     path.unlink()
     assert main(args + ["--task-inference-samples", "1"]) == 0  # nothing left to train: inference only

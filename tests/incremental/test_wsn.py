@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from base.config import ConfigError
 from incremental import coded
 from incremental.loop import run
 from incremental.masks import save_masks
@@ -17,7 +18,6 @@ from incremental.methods.wsn import NETWORK, STATE, Subnet, subnet, subnet_layer
 from incremental.stored import promote, staged_records
 from nws.artifact import ArtifactError
 from nws.io import load_tensors
-from pipeline.config import ConfigError
 from tests import margin
 from tests.incremental.bn_check import assert_statistics_match_weights, method_of
 from tests.incremental.fixtures import make_config
@@ -238,12 +238,13 @@ def test_metrics_json_holds_the_reports(digits, pretrained, tmp_path):
 def test_the_fully_connected_networks(digits, tmp_path, arch):
     """The bias-free MLPs without BatchNorm (nws/models/mlp.py) from a random plain backbone: both hidden layers
     masked, the head per task, no forgetting, well above chance (measured 0.99 and 0.98)."""
-    import pipeline.config as pc
+    from base.config import validate
+    from pipeline.config import experiment_schema
     from pretrain import outputs
     from tests.conftest import SEED
     from tests.incremental.fixtures import DATA
 
-    cfg = pc.validate(pc.experiment_schema(), {
+    cfg = validate(experiment_schema(), {
         "name": "t", "seeds": [SEED], "data": DATA, "model": {"arch": arch, "input_size": 8, "width": 0.25},
         "incremental": {"epochs": 2, "batch_size": 32, "milestones": [1], "track": False, "augment": False,
                         "num_tasks": 2, "max_steps_per_epoch": 8}})

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from base.config import resolved
 from incremental.loop import run
-from pipeline.config import resolved
 from tests.incremental.fixtures import make_config, make_pretrain, prepare_digits
 
 
@@ -38,8 +38,9 @@ def make_reusable(runs: Path, name: str, *overrides: str) -> Path:
     puts them, <runs>/<name>/seed0/pretrain: make_pretrain's pools, base model and plain backbone, with the resolved
     config (config.json) that pretrain/run.py writes first, and pretrain.json and the `complete` mark it writes
     last (from per-kind summaries that say where they come from)."""
+    from base.config import load_config
     from nws.io import atomic_write_json
-    from pipeline.config import experiment_schema, load_config
+    from pipeline.config import experiment_schema
     from pretrain import outputs
 
     cfg = load_config(experiment_schema(), DEMO, [f"name={name}", *NARROW, *overrides])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from base.tracking import start_run
 from nws.disk import DiskFull
 from pipeline.cli import main as nws
-from pipeline.tracking import start_run
 from tests.small_disk import small_disk
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"

@@ -1,4 +1,4 @@
-"""pipeline.provenance: the tags every run gets; in this checkout the commit and dirty flag git reports, outside a
+"""base.provenance: the tags every run gets; in this checkout the commit and dirty flag git reports, outside a
 git checkout none of them and no error; and start_run tags new and resumed runs with them."""
 
 import shlex
@@ -8,8 +8,8 @@ from importlib import metadata
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.provenance import SOURCE, provenance
-from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
+from base.provenance import SOURCE, provenance
+from base.tracking import PARENT_ENV, start_run, tracking_uri
 
 
 def git(*args: str) -> str:

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 import incremental.methods as methods_module
+from base.config import resolved
 from data_prep.sources import open_source
 from data_prep.tasks import load_tasks, split_tasks
 from incremental.chance import LEGEND, NO_SIZES, binomial_p
@@ -21,7 +22,6 @@ from incremental.stored import task_files
 from nws.memory import MIB
 from pipeline import headline
 from pipeline.cli import main as nws_main
-from pipeline.config import resolved
 from pipeline.report import make_report
 from pipeline.task_labels import label, task_labels
 from tests import margin
@@ -316,7 +316,7 @@ def test_a_metrics_json_from_before_coded_memory_is_reported_with_a_dash(experim
 def test_report_is_logged_to_an_mlflow_run(experiment, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
+    from base.tracking import PARENT_ENV, start_run, tracking_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv(PARENT_ENV, raising=False)  # the run id comes from pipeline.json
     parent = start_run("t", "pipeline")
@@ -408,8 +408,9 @@ def test_a_standalone_incremental_run_is_one_run_of_the_given_config(experiment,
 def test_task_inference_results_are_reported(experiment, tmp_path):
     """Task inference run on the stored NWS tasks of each seed (task_inference.json beside metrics.json) shows up
     in results.json, aggregated over the seeds, and as its own table."""
+    from base.config import validate
     from incremental.task_inference import evaluate_run
-    from pipeline.config import experiment_schema, validate
+    from pipeline.config import experiment_schema
 
     root = experiment.parent.parent
     found = []
@@ -451,7 +452,7 @@ def chance_experiment(experiment, tmp_path_factory):
 def test_a_method_at_chance_is_flagged_in_the_report(chance_experiment, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
+    from base.tracking import PARENT_ENV, start_run, tracking_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv(PARENT_ENV, raising=False)
     parent = start_run("t", "pipeline")

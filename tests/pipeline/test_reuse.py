@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 import nws
+from base.layout import PLAIN, POOLS
 from nws.io import load_metadata, read_json
 from pipeline.run_cli import main as cli_main
 from pipeline.runner import run_pipeline
@@ -47,9 +48,9 @@ def test_a_relative_reuse_is_read_from_the_runs_folder_echoed_and_searched(pools
     assert (f"[pipeline] note: pretrain.reuse: {folder} was pretrained on 32x32 images, this experiment uses 16x16 "
             "images (data.image_size): allowed") in out
     user = runs / "user" / "seed0"
-    assert not (user / "pretrain" / outputs.POOLS).exists()  # reused, not trained
+    assert not (user / "pretrain" / POOLS).exists()  # reused, not trained
     nws_run = user / "incremental" / "nws"
-    assert (nws_run / outputs.POOLS).read_bytes() == (folder / outputs.POOLS).read_bytes()
+    assert (nws_run / POOLS).read_bytes() == (folder / POOLS).read_bytes()
     assert read_json(nws_run / "metrics.json")["tasks"] == ["task00"]
     assert list(tmp_path.iterdir()) == []  # nothing was looked for or written in the working directory
 
@@ -94,7 +95,7 @@ def test_a_backbone_of_other_input_channels_is_refused(pools, capfd):
     grey = runs / "grey" / "seed0" / "pretrain"
     shutil.copytree(folder, grey)
     net = nws.models.resnet18(num_classes=10, width=0.125, stem="nws", in_channels=1)
-    outputs.write_plain(grey, net, load_metadata(folder / outputs.PLAIN))
+    outputs.write_plain(grey, net, load_metadata(folder / PLAIN))
     rc = cli_main(["run", "-c", str(DEMO), "--runs-dir", str(runs), "name=other", f"pretrain.reuse={grey}", *NARROW])
     assert rc == 2
     assert (f"pretrain.reuse: {grey} holds pretrain outputs of another network: input channels: 1 there "

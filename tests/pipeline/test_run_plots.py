@@ -7,8 +7,8 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from base.tracking import PARENT_ENV, start_run, tracking_uri
 from pipeline.report import make_report
-from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
 from tests.pipeline.fixtures import make_experiment
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -9,8 +9,8 @@ import os
 import pytest
 import yaml
 
+from base.config import ConfigError
 from nws.io import read_json
-from pipeline.config import ConfigError
 from pipeline.run_cli import main as cli_main
 from pipeline.runner import run_pipeline
 
@@ -139,9 +139,10 @@ def test_stored_files_changed_after_the_run_are_noticed(pipeline_run, capfd):
     shard.rename(moved)
     try:
         cfg = yaml.safe_load(config.read_text())
+        from base.layout import Layout
         from pipeline.config import experiment_schema
 
-        stage = S.data_stage(experiment_schema().model_validate(cfg), S.Layout(runs, "tiny"), False, None)
+        stage = S.data_stage(experiment_schema().model_validate(cfg), Layout(runs, "tiny"), False, None)
         assert not up_to_date(stage)
         assert f"data: changed since it finished: {shard}: missing" in capfd.readouterr().out
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 WRITER = """
 import sys
-from pipeline.tracking import start_run
+from base.tracking import start_run
 with start_run("together", f"writer{sys.argv[2]}", runs_dir=sys.argv[1], tags={"writer": sys.argv[2]}) as run:
     for step in range(40):
         run.log_metrics({"loss": 1.0 / (step + 1), "step_seen": step}, step=step)

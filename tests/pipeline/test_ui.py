@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from base.tracking import PARENT_ENV, start_run, tracking_uri
 from pipeline.report import make_report
-from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
 from pipeline.ui import HOST, experiment_url, server_command
 from tests.conftest import THREADS
 from tests.pipeline.fixtures import make_experiment

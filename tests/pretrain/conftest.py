@@ -34,7 +34,8 @@ def digits(tmp_path_factory) -> Path:
 
 
 def experiment(*overrides: str):
-    from pipeline.config import experiment_schema, load_config
+    from base.config import load_config
+    from pipeline.config import experiment_schema
 
     return load_config(experiment_schema(), DEMO, [*TINY, *overrides])
 
@@ -63,7 +64,7 @@ def one_rank():
 
 
 def make_job(cfg, data: Path, out: Path):
-    from pipeline.config import config_hash, resolved
+    from base.config import config_hash, resolved
     from pretrain.data import num_classes
     from pretrain.loop import Job
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from pipeline.config import ConfigError, experiment_schema, load_config, validate
+from base.config import ConfigError, load_config, validate
+from pipeline.config import experiment_schema
 from pretrain.config import PretrainConfig
 from pretrain.engine import batch_plan, ds_config, lr_at
 from tests.pretrain.conftest import DEMO, ROOT

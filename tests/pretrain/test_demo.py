@@ -6,8 +6,9 @@ least half of its pool; the plain backbone of the same run is trained and measur
 import pytest
 
 import nws
+from base.config import load_config
 from nws.io import read_json
-from pipeline.config import experiment_schema, load_config
+from pipeline.config import experiment_schema
 from pretrain.engine import precision_of
 from tests import margin
 from tests.conftest import SEED

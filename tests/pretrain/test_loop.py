@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import nws
+from base.tracking import NullRun
 from base.training import NonFiniteLoss
 from nws.search import nearest
-from pipeline.tracking import NullRun
 from pretrain.loop import Trainer, build_model
 from tests import margin
 from tests.pretrain.conftest import experiment, make_job

@@ -1,8 +1,8 @@
-"""pipeline.tracking: runs in a temporary SQLite store, child runs, rank-0-only logging, resumed runs."""
+"""base.tracking: runs in a temporary SQLite store, child runs, rank-0-only logging, resumed runs."""
 
 import pytest
 
-from pipeline.tracking import PARENT_ENV, NullRun, flatten, start_run, tracking_uri
+from base.tracking import PARENT_ENV, NullRun, flatten, start_run, tracking_uri
 
 
 @pytest.fixture
