@@ -1,0 +1,137 @@
+"""The search cache on a moving pool (issue 20): exact at every step of pool distillation, restarts included, while
+searching only the rows a move can affect; pools bit-identical with the cache on and off."""
+
+import math
+
+import torch
+from torch import nn
+
+import nws
+from nws.cache import SearchCache
+
+
+def brute(flat, pool):
+    return torch.cdist(flat.float(), pool.float(), compute_mode="donot_use_mm_for_euclid_dist").argmin(1)
+
+
+def _distill(steps, enabled, check=False, seed=0):
+    """A short pool distillation of a two-conv net: SGD on W, EMA on the pools, dead-kernel restarts every 3 steps
+    (a usage of 1.05 restarts kernels that keep only their own sampled kernel). Per step and layer: rows searched."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(8, 16, 3, bias=False), nn.ReLU(), nn.Conv2d(16, 32, 3, bias=False))
+    snet = nws.convert(net, pool_size=32, seed=seed, pool_init="sample")
+    distiller = nws.PoolDistiller(snet, restart_every=3, dead_usage=1.05, seed=seed)
+    layers = dict(nws.nws_layers(snet))
+    for layer in layers.values():
+        layer.search_cache.enabled = enabled
+    opt = torch.optim.SGD(snet.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    searched = []
+    for step in range(steps):
+        loss = snet(torch.randn(4, 8, 7, 7, generator=g)).square().mean() + nws.search_loss(snet)
+        for name, layer in layers.items():
+            if check:
+                assert torch.equal(layer.indices, brute(layer.flat_weight().detach(), layer.pool)), (step, name)
+        searched.append({name: layer.search_cache.last_searched for name, layer in layers.items()})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        distiller.step()
+    return snet, distiller, searched
+
+
+def test_every_step_of_distillation_equals_the_full_search_and_most_rows_are_skipped():
+    snet, distiller, searched = _distill(30, enabled=True, check=True)
+    assert sum(distiller.restarts.values()) > 0  # restarts moved pool kernels (jumps) during the run
+    rows = {name: layer.num_groups for name, layer in nws.nws_layers(snet)}
+    for name, n in rows.items():  # the cache worked on most steps of every layer (a full search rebases it)
+        skipped = [step[name] < n for step in searched[1:]]
+        assert sum(skipped) >= 2 / 3 * len(skipped), (name, searched)
+    total = sum(sum(step.values()) for step in searched[1:])
+    assert total < 0.6 * sum(rows.values()) * (len(searched) - 1)  # ... and skipped the search of most rows
+
+
+def test_pools_and_indices_are_bit_identical_with_the_cache_on_and_off():
+    on, dist_on, _ = _distill(20, enabled=True)
+    off, dist_off, searched = _distill(20, enabled=False)
+    assert all(n == layer.num_groups for step in searched for (name, layer), n in
+               zip(nws.nws_layers(off), step.values(), strict=True))  # off: the full search every step
+    assert dist_on.restarts == dist_off.restarts and sum(dist_on.restarts.values()) > 0
+    for key, value in on.state_dict().items():
+        assert torch.equal(value, off.state_dict()[key]), key  # pools, indices and weights
+
+
+def test_distill_mode_looks_up_the_moved_pool_when_no_index_changed():
+    """The cache keeps the indices (the very same tensor) while the pool moved: K must still be the new pool rows."""
+    snet = nws.set_mode(nws.convert(nn.Sequential(nn.Conv2d(4, 8, 3, bias=False)), pool_size=16, seed=0,
+                                    pool_init="sample"), "distill")
+    layer = snet[0]
+    layer.effective_weight()
+    with torch.no_grad():
+        layer.pool.mul_(1 + 1e-6)
+    w = layer.effective_weight()
+    assert layer.search_cache.last_searched == 0
+    assert torch.equal(w.detach(), layer.pool[layer.indices].reshape(w.shape))
+
+
+def _drifting(seed, n=64, d=9, rows=2000):
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.randn(n, d, generator=g)
+    w = pool[torch.randint(0, n, (rows,), generator=g)] + 0.3 * torch.randn(rows, d, generator=g)
+    return g, pool, w
+
+
+def test_a_kernel_that_jumps_onto_a_row_takes_it_and_leaves_far_rows_alone():
+    g, pool, w = _drifting(1)
+    cache = SearchCache()
+    cache(w, pool)
+    for step, row in enumerate((7, 100, 1500)):
+        pool = pool + 1e-4 * torch.randn(pool.shape, generator=g)  # every kernel drifts a little (EMA-like)
+        j = (int(cache.indices[row]) + 1 + step) % pool.shape[0]
+        pool[j] = w[row]  # a restart onto this row's temporary kernel
+        idx = cache(w, pool)
+        assert torch.equal(idx, brute(w, pool)) and idx[row] == j
+        # the rows that lost kernel j or are now closer to it, plus near-ties: a small share of the 2000 rows
+        assert cache.last_searched < w.shape[0] // 5, (step, cache.last_searched)
+
+
+def test_one_jumped_kernel_does_not_invalidate_rows_far_from_it():
+    g, pool, w = _drifting(2)
+    cache = SearchCache()
+    cache(w, pool)
+    pool = pool.clone()
+    pool[5] = 50.0  # far from every row: nothing can change, and only near-ties of the old kernel 5 are searched
+    assert torch.equal(cache(w, pool), brute(w, pool))
+    lost = int((brute(w, pool) != cache.indices).sum())
+    assert cache.last_searched < 0.2 * w.shape[0] and lost <= cache.last_searched
+
+
+def test_duplicated_pool_kernels_tie_to_the_lowest_index_while_the_pool_moves():
+    g, pool, w = _drifting(3, n=40)
+    pool = torch.cat([pool, pool[::4]])  # later duplicates: ties to the earlier copy
+    w[:300] = pool[torch.randint(0, pool.shape[0], (300,), generator=g)]  # rows exactly on kernels
+    cache = SearchCache()
+    for step in range(12):
+        assert torch.equal(cache(w, pool), brute(w, pool)), step
+        shift = 1e-4 * torch.randn(pool.shape[1], generator=g)
+        pool = pool + shift  # the duplicates move together and stay duplicates
+        if step == 6:
+            pool[3] = pool[41]  # a jump that makes a new duplicate pair (3 < 41)
+        w = w + 1e-5 * torch.randn(w.shape, generator=g)
+    assert cache.last_searched < w.shape[0]
+
+
+def test_non_finite_rows_and_kernels_are_searched_again():
+    g, pool, w = _drifting(4)
+    cache = SearchCache()
+    cache(w, pool)
+    w = w.clone()
+    w[10], w[11, 3], w[12, 0] = math.nan, math.inf, -math.inf
+    pool = pool + 1e-4 * torch.randn(pool.shape, generator=g)
+    assert torch.equal(cache(w, pool), brute(w, pool)) and cache.last_searched >= 3
+    pool = pool + 1e-4 * torch.randn(pool.shape, generator=g)
+    assert torch.equal(cache(w, pool), brute(w, pool)) and cache.last_searched >= 3  # still non-finite: again
+    pool[9, 2] = math.nan
+    assert torch.equal(cache(w, pool), brute(w, pool))
+    pool[9] = torch.randn(pool.shape[1], generator=g)  # back to finite
+    assert torch.equal(cache(w, pool), brute(w, pool))
