@@ -3,20 +3,22 @@ compared, for a fixed pool (issue 2) and for a moving one (issue 20: pool distil
 
 Fixed pool: a row that moved less than its margin ≈ (d2 - d1)/2 keeps its index (triangle inequality; the margin
 and `_limit` carry the rounding bounds of `nws.search`). Moving pool: the test of `nws.drift` — the row's current
-distance to its own kernel against its budget l2 - max ε(ref→t), less its own move δ and max ε(ref→now), plus a
-direct comparison with the kernels that jumped. Either way the result is `nearest(flat, pool)`, ties included:
-a row whose certificate is not strict is searched again.
+distance to its own kernel against its budget d2 less its own move δ and the largest move of a pool kernel since
+the row was compared, plus a direct comparison with the kernels that jumped. Either way the result is
+`nearest(flat, pool)`, ties included: a row whose certificate is not strict is searched again.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from nws.drift import PoolDrift, down, norm_hi
 from nws.search import TINY, _Bounds, _check, _fp32_exact, _gamma, _margin, _search, nearest
 
-REBASE = 0.5  # a call that would search more than this share of the rows searches all of them and rebases P_ref
-MAX_JUMPED = 8  # or more jumped kernels than this (and n/8) since P_ref: the same
+REBASE = 0.5  # a call that would search more than this share of the rows searches all (and forgets old pools)
+MAX_JUMPED = 8  # more jumped kernels than this (and n/8): the same
 
 
 class SearchCache:
@@ -37,7 +39,8 @@ class SearchCache:
         self.anchor: torch.Tensor | None = None  # the rows as they were last compared with the pool
         self.indices: torch.Tensor | None = None
         self.limit: torch.Tensor | None = None  # fixed pool: a computed ||w - anchor||² below this keeps the index
-        self.budget: torch.Tensor | None = None  # moving pool: l2 - max ε(ref→t) per row (float64, nws.drift)
+        self.budget: torch.Tensor | None = None  # per row, float64: lower bound on ||anchor - p_k||, k != index
+        self.when: torch.Tensor | None = None  # per row: the stamp of the pool it was compared with (nws.drift)
         self.drift: PoolDrift | None = None
         self._work: torch.Tensor | None = None
 
@@ -55,10 +58,11 @@ class SearchCache:
             return nearest(x, p, self.chunk)
         if not self._valid_for(x, p):
             return self._full(x, p)
-        if self.drift.static(p):
-            eps, rows = None, self._moved_rows(x)
+        static = self.drift.static(p)
+        if static:
+            rows = self._moved_rows(x)
         else:
-            eps, keep = self._drift_keep(x, p)
+            keep = self._drift_keep(x, p)
             rows = None if keep is None else (~keep).nonzero().squeeze(1)
             if rows is None or rows.numel() > REBASE * x.shape[0]:
                 return self._full(x, p)
@@ -70,17 +74,19 @@ class SearchCache:
         self.indices = self.indices.clone()
         self.indices[rows] = ridx
         self.anchor[rows] = xr
-        self.budget[rows] = _budget(d2_lo, eps)
-        if eps is None:  # the fixed-pool limits are kept only while the pool has not moved since P_ref
+        self.budget[rows] = _budget(d2_lo)
+        self.when[rows] = self.drift.latest
+        if static:  # the fixed-pool limits are kept only while the pool has not moved since the full search
             self.limit[rows] = _limit(_margin(x.shape[1], p.shape[0], d1_hi, d2_lo), x.shape[1])
         return self.indices
 
     def _full(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """Search every row and make this pool the reference P_ref."""
+        """Search every row and start the pool history afresh."""
         idx, d1_hi, d2_lo = _search(x, p, self.chunk, want_bounds=True)
         self.anchor, self.indices, self.drift = x.clone(), idx, PoolDrift(p)
         self.limit = _limit(_margin(x.shape[1], p.shape[0], d1_hi, d2_lo), x.shape[1])
-        self.budget = _budget(d2_lo, None)
+        self.budget = _budget(d2_lo)
+        self.when = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         self._work = torch.empty_like(self.anchor)
         self.last_searched = x.shape[0]
         return idx
@@ -92,12 +98,16 @@ class SearchCache:
             moved = torch.mv(self._work.square_(), torch.ones(x.shape[1], device=x.device))
         return (~(moved < self.limit)).nonzero().squeeze(1)  # NaN moves are searched again
 
-    def _drift_keep(self, x: torch.Tensor, p: torch.Tensor):
-        """Moving pool: (max ε(ref→now), the rows certified to keep their index, or None: rebase). For every
-        k != i outside J, ||x - p_k|| >= budget - δ - max ε(ref→now); for k in J, and for i, it is computed."""
-        eps = self.drift.update(p)
+    def _drift_keep(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor | None:
+        """Moving pool: the rows certified to keep their index, or None (search all). For a row compared with
+        pool t, every k != i outside the jumped set has ||x - p_k|| >= budget - δ - max ε(t→now); the jumped
+        kernels and i are compared directly."""
+        gone = self.drift.push(p)
+        if gone >= 0:  # rows compared with a pool that left the history
+            self.budget.masked_fill_(self.when == gone, -math.inf)
+        eps = self.drift.update(p, self.when)
         if int(self.drift.jumped.sum()) > max(MAX_JUMPED, p.shape[0] // 8):  # direct comparisons cost too much
-            return eps, None
+            return None
         bounds = _Bounds(x.shape[1])
         r1 = norm_hi(x, p[self.indices])
         r2 = down(down(self.budget - norm_hi(x, self.anchor)) - eps)
@@ -106,13 +116,17 @@ class SearchCache:
             rows = keep.nonzero().squeeze(1)
             near = self.drift.nearest_jumped_lo(x[rows], p, self.indices[rows])
             keep[rows] = bounds.ordered(r1[rows], near)
-        return eps, keep
+            r2[rows] = torch.minimum(r2[rows], near)
+        # a kept row whose pool leaves the history at the next move is compared anew with this one, for free:
+        # r2 bounds its distance to every other kernel of this pool
+        old = (keep & self.drift.leaving_next(self.when)).nonzero().squeeze(1)
+        self.anchor[old], self.budget[old], self.when[old] = x[old], r2[old], self.drift.latest
+        return keep
 
 
-def _budget(d2_lo: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
-    """l2 - max ε(ref→t): the lower bound on the distance to every other kernel, less the pool's drift so far."""
-    l2 = down(d2_lo.sqrt())
-    return l2 if eps is None else down(l2 - eps)
+def _budget(d2_lo: torch.Tensor) -> torch.Tensor:
+    """A lower bound on the distance from a row to every pool kernel but its nearest, when it was compared."""
+    return down(d2_lo.sqrt())
 
 
 def _limit(margin: torch.Tensor, d: int) -> torch.Tensor:
