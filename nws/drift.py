@@ -1,5 +1,5 @@
 """How far pool kernels and temporary kernels moved, as rigorous float64 bounds (issue 20): the geometry that lets
-`nws.search.SearchCache` keep indices while the pool itself moves, as in pool distillation (Eq. 4, EMA decay 0.99).
+`nws.cache.SearchCache` keep indices while the pool itself moves, as in pool distillation (Eq. 4, EMA decay 0.99).
 
 A row w compared at time t with pool P_t has nearest kernel i and a lower bound l2 on ||w - P_t[k]|| for every
 k != i (its budget). If since then w moved by δ and kernel k by ε_k(t→now), the triangle inequality gives
@@ -15,7 +15,7 @@ jumped kernels, and a restart only invalidates the rows it can take.
 Rounding. Every distance here is computed in float64 from fp32 inputs: the difference of two fp32 numbers is zero
 or at least 2**-149 in magnitude and rounds with relative error u = 2**-53 (exact in most cases), so no square
 underflows, and the sum of d squares and its sqrt are within (d + 3)·u of the true norm for any summation order
-(Higham §3.1). `REL` doubles that and more; `down`/`up` step one float64 past each correctly rounded result.
+(Higham §3.1). `rel` more than doubles that; `down`/`up` step one float64 past each correctly rounded result.
 """
 
 from __future__ import annotations

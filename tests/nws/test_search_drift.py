@@ -180,3 +180,10 @@ def test_a_row_recompared_with_a_newer_pool_remembers_a_jumped_kernel_near_it(mo
     pool = drift(pool, 0.1 * d1[r])
     pool[j] = w[r] + 0.8 * d1[r] * u  # a move of 0.5·d1 < 8 × the median move of 0.1·d1: not a jump
     assert torch.equal(cache(w, pool), brute(w, pool)) and cache.indices[r] == j
+
+
+def test_bench_pool_moves_quick_runs():
+    from bench import search as bench_search
+
+    table = bench_search.main(["--pool-moves", "--quick", "--threads", "1"])
+    assert "full search" in table and "drift-aware cached search" in table
