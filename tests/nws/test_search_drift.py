@@ -187,3 +187,24 @@ def test_bench_pool_moves_quick_runs():
 
     table = bench_search.main(["--pool-moves", "--quick", "--threads", "1"])
     assert "full search" in table and "drift-aware cached search" in table
+
+
+@pytest.mark.parametrize("d", [1, 2, 9, 49])
+def test_random_walks_of_rows_and_pool_equal_the_full_search(d):
+    """Scalar kernels, one- and two-kernel pools, rows on kernels, drifts of three sizes, jumps onto rows, new
+    duplicates, an empty layer."""
+    for n in (1, 2, 7, 64):
+        g = torch.Generator().manual_seed(d * 100 + n)
+        pool = torch.randn(n, d, generator=g)
+        w = torch.randn(300, d, generator=g) * 0.8
+        w[:50] = pool[torch.randint(0, n, (50,), generator=g)]
+        cache, empty = SearchCache(), SearchCache()
+        for step in range(20):
+            assert torch.equal(cache(w, pool), brute(w, pool)), (n, step)
+            assert empty(w[:0], pool).numel() == 0
+            pool = pool + [1e-4, 1e-3, 1e-2][step % 3] * torch.randn(pool.shape, generator=g)
+            w = w + 1e-3 * torch.randn(w.shape, generator=g)
+            if step % 5 == 4:
+                pool[int(torch.randint(0, n, (1,), generator=g))] = w[int(torch.randint(0, 300, (1,), generator=g))]
+            if step % 7 == 6 and n > 2:
+                pool[1] = pool[0]
