@@ -7,10 +7,10 @@ k != i (its budget). If since then w moved by δ and kernel k by ε_k(t→now), 
 directly (it is at most d1 + δ + ε_i: the test is at least as strong as 2δ + ε_i + ε_max < d2 - d1). Pools are
 small (n × d) next to the rows, so the cache keeps the last HISTORY pools it saw and every row measures the drift
 from its own pool: no drift is counted twice, as it would be through one shared reference
-(ε(t→now) <= ε(ref→t) + ε(ref→now)), which halves the rows searched in a distillation run (tests/nws/
-test_search_drift.py). Kernels that jumped (dead-kernel restarts, any move far beyond the typical one) would spoil
-that max for every row, so they are left out of it and compared with each row directly: N × r distances for r
-jumped kernels, and a restart only invalidates the rows it can take.
+(ε(t→now) <= ε(ref→t) + ε(ref→now)): that cut the rows searched in the distillation run of tests/nws/
+test_search_drift.py from 41% to 24% a step. Kernels that jumped (dead-kernel restarts, any move far beyond the
+typical one) would spoil that max for every row, so they are left out of it and compared with each row directly:
+N × r distances for r jumped kernels, and a restart only invalidates the rows it can take.
 
 Rounding. Every distance here is computed in float64 from fp32 inputs: the difference of two fp32 numbers is zero
 or at least 2**-149 in magnitude and rounds with relative error u = 2**-53 (exact in most cases), so no square
