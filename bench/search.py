@@ -11,7 +11,13 @@ all of them alike), medians reported:
     notes/algorithms.md §1.1) and the training step that uses it;
 (d) the cached search on a realistic second step: after one SGD step (lr 0.01) of the temporary kernels.
 
+With `--pool-moves` it times instead a distillation-like loop (issue 20): every step the temporary kernels take a
+small step and every pool follows its assigned kernels by the EMA of Eq. 4 (decay 0.99, dead kernels restarted on
+temporary kernels every few steps, as nws.distill does), and each step's search runs both in full and through the
+drift-aware `SearchCache`, interleaved, their indices checked equal.
+
     python -m bench.search [--quick] [--repeats 5] [--threads N] [--clock wall|cpu] [--device cpu|cuda] [--write]
+    python -m bench.search --pool-moves [--steps 30] [--quick] [--repeats 3] [--threads N] [--clock wall|cpu]
 
 `--clock cpu` times with the process's CPU time instead of the wall clock: with `--threads 1` on a machine
 shared with other jobs, that is the work done, free of the time spent waiting for a core. `--device cuda` runs every
@@ -35,6 +41,7 @@ from bench.common import cpu_name, write_section
 from nws.search import SearchCache, nearest
 
 SECTION = "## Search (bench/search.py)"
+POOL_MOVES_SECTION = "## Search with moving pools (bench/search.py --pool-moves)"
 CPU = torch.device("cpu")
 BETA = 0.5  # Eq. 2 weight of the Split-CIFAR-100 config (notes §1.4)
 LR = 0.01
@@ -109,8 +116,7 @@ def cached_search(layers, moved, clock=time.perf_counter):
     def run():
         searched.clear()
         for cache, new, (_, pool) in zip(primed, moved, layers, strict=True):
-            fresh = copy.copy(cache)  # each repeat starts from the primed anchors (copied outside the clock)
-            fresh.anchor, fresh.limit = cache.anchor.clone(), cache.limit.clone()
+            fresh = copy.deepcopy(cache)  # each repeat starts from the primed cache (copied outside the clock)
             t = clock()
             idx = fresh(new, pool)
             run.elapsed += clock() - t
@@ -210,6 +216,81 @@ def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=
     return head + "\n\n" + "\n".join(rows)
 
 
+def ema_pools(layers, steps: int, seed: int, restart_every: int = 5, dead_usage: float = 0.5, decay: float = 0.99,
+              lr: float = 0.01):
+    """A distillation-like trajectory: per step, per layer, a callable gets (flat W, pool) and returns the indices,
+    then W takes a small random step (lr × its scale) and the pool moves by Eq. 4's EMA (as nws.distill, with its
+    restarts of the kernels whose EMA usage fell under dead_usage onto random temporary kernels)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def run(search):
+        state = [(flat.clone(), pool.clone(), torch.ones(pool.shape[0], device=pool.device), pool.clone())
+                 for flat, pool in layers]
+        for step in range(1, steps + 1):
+            for i, (flat, pool, size, embed) in enumerate(state):
+                idx = search(i, flat, pool)
+                size.mul_(decay).add_(torch.bincount(idx, minlength=pool.shape[0]), alpha=1 - decay)
+                embed.mul_(decay).index_add_(0, idx, flat, alpha=1 - decay)
+                total = size.sum()
+                pool.copy_(embed / ((size + 1e-5) / (total + size.numel() * 1e-5) * total).unsqueeze(1))
+                if step % restart_every == 0:
+                    dead = (size < dead_usage).nonzero().squeeze(1)
+                    picks = torch.randint(flat.shape[0], (dead.numel(),), generator=g).to(flat.device)
+                    pool[dead], embed[dead], size[dead] = flat[picks], flat[picks], 1.0
+                noise = torch.randn(flat.shape, generator=g).to(flat.device)
+                flat.add_(noise, alpha=lr * float(flat.std()))
+
+    return run
+
+
+def one_pool_moves_run(layers, steps: int, clock):
+    """One run of `ema_pools` from fresh caches: the time spent in each search and the rows the cache searched."""
+    caches = [SearchCache() for _ in layers]
+    spent, searched = {"full": 0.0, "cached": 0.0}, []
+
+    def both(i, flat, pool):
+        t = clock()
+        full = nearest(flat, pool)
+        spent["full"] += clock() - t
+        t = clock()
+        idx = caches[i](flat, pool)
+        spent["cached"] += clock() - t
+        if not torch.equal(idx, full):
+            raise AssertionError("the drift-aware cache disagrees with the full search")
+        searched.append(caches[i].last_searched)
+        return full
+
+    ema_pools(layers, steps, seed=1)(both)
+    return spent, searched
+
+
+def run_pool_moves(width: float, steps: int, repeats: int, clock=time.perf_counter, pool_size: int = 512,
+                   device: torch.device = CPU) -> str:
+    torch.manual_seed(0)
+    kind_of_clock = "wall-clock" if clock is time.perf_counter else "CPU"
+    clock = synced(clock, device)
+    net = nws.models.resnet18(num_classes=5, stem="nws", width=width)
+    snet = nws.convert(net, pool_size=pool_size, seed=0, pool_init="sample").to(device)
+    layers = [(layer.flat_weight().detach(), layer.pool) for _, layer in nws.nws_layers(snet)]
+    kernels = sum(f.shape[0] for f, _ in layers)
+    totals = {"full": [], "cached": []}
+    for _ in range(repeats):
+        spent, searched = one_pool_moves_run(layers, steps, clock)
+        for key in totals:
+            totals[key].append(spent[key])
+    ms = {k: 1e3 * statistics.median(v) / steps for k, v in totals.items()}
+    share = sum(searched) / (steps * kernels)
+    rows = ["| measurement (per step, all layers) | median ms | ratio |", "| --- | ---: | --- |",
+            f"| full search | {ms['full']:.1f} | 1.00 (reference) |",
+            f"| drift-aware cached search ({share:.1%} of {kernels:,} kernels searched, first step in full) | "
+            f"{ms['cached']:.1f} | {ms['cached'] / ms['full']:.2f}× full |"]
+    where = machine() if device.type != "cuda" else f"{torch.cuda.get_device_name(device)} (host: {machine()})"
+    head = (f"Machine: {where}. Pool moves (EMA decay 0.99, restarts every 5 steps): width {width}, pools of "
+            f"{pool_size}, {steps} steps, {kind_of_clock} times, medians of {repeats} repeats; load average at the "
+            f"end {load()} (1/5/15 min).")
+    return head + "\n\n" + "\n".join(rows)
+
+
 NOTES = """Reading the table: the FLOP floor is what the brute-force search costs if the machine ran it at its large
 square-matmul rate; the exact search computes the scores of a chunk of rows with one matmul (K = k² = 9 for 3×3
 kernels, so writing the scores costs about as much as computing them), reduces them with a max-pool (argmax) and
@@ -220,6 +301,13 @@ margin since they were last compared; its result is checked against the full sea
 This machine is shared with other jobs: absolute times move with its load, the interleaved ratios much less."""
 
 
+POOL_MOVES_NOTES = """Reading the table: in pool distillation every pool kernel moves each step, so the fixed-pool
+shortcut of issue 2 never applies; the drift-aware cache (nws/cache.py, nws/drift.py) searches again only the
+kernels whose index could change by their own move, their pool kernel's move and the largest move of any other pool
+kernel since they were compared, and compares restarted (jumped) pool kernels with every kernel directly. Its
+indices are checked equal to the full search at every step of the run."""
+
+
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: width 1/8, batch 4, 2 repeats")
@@ -227,6 +315,9 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall clock or process CPU time")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where every measurement runs")
+    p.add_argument("--pool-moves", action="store_true",
+                   help="time a distillation-like loop (pools move each step): drift-aware cache vs full search")
+    p.add_argument("--steps", type=int, default=30, help="steps of the --pool-moves loop")
     p.add_argument("--write", action="store_true", help="update the Search section of BENCHMARKS.md")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -238,7 +329,10 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(args.threads or threads)
     try:
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
-        if args.quick:
+        if args.pool_moves:
+            width, steps = (0.125, min(args.steps, 6)) if args.quick else (1.0, args.steps)
+            body = run_pool_moves(width, steps, 1 if args.quick else args.repeats, clock, device=device)
+        elif args.quick:
             body = run(width=0.125, batches=[4], repeats=2, matmul_size=256, clock=clock, device=device)
         else:
             body = run(width=1.0, batches=[32, 256], repeats=args.repeats, matmul_size=2048, clock=clock,
@@ -248,10 +342,14 @@ def main(argv: list[str] | None = None) -> str:
     print(body)
     if args.write:
         command = "python -m bench.search" + (" --quick" if args.quick else f" --repeats {args.repeats}")
+        command += f" --pool-moves --steps {args.steps}" if args.pool_moves else ""
         command += f" --threads {args.threads}" if args.threads else ""
         command += " --clock cpu" if args.clock == "cpu" else ""
         command += f" --device {args.device}" if device.type != "cpu" else ""
-        write_section(SECTION, command + " --write", body + "\n\n" + NOTES)
+        if args.pool_moves:
+            write_section(POOL_MOVES_SECTION, command + " --write", body + "\n\n" + POOL_MOVES_NOTES)
+        else:
+            write_section(SECTION, command + " --write", body + "\n\n" + NOTES)
     return body
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nws.search import SearchCache
+from nws.cache import SearchCache
 
 MODES = ("search", "distill", "frozen")
 
@@ -75,12 +75,12 @@ class NWSLayer(nn.Module):
     def search_(self) -> torch.Tensor:
         """Run Eq. 1 on the current temporary kernels and store the indices; returns them."""
         flat = self.flat_weight().detach()
-        if self.mode == "distill":  # the pool moves every step: nothing cached is valid
-            self.forget_search()
-        idx = self.search_cache(flat, self.pool)
+        idx = self.search_cache(flat, self.pool)  # in distill mode the pool moves: the cache follows it (issue 20)
         if idx is not self._searched_from:  # the cache returns the very same tensor when nothing changed
             self.indices.copy_(idx)
             self._searched_from, self._kernels = idx, None
+        if self.mode == "distill":  # the same indices into a pool that moved: K must be looked up again
+            self._kernels = None
         return self.indices
 
     def effective_weight(self) -> torch.Tensor:

@@ -16,8 +16,9 @@ an upper bound on D1 (the best) and a lower bound on every other D_k; when they 
 kernel is strictly farther even in the reference's rounded arithmetic, the reference's argmin is ours. The rare
 rows that are not certified (near-ties, duplicated pool kernels, non-finite values) are recomputed with the
 reference itself on those rows only. The same bounds give each row a margin: how far its temporary kernel may
-move before the answer can change (triangle inequality), which `SearchCache` uses to skip the search for kernels
-that moved less than that since they were last compared (issue 2's exact shortcut).
+move before the answer can change (triangle inequality), which `nws.cache.SearchCache` uses to skip the search
+for kernels that moved less than that since they were last compared (issue 2's exact shortcut; issue 20 extends
+it to moving pools).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import contextlib
 import math
 
 import torch
+
+from nws.drift import down, up
 
 U = 2.0**-24  # unit roundoff of fp32
 TINY = 2.0**-149  # smallest fp32 subnormal: bounds the absolute error of one underflowing operation
@@ -118,6 +121,15 @@ class _Bounds:
         num = (d2_lo.sqrt() * s_lo - e) * (1 - U) - (d1_hi.sqrt() * s_hi + e) * (1 + U)
         m = num / (s_lo * (1 - U) + s_hi * (1 + U))
         return torch.nan_to_num(m, nan=0.0, posinf=0.0).clamp_min(0) * (1 - 1e-6)
+
+    def ordered(self, r1_hi: torch.Tensor, r2_lo: torch.Tensor) -> torch.Tensor:
+        """True where true distances ||w - p_j*|| <= r1_hi and ||w - p_k|| >= r2_lo (every k != j*) make the
+        reference put j* strictly first: the test of `margin` at δ = 0, each float64 step rounded against it
+        (`nws.drift.down`/`up`); NaN gives False. The pool-drift test of `nws.cache.SearchCache`."""
+        s_lo, s_hi, e = math.sqrt(1 - self.gr), math.sqrt(1 + self.gr), math.sqrt(self.eta_r)
+        lhs = down(down(down(r2_lo * s_lo) - e) * (1 - U))
+        rhs = up(up(up(r1_hi * s_hi) + e) * (1 + U))
+        return lhs > rhs
 
 
 _MAXPOOL = torch.ops.aten.max_pool2d_with_indices.out
@@ -213,7 +225,9 @@ def _reference_rows(x: torch.Tensor, p: torch.Tensor):
 
 
 @torch.no_grad()
-def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_margin: bool):
+def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_bounds: bool):
+    """The indices and, if wanted, float64 bounds (D1_hi, D2_lo) on the true squared distances of every row to its
+    nearest pool kernel and to every other one (0 and inf for a one-kernel pool)."""
     _check(flat, pool)
     device = flat.device
     with _fp32_exact(device):
@@ -222,7 +236,10 @@ def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_marg
         num, n, d = x.shape[0], p.shape[0], x.shape[1]
         if num == 0 or n == 1:
             idx = torch.zeros(num, dtype=torch.long, device=device)
-            return idx, torch.full((num,), math.inf, device=device) if want_margin else None
+            if not want_bounds:
+                return idx, None, None
+            zero = torch.zeros(num, dtype=torch.float64, device=device)
+            return idx, zero, torch.full_like(zero, math.inf)
         chunk = default_chunk(n, device) if chunk is None else int(chunk)
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -235,16 +252,16 @@ def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_marg
             w2_hi = torch.maximum(lo.abs(), hi.abs()).square() * (d * (1 + 4 * U))
         bounds = _Bounds(d)
         redo = (~bounds.certified_fast(w2_hi, v1, v2)).nonzero().squeeze(1)
-        if want_margin:
+        d1_hi = d2_lo = None
+        if want_bounds:
             w2 = torch.einsum("ij,ij->i", x, x).double()
             d1_hi, d2_lo = bounds.from_scores(w2, v1.double(), v2.double())
         if redo.numel():
             ridx, r1, r2 = _reference_rows(x[redo], p)
             idx[redo] = ridx
-            if want_margin:
+            if want_bounds:
                 d1_hi[redo], d2_lo[redo] = bounds.from_reference(r1.double(), r2.double())
-        margin = bounds.margin(d1_hi, d2_lo).to(torch.float32) if want_margin else None
-        return idx, margin
+        return idx, d1_hi, d2_lo
 
 
 def nearest(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -253,81 +270,28 @@ def nearest(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None = None) ->
     Equal to `torch.cdist(flat, pool, compute_mode="donot_use_mm_for_euclid_dist").argmin(1)` on the fp32
     inputs, ties to the lowest index. Extra memory: chunk × n scores (`default_chunk(n, device)` rows by default).
     Runs on the inputs' device, without autograd, in fp32 even under autocast."""
-    return _search(flat, pool, chunk, want_margin=False)[0]
+    return _search(flat, pool, chunk, want_bounds=False)[0]
 
 
 def nearest_with_margin(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None = None):
     """(`nearest`, margin): a temporary kernel w' with ||w' - w|| < margin has the same nearest pool kernel.
     The margin is (d2 - d1)/2 (d1, d2: nearest and second-nearest L2 distances) lowered by the rounding bounds:
     0 where the two are tied or too close to call, inf for a one-kernel pool."""
-    return _search(flat, pool, chunk, want_margin=True)
+    idx, d1_hi, d2_lo = _search(flat, pool, chunk, want_bounds=True)
+    return idx, _margin(flat.shape[1], pool.shape[0], d1_hi, d2_lo)
 
 
-class SearchCache:
-    """Eq. 1 with the exact shortcut of issue 2: a temporary kernel that moved less than its margin since it was
-    last compared (its anchor) keeps its index, by the triangle inequality ||w - k1|| <= d1 + δ < d2 - δ <=
-    ||w - kj||; only the kernels that moved that far are searched again.
-
-    `cache(flat, pool)` returns the same indices as `nearest(flat, pool)`. It starts afresh by itself when N, d,
-    the device or the pool's values change; `reset()` forgets everything (the NWS layer calls it when the pool
-    moves, e.g. in pool distillation); `enabled=False` always runs the full search. A returned tensor is never
-    modified afterwards. `last_searched` is the number of rows the last call searched."""
-
-    def __init__(self, chunk: int | None = None, enabled: bool = True):
-        self.chunk = chunk
-        self.enabled = enabled
-        self.last_searched = 0
-        self.reset()
-
-    def reset(self) -> None:
-        self.anchor: torch.Tensor | None = None  # the rows as they were last compared with the pool
-        self.indices: torch.Tensor | None = None
-        self.limit: torch.Tensor | None = None  # per row: a computed ||w - anchor||² below this keeps the index
-        self.pool: torch.Tensor | None = None
-        self._work: torch.Tensor | None = None
-
-    def _valid_for(self, x: torch.Tensor, p: torch.Tensor) -> bool:
-        a = self.anchor
-        return (
-            a is not None and a.shape == x.shape and a.device == x.device
-            and self.pool.shape == p.shape and torch.equal(self.pool, p)
-        )
-
-    @torch.no_grad()
-    def __call__(self, flat: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
-        _check(flat, pool)
-        x = flat.detach().to(torch.float32)
-        p = pool.detach().to(torch.float32)
-        if not self.enabled:
-            self.last_searched = x.shape[0]
-            return nearest(x, p, self.chunk)
-        if not self._valid_for(x, p):
-            idx, margin = nearest_with_margin(x, p, self.chunk)
-            self.anchor, self.indices, self.pool = x.clone(), idx, p.clone()
-            self.limit = _limit(margin, x.shape[1])
-            self._work = torch.empty_like(self.anchor)
-            self.last_searched = x.shape[0]
-            return idx
-        with _fp32_exact(x.device):  # fp32 sum of squares: ||x - anchor||² <= s·(1 + 4γ) + eta (see `_limit`)
-            torch.sub(x, self.anchor, out=self._work)
-            moved = torch.mv(self._work.square_(), torch.ones(x.shape[1], device=x.device))
-        rows = (~(moved < self.limit)).nonzero().squeeze(1)  # NaN moves are searched again
-        self.last_searched = rows.numel()
-        if rows.numel() == 0:
-            return self.indices
-        xr = x[rows]
-        ridx, rmargin = nearest_with_margin(xr, p, self.chunk)
-        self.indices = self.indices.clone()
-        self.indices[rows] = ridx
-        self.anchor[rows] = xr
-        self.limit[rows] = _limit(rmargin, x.shape[1])
-        return self.indices
+def _margin(d: int, n: int, d1_hi: torch.Tensor, d2_lo: torch.Tensor) -> torch.Tensor:
+    if n == 1:
+        return torch.full(d1_hi.shape, math.inf, device=d1_hi.device)
+    return _Bounds(d).margin(d1_hi, d2_lo).to(torch.float32)
 
 
-def _limit(margin: torch.Tensor, d: int) -> torch.Tensor:
-    """The largest computed squared move that still proves ||w - anchor|| < margin: the fp32 sum of d squared
-    differences is within γ_{d+2} of the true one (plus underflow), so the limit is margin² lowered by that,
-    evaluated in float64 and lowered again by far more than the final rounding to fp32."""
-    m2 = margin.double().square()
-    limit = (m2 - (2 * d + 4) * TINY) / (1 + 4 * _gamma(d + 2)) * (1 - 1e-6)
-    return limit.clamp_min(0).to(torch.float32)
+def __getattr__(name: str):
+    """`nws.search.SearchCache`, where the cache was born (bench and older code import it from here); it lives in
+    nws.cache, which imports this module."""
+    if name == "SearchCache":
+        from nws.cache import SearchCache
+
+        return SearchCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
