@@ -46,7 +46,7 @@ def slurm_env(slurm, monkeypatch) -> dict[str, str]:
 def digits(tmp_path_factory) -> Path:
     """The digits source as the data stage's command line prepares it (5 two-class tasks + `pretrain`)."""
     out = tmp_path_factory.mktemp("digits")
-    subprocess.run([sys.executable, "-m", "data_prep", "prepare", "digits", "--out", str(out), "--format", "wds",
+    subprocess.run([sys.executable, "-m", "pipeline", "data", "prepare", "digits", "--out", str(out), "--format", "wds",
                     "--tasks", "blocks", "--classes-per-task", "2", "--quiet"], check=True, cwd=ROOT,
                    capture_output=True)
     return out

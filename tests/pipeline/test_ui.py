@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from cluster.mlflow_server import server_command
 from pipeline.report import make_report
 from pipeline.tracking import PARENT_ENV, start_run, tracking_uri
-from pipeline.ui import HOST, experiment_url, server_command
+from pipeline.ui import HOST, experiment_url
 from tests.conftest import THREADS
 from tests.pipeline.fixtures import make_experiment
 from tests.processes import stop_group
