@@ -1,5 +1,5 @@
-"""A real one-node Slurm for the cluster tests (cluster/local.py: munge, slurmctld and slurmd as root on loopback
-ports, configured in a temp folder), started once per session and stopped at the end; no mock of sbatch."""
+"""A real one-node Slurm for the cluster tests (tests/cluster/local.py: munge, slurmctld and slurmd as root on
+loopback ports, configured in a temp folder), started once per session and stopped at the end; no mock of sbatch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import local
+from tests.cluster import local
 from tests.pretrain.conftest import cli_env, pretrain_command
 
 ROOT = Path(__file__).resolve().parents[2]
