@@ -904,7 +904,7 @@ class Command:
     it runs, and the folder a full disk is reported in when the writer did not name its file (nws.exits.handle)."""
 
     words: str
-    help: str | None
+    help: str
     arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     description: str | None = None
@@ -967,8 +967,8 @@ def build_parser() -> argparse.ArgumentParser:
         into = sub
         if group:
             if group[0] not in groups:
-                help, description = GROUPS[group[0]]
-                g = sub.add_parser(group[0], help=help, description=description,
+                group_help, description = GROUPS[group[0]]
+                g = sub.add_parser(group[0], help=group_help, description=description,
                                    formatter_class=_formatter(description, None))
                 groups[group[0]] = g.add_subparsers(dest=f"{group[0]}_command", metavar="COMMAND", required=True)
             into = groups[group[0]]
