@@ -26,7 +26,7 @@ from nws import exits
 
 DESCRIPTION = "Neural Weight Search for scalable task-incremental learning."
 
-# ---------------------------------------------------------------------------------------------- the help texts
+# ------------------------------------------------------------------------------------------------------- the help texts
 
 PREPARE_EPILOG = """examples:
   nws data prepare -c configs/demo.yaml                           # the config's data section -> runs/demo/data
@@ -153,7 +153,7 @@ before the time limit: the pretraining (at its next step) or task loop (at its n
 exits with code 9, and the job requeues itself and resumes from it.
 """
 
-# ------------------------------------------------------------------------ the arguments several commands share
+# --------------------------------------------------------------------------------- the arguments several commands share
 
 
 def config_argument(p, help: str, required: bool = True) -> None:
@@ -195,7 +195,7 @@ def keep_arguments(p, variant: str, replace: str) -> None:
     replace_argument(keep, replace)
 
 
-# ------------------------------------------------------------------------------------ the config of a command
+# ---------------------------------------------------------------------------------------------- the config of a command
 
 
 def stage_config(args):
@@ -250,7 +250,7 @@ def seed_stage_config(args):
     return cfg, layout, seed
 
 
-# ------------------------------------------------------------------------------------------ nws data prepare
+# ----------------------------------------------------------------------------------------------------- nws data prepare
 
 TASK_KINDS = ("auto", "group", "blocks", "random", "explicit", "all", "permuted", "rotated")
 
@@ -414,7 +414,7 @@ def run_prepare(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------- nws data verify
+# ------------------------------------------------------------------------------------------------------ nws data verify
 
 
 def verify_arguments(p) -> None:
@@ -446,7 +446,7 @@ def run_verify(args) -> int:
     return exits.CORRUPTED if problems else 0
 
 
-# --------------------------------------------------------------------------------------------- nws pretrain
+# --------------------------------------------------------------------------------------------------------- nws pretrain
 
 
 def pretrain_arguments(p) -> None:
@@ -477,7 +477,7 @@ def run_pretrain(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------ nws incremental
+# ------------------------------------------------------------------------------------------------------ nws incremental
 
 
 def incremental_arguments(p) -> None:
@@ -575,7 +575,7 @@ def run_incremental(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- nws pipeline run
+# ----------------------------------------------------------------------------------------------------- nws pipeline run
 
 
 def pipeline_run_arguments(p) -> None:
@@ -652,7 +652,7 @@ def print_results(report: Path, runs_dir: Path) -> None:
           f"{runs_dir})")
 
 
-# ------------------------------------------------------------------------------------------------- nws report
+# ----------------------------------------------------------------------------------------------------------- nws report
 
 
 def report_arguments(p) -> None:
@@ -734,7 +734,7 @@ def run_report(args) -> int:
     return warn_chance(results, args.strict)
 
 
-# ----------------------------------------------------------------------------------- nws cluster submit|status
+# -------------------------------------------------------------------------------------------- nws cluster submit|status
 
 DRY_RUN_PARENT = "<created-at-submission>"
 
@@ -824,7 +824,7 @@ def run_submit(args) -> int:
         for job in jobs:
             print(f"### {job.path}  (sbatch{_dependency_hint(job, jobs)} {job.path.name})\n{job.text}")
         return 0
-    submitted = submit(_load(args.config, sub.overrides), sub, args.tracking_uri, args.replace)
+    submitted = submit(_load(args.config, sub.overrides), sub, args.tracking_uri)
     for job, job_id in submitted:
         tasks = f" array tasks (seeds) {','.join(map(str, job.array))}" if job.array is not None else ""
         log = job.log.replace("%A", job_id).replace("%j", job_id).replace("%a", "<seed>")
@@ -895,7 +895,7 @@ def run_mlflow_server(args) -> int:
     return 0  # not reached
 
 
-# ---------------------------------------------------------------------------------------------------- the table
+# ------------------------------------------------------------------------------------------------------------ the table
 
 
 @dataclass(frozen=True)

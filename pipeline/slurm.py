@@ -44,17 +44,18 @@ def open_parent(cfg, runs_dir: Path, stamp: str, uri: str | None = None,
     return run.run_id, uri
 
 
-def submit(cfg, sub, tracking: str | None, replace: bool = False) -> list:
-    """Check and submit the jobs of `sub` (cluster.render.Submission, rendered with a placeholder parent run):
-    the folder's config first (unless `replace`), then Slurm validates every request, and only then the parent
-    run is opened and the jobs are queued, chained, and recorded. A failure after the parent run exists marks it
-    FAILED. Returns the (job, job id) pairs."""
+def submit(cfg, sub, tracking: str | None) -> list:
+    """Check and submit the jobs of `sub` (cluster.render.Submission, rendered with a placeholder parent run) of
+    the experiment config `cfg`, logging to the store `tracking` (None: the usual one): the folder's config first
+    (unless `sub.replace`), then Slurm validates every request, and only then the parent run is opened and the jobs
+    are queued, chained and recorded. A failure after the parent run exists marks it FAILED. Returns the (job, job
+    id) pairs."""
     from cluster.parent import end_parent
     from cluster.render import render
     from cluster.submit import SubmitError, check, record, submit_jobs
     from pipeline.layout import Layout, check_folder, seed_config
 
-    if not replace:  # another config than the folder's fails here, not in the jobs (pipeline.layout)
+    if not sub.replace:  # another config than the folder's fails here, not in the jobs (pipeline.layout)
         layout = Layout(sub.runs_dir, sub.name, sub.variant)
         for seed in sub.seeds:
             check_folder(layout, seed_config(cfg, seed)[1])
