@@ -41,16 +41,16 @@ pipeline: $(STAMP)  ## every stage of CONFIG, skipping unchanged ones (ARGS="--s
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pipeline run -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
 
 data: $(STAMP)  ## the data stage of CONFIG by hand: its data section -> runs/<name>/data (RUNS=... moves every target)
-	$(PY) -m data_prep prepare -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
+	$(PY) -m pipeline data prepare -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
 
 pretrain: $(STAMP)  ## pool pretraining (+ plain backbone) of CONFIG by hand -> runs/<name>/seed<S>/pretrain
-	$(PY) -m pretrain -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
+	$(PY) -m pipeline pretrain -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
 
 incremental: $(STAMP)  ## the task-incremental stage of CONFIG by hand (every configured method; ARGS="--method nws")
-	$(PY) -m incremental -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
+	$(PY) -m pipeline incremental -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
 
 report: $(STAMP)  ## results.json, results.md and plots/ of CONFIG's runs (runs/<name>/report)
-	$(PY) -m pipeline.report_cli -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
+	$(PY) -m pipeline report -c $(CONFIG) --runs-dir $(RUNS) $(ARGS)
 
 PORT ?= 5000
 ui: $(STAMP)  ## the MLflow UI of runs/mlflow.db on http://127.0.0.1:5000 (PORT=...; Ctrl-C stops it)

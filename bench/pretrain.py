@@ -1,4 +1,4 @@
-"""Pretraining throughput (issue 4): training images/s of `python -m pretrain` at 1 and 2 ranks, side by side.
+"""Pretraining throughput (issue 4): training images/s of `python -m pipeline pretrain` at 1 and 2 ranks, side by side.
 
 Each configuration runs the real stage (DeepSpeed ZeRO-1, bf16 autocast, the demo network: digits at 32×32,
 ResNet-18 width 0.25, 64-kernel pools, global batch 64) with `kind: both`, so one process measures the NWS pool
@@ -55,7 +55,7 @@ def prepare_digits(folder: Path) -> Path:
 
 
 def run_once(data: Path, out: Path, ranks: int, threads: int, epochs: int, device: str, quick: bool) -> dict:
-    """One `python -m pretrain` run; returns {kind: images/s} and the optimizer steps it took."""
+    """One `python -m pipeline pretrain` run; returns {kind: images/s} and the optimizer steps it took."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
     env.update(OMP_NUM_THREADS=str(threads), MLFLOW_TRACKING_URI=f"sqlite:///{out.parent / 'mlflow.db'}",
@@ -68,7 +68,7 @@ def run_once(data: Path, out: Path, ranks: int, threads: int, epochs: int, devic
                  "pretrain.log_every=1000", f"pretrain.threads={threads}"]
     if quick:
         overrides += ["model.width=0.125", "model.pool_size=16", "pretrain.batch_size=32"]
-    cmd = [*launch, "-m", "pretrain", "-c", str(DEMO), "--data", str(data), "--out", str(out), *overrides]
+    cmd = [*launch, "-m", "pipeline", "pretrain", "-c", str(DEMO), "--data", str(data), "--out", str(out), *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")

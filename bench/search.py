@@ -4,7 +4,7 @@ Measured side by side in one run, on the full-width NWS ResNet-18 (official `nws
 512-kernel pools), every measurement interleaved with the others in each repeat (so a change of machine load hits
 all of them alike), medians reported:
 (a) one SGD training step in `search` mode ÷ one step of the same plain network, at batch 32 and 256, with the
-    search run in full on every step and with `nws.search.SearchCache` (the layers' default);
+    search run in full on every step and with `nws.cache.SearchCache` (the layers' default);
 (b) the search alone over all the network's kernels ÷ its FLOP floor Σ_l 2·N_l·d_l·n at the rate this machine
     reaches on a large square fp32 matmul, measured in the same run;
 (c) the official-style search (full `torch.cdist(..., "use_mm_for_euclid_dist")` to every pool kernel, then argmin,
@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 import nws
 from bench.common import cpu_name, write_section
-from nws.search import SearchCache, nearest
+from nws.cache import SearchCache
+from nws.search import nearest
 
 SECTION = "## Search (bench/search.py)"
 POOL_MOVES_SECTION = "## Search with moving pools (bench/search.py --pool-moves)"

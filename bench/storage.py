@@ -152,14 +152,15 @@ layers use their pools almost uniformly (H0 close to log2 n), so no order-0 code
 the base model's indices save on the first task. BN/state is the task's stored state.safetensors (BatchNorm weights,
 biases and running statistics; the heads are NWS layers, in the indices)."""
 
-FMNIST_RUNS = """The Fashion-MNIST runs: the shared data and pretrain set-up (`python -m data_prep prepare fashion_mnist
---out DATA`, `python -m pretrain -c configs/fmnist.yaml --data DATA --out PRETRAIN pretrain.epochs=1`), then per run
-`OMP_NUM_THREADS=1 python -m incremental -c configs/fmnist.yaml --method nws --data DATA --pretrain PRETRAIN --out OUT
-incremental.track=false` plus `incremental.codec=packed` (the reference run) or `incremental.options.nws.keep_margin=M`
-(default codec). The sparsify run used an option `incremental.options.nws.sparsify=true` that was removed after this
-measurement, since it lost (nws.levers.sparsify stays as a function). "same indices, default codec" re-codes each
-run's stored indices with the codec default, so bytes compare at equal coding; training is deterministic, so the
-packed run's accuracy is also that of the default codec without levers."""
+FMNIST_RUNS = """The Fashion-MNIST runs: the shared data and pretrain set-up (`python -m pipeline data prepare
+fashion_mnist --out DATA`, `python -m pipeline pretrain -c configs/fmnist.yaml --data DATA --out PRETRAIN
+pretrain.epochs=1`), then per run `OMP_NUM_THREADS=1 python -m pipeline incremental -c configs/fmnist.yaml --method nws
+--data DATA --pretrain PRETRAIN --out OUT incremental.track=false` plus `incremental.codec=packed` (the reference run)
+or `incremental.options.nws.keep_margin=M` (default codec). The sparsify run used an option
+`incremental.options.nws.sparsify=true` that was removed after this measurement, since it lost (nws.levers.sparsify
+stays as a function). "same indices, default codec" re-codes each run's stored indices with the codec default, so bytes
+compare at equal coding; training is deterministic, so the packed run's accuracy is also that of the default codec
+without levers."""
 
 
 COLUMNS = [("lzma", "int16+lzma (official)"), ("packed", "packed"), ("entropy", "entropy"),

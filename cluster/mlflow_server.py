@@ -11,13 +11,24 @@ addresses by default, plus this host's names here, so jobs may name the server b
 
 from __future__ import annotations
 
-import os
 import socket
+import sys
 from pathlib import Path
 
-from pipeline.ui import server_command
+from base.tracking import artifact_location
 
 WORKERS = 4  # request handlers: many jobs log at once
+
+
+def server_command(uri: str, host: str, port: int, workers: int = 1) -> list[str]:
+    """The `mlflow server` command line for the store at `uri` (one worker: a UI for one person, pipeline/ui.py;
+    a cluster's jobs get more, WORKERS)."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", str(workers)]
+    artifacts = artifact_location(uri)
+    if artifacts is not None:
+        cmd += ["--artifacts-destination", artifacts]
+    return cmd
 
 
 def store_uri(runs_dir: Path) -> str:
@@ -39,11 +50,3 @@ def server_command_for(runs_dir: Path, host: str, port: int, workers: int = WORK
     names = [socket.gethostname(), socket.getfqdn(), host if host not in ("0.0.0.0", "::") else ""]
     return [*server_command(store_uri(runs_dir), host, port, workers), "--allowed-hosts", allowed_hosts(names)]
 
-
-def run(args) -> int:
-    Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
-    cmd = server_command_for(args.runs_dir, args.host, args.port, args.workers)
-    print(f"[cluster] MLflow tracking server for {store_uri(args.runs_dir)} on {args.host}:{args.port}; submit "
-          f"with --tracking-uri http://{socket.gethostname()}:{args.port} (Ctrl-C stops it)", flush=True)
-    os.execv(cmd[0], cmd)  # the server takes over this process: signals reach it directly
-    return 0  # not reached

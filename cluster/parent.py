@@ -1,45 +1,16 @@
-"""The MLflow parent run of a Slurm submission: the pipeline folder's parent run, opened at submission, ended by
-the report job.
+"""The end of a Slurm submission's MLflow parent run: the report job runs `python -m cluster.parent end`.
 
-`nws cluster submit` opens the parent run of runs/<name> the way `nws pipeline run` does (pipeline.runner.parent_run:
-the run named in runs/<name>/pipeline.json is reopened, else a new one is created and named there), so a submission
-submitted again, or a later local run, keeps one parent. Its id and the tracking URI are exported in every job
-script (NWS_MLFLOW_PARENT_RUN_ID, MLFLOW_TRACKING_URI): the jobs, on any node, attach to it and open their stage runs
-as its children in the same store. The report job ends it with `python -m cluster.parent end`.
+`nws cluster submit` opens the parent run of runs/<name> (pipeline.slurm.open_parent) and exports its id and the
+tracking URI in every job script (NWS_MLFLOW_PARENT_RUN_ID, MLFLOW_TRACKING_URI); the last job marks it terminated
+here, with MLflow alone: ending it needs nothing of the pipeline.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-from base.tracking import PARENT_ENV, tracking_uri
-
-
-def open_parent(cfg, runs_dir: Path, stamp: str, uri: str | None = None,
-                variant: str | None = None) -> tuple[str, str]:
-    """The parent run of runs/<cfg.name> (or of its variant's folder), tagged with this submission, in the store at
-    `uri` (default: the usual one, base.tracking.tracking_uri); returns (run id, tracking URI)."""
-    from base.layout import Layout
-    from pipeline.runner import parent_run
-
-    # a submission opens its folder's parent, never a child of another
-    saved = {key: os.environ.pop(key, None) for key in (PARENT_ENV, *(["MLFLOW_TRACKING_URI"] if uri else []))}
-    try:
-        if uri:
-            os.environ["MLFLOW_TRACKING_URI"] = uri
-        layout = Layout(runs_dir, cfg.name, variant)
-        layout.root.mkdir(parents=True, exist_ok=True)
-        run = parent_run(cfg, layout, runs_dir)
-        run.set_tags({"launcher": "slurm", "submission": stamp})
-        uri = tracking_uri(runs_dir)
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None)
-            if value is not None:
-                os.environ[key] = value
-    return run.run_id, uri
+from base.tracking import PARENT_ENV
 
 
 def end_parent(status: str = "FINISHED", run_id: str | None = None, uri: str | None = None) -> str:

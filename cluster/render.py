@@ -225,7 +225,7 @@ exit "$code"
 
 
 def render_job(sub: Submission, stage: str, command: str | None = None) -> JobScript:
-    """The script of one stage; `command` replaces the pipeline command (e.g. `python -m pretrain ...`)."""
+    """The script of one stage; `command` replaces the pipeline command (e.g. `python -m pipeline pretrain ...`)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     check_submission(sub)

@@ -65,6 +65,8 @@ def parse_scontrol(text: str) -> dict[str, str]:
 class SlurmUnavailable(RuntimeError):
     """The controller did not answer (e.g. a timeout under load): the states are not known right now."""
 
+    EXIT_CODE = 1  # `nws cluster status`: try again later (nws.exits)
+
 
 def query_states(job_ids: list[str], env: Mapping[str, str] | None = None) -> dict[str, str]:
     """State of every job and array task of `job_ids` ("ID" or "ID_TASK" keys); a job the controller no longer

@@ -23,6 +23,8 @@ RECORD = "submissions.json"
 class SubmitError(RuntimeError):
     """sbatch refused a job; the message carries its stderr."""
 
+    EXIT_CODE = 2  # bad input to `nws cluster submit` (nws.exits)
+
 
 def _sbatch(args: list[str], env: Mapping[str, str] | None, script: str | None = None) -> subprocess.CompletedProcess:
     try:

@@ -285,13 +285,3 @@ def _margin(d: int, n: int, d1_hi: torch.Tensor, d2_lo: torch.Tensor) -> torch.T
     if n == 1:
         return torch.full(d1_hi.shape, math.inf, device=d1_hi.device)
     return _Bounds(d).margin(d1_hi, d2_lo).to(torch.float32)
-
-
-def __getattr__(name: str):
-    """`nws.search.SearchCache`, where the cache was born (bench and older code import it from here); it lives in
-    nws.cache, which imports this module."""
-    if name == "SearchCache":
-        from nws.cache import SearchCache
-
-        return SearchCache
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

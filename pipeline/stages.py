@@ -3,8 +3,9 @@
 DESIGN §2: data_prep -> pretrain -> incremental -> report, exchanging files only. A stage's *key* is everything its
 outputs depend on (its resolved config sections and the digests of the upstream outputs it reads); its *outputs
 digest* identifies the files it produced. pipeline.runner skips a stage whose stored key and outputs digest both
-still hold. Pretrain and incremental run as child processes (`python -m pretrain|incremental`), exactly the
-commands a user or a Slurm job runs, so a stage behaves the same in the pipeline, alone, or under srun.
+still hold. Pretrain and incremental run as child processes (`python -m pipeline pretrain|incremental`: the
+`nws pretrain|incremental` commands), exactly the commands a user or a Slurm job runs, so a stage behaves the same
+in the pipeline, alone, or under srun.
 """
 
 from __future__ import annotations
@@ -127,11 +128,11 @@ EXIT_MEANINGS = {("pretrain", 5): "degenerate pretraining outputs; pass --allow-
                  ("pretrain", 4): "no checkpoint of the run could be loaded", ("incremental", 4): "corrupted artifact"}
 
 
-def run_module(module: str, args: list[str], env: dict[str, str]) -> None:
-    """`python -m module args` with the pipeline's environment; a non-zero exit is a StageFailed, the checkpoint-
-    on-signal exit a Preempted. SIGUSR1 received meanwhile is passed on to the child (a Slurm job's shell signals
-    only this process; srun signals both, and the child stops once either way)."""
-    cmd = [sys.executable, "-m", module, *args]
+def run_module(command: str, args: list[str], env: dict[str, str]) -> None:
+    """`python -m pipeline command args` (`nws command args`) with the pipeline's environment; a non-zero exit is a
+    StageFailed, the checkpoint-on-signal exit a Preempted. SIGUSR1 received meanwhile is passed on to the child (a
+    Slurm job's shell signals only this process; srun signals both, and the child stops once either way)."""
+    cmd = [sys.executable, "-m", "pipeline", command, *args]
     options = child_options()  # the stage folder's lock handed down; the child dies with this process
     with subprocess.Popen(cmd, **{**options, "env": {**options["env"], **env}}) as child:
         with preempt.forwarded_to(child):
@@ -140,7 +141,7 @@ def run_module(module: str, args: list[str], env: dict[str, str]) -> None:
         preempt.stopping()
         raise preempt.Preempted(f"`{' '.join(cmd)}` {exits.MEANINGS[exits.PREEMPTED]}")
     if code != 0:
-        meaning = EXIT_MEANINGS.get((module, code)) or exits.MEANINGS.get(code)
+        meaning = EXIT_MEANINGS.get((command, code)) or exits.MEANINGS.get(code)
         raise StageFailed(f"`{' '.join(cmd)}` exited with code {code}" + (f" ({meaning})" if meaning else ""))
 
 
@@ -149,7 +150,7 @@ def data_stage(cfg, layout: Layout, force: bool, track: Callable) -> Stage:
     MLflow run (from `track`) gets the per-unit counts and sizes."""
 
     def execute() -> None:
-        from data_prep.cli import format_summary, prepare_section
+        from data_prep.run import format_summary, prepare_section
 
         summary = prepare_section(cfg.data, layout.data, force)
         print(format_summary(summary), flush=True)
@@ -168,7 +169,7 @@ def data_stage(cfg, layout: Layout, force: bool, track: Callable) -> Stage:
 
 def pretrain_stage(cfg, seed: int, layout: Layout, upstream: str | None, env: dict[str, str],
                    allow_degenerate: bool = False) -> Stage:
-    """`python -m pretrain` for one seed; it exits with code 5 when its health check finds degenerate outputs
+    """`nws pretrain` for one seed; it exits with code 5 when its health check finds degenerate outputs
     (pretrain/health.py), which stops the pipeline, unless `allow_degenerate` (`--allow-degenerate`)."""
     out = pretrain_source(cfg, seed, layout)
     if cfg.pretrain.reuse:

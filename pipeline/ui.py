@@ -14,20 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-from base.tracking import DEFAULT_RUNS_DIR, artifact_location, tracking_uri
+from base.tracking import DEFAULT_RUNS_DIR, tracking_uri
+from cluster.mlflow_server import server_command
 
 HOST, PORT = "127.0.0.1", 5000
-
-
-def server_command(uri: str, host: str = HOST, port: int = PORT, workers: int = 1) -> list[str]:
-    """The `mlflow server` command line for the store at `uri` (one worker: a UI for one person; a cluster's jobs
-    get more, cluster/mlflow_server.py)."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-           "--workers", str(workers)]
-    artifacts = artifact_location(uri)
-    if artifacts is not None:
-        cmd += ["--artifacts-destination", artifacts]
-    return cmd
 
 
 def experiment_url(host: str, port: int, experiment_id: str) -> str:

@@ -1,6 +1,6 @@
 """Where this process sits in the job: rank, world size and rendezvous, from whichever launcher started it.
 
-Four ways to start pretraining, one code path: a plain `python -m pretrain` (a 1-rank group of its own),
+Four ways to start pretraining, one code path: a plain `python -m pipeline pretrain` (a 1-rank group of its own),
 `deepspeed --num_gpus N` or torchrun (they export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT), a hostfile
 (the deepspeed launcher again), or Slurm `srun` with one task per device, where the ranks come from SLURM_PROCID /
 SLURM_NTASKS / SLURM_LOCALID and the rendezvous host is the first node of SLURM_JOB_NODELIST

@@ -1,5 +1,5 @@
-"""A real one-node Slurm for the cluster tests (cluster/local.py: munge, slurmctld and slurmd as root on loopback
-ports, configured in a temp folder), started once per session and stopped at the end; no mock of sbatch."""
+"""A real one-node Slurm for the cluster tests (tests/cluster/local.py: munge, slurmctld and slurmd as root on
+loopback ports, configured in a temp folder), started once per session and stopped at the end; no mock of sbatch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import local
+from tests.cluster import local
 from tests.pretrain.conftest import cli_env, pretrain_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def slurm_env(slurm, monkeypatch) -> dict[str, str]:
 def digits(tmp_path_factory) -> Path:
     """The digits source as the data stage's command line prepares it (5 two-class tasks + `pretrain`)."""
     out = tmp_path_factory.mktemp("digits")
-    subprocess.run([sys.executable, "-m", "data_prep", "prepare", "digits", "--out", str(out), "--format", "wds",
+    subprocess.run([sys.executable, "-m", "pipeline", "data", "prepare", "digits", "--out", str(out), "--format", "wds",
                     "--tasks", "blocks", "--classes-per-task", "2", "--quiet"], check=True, cwd=ROOT,
                    capture_output=True)
     return out

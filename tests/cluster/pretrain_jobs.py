@@ -1,5 +1,5 @@
-"""The pretraining job of the cluster tests: two short epochs of `python -m pretrain` on the digits under the
-pretrain template, and the checks that it gave the pools of the local 2-rank run (tests/cluster/conftest.py's
+"""The pretraining job of the cluster tests: two short epochs of `python -m pipeline pretrain` on the digits under
+the pretrain template, and the checks that it gave the pools of the local 2-rank run (tests/cluster/conftest.py's
 `reference`)."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import time
 import pytest
 import torch
 
-from cluster.parent import open_parent
 from cluster.render import Resources, Submission, render_job
 from cluster.status import wait
 from nws.io import load_tensors, read_json
@@ -25,9 +24,10 @@ def submission(tmp, uri: str, parent: str) -> Submission:
 
 
 def pretrain_job(tmp, digits, out, resources: Resources | None = None):
-    """The pretrain template with `python -m pretrain ...` as its command, under a fresh MLflow parent run."""
+    """The pretrain template with `python -m pipeline pretrain ...` as its command, under a fresh MLflow parent run."""
     from base.config import load_config
     from pipeline.config import experiment_schema
+    from pipeline.slurm import open_parent
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")

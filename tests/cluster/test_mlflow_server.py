@@ -15,10 +15,10 @@ import urllib.request
 
 import pytest
 
-from cluster.local import free_port
 from cluster.status import wait
 from nws.io import read_json
 from tests.cluster.conftest import DEMO, ROOT
+from tests.cluster.local import free_port
 from tests.processes import stop_group
 
 START_TIMEOUT = 180  # MLflow's server imports a lot; slow on a busy machine

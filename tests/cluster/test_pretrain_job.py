@@ -1,7 +1,7 @@
 """The pretraining job under the real one-node Slurm: the pretrain template's `srun` starts 2 CPU tasks (gloo) that
 take their ranks from the Slurm environment, and must give bit for bit the pools of the local 2-rank torchrun run;
-a job cancelled mid-pretraining and submitted again resumes from its checkpoint. The job runs `python -m pretrain`
-directly (the same command every rank of the pipeline's pretrain stage runs)."""
+a job cancelled mid-pretraining and submitted again resumes from its checkpoint. The job runs `python -m pipeline
+pretrain` directly (the same command every rank of the pipeline's pretrain stage runs)."""
 
 from __future__ import annotations
 

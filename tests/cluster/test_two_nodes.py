@@ -1,9 +1,9 @@
-"""A real two-node job (issue 17, item 8). Two network namespaces on this machine, each with its own address and
-its own slurmd, and one slurmctld on the bridge between them (cluster/local.py, cluster/netns.py). The pretrain job,
+"""A real two-node job (issue 17, item 8). Two network namespaces on this machine, each with its own address and its own
+slurmd, and one slurmctld on the bridge between them (tests/cluster/local.py, cluster/netns.py). The pretrain job,
 rendered and submitted through the project's own sbatch path with --nodes=2 and one CPU rank per node, takes its
-rendezvous from the first node's address, meets across the namespaces (gloo on each node's own link) and must give
-bit for bit the pools of the local 2-rank run. The fixture then stops the daemons and checks that no namespace,
-link or process it made is left."""
+rendezvous from the first node's address, meets across the namespaces (gloo on each node's own link) and must give bit
+for bit the pools of the local 2-rank run. The fixture then stops the daemons and checks that no namespace, link or
+process it made is left."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import sys
 
 import pytest
 
-from cluster import local, netns
+from cluster import netns
 from cluster.render import Resources
 from cluster.submit import submit_jobs
 from nws.io import read_json
 from pretrain.launch import DIST_VARS
+from tests.cluster import local
 from tests.cluster.conftest import STEPS
 from tests.cluster.pretrain_jobs import ended, job_log, pretrain_job, same_pools
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _prepare(out: Path, fmt: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "data_prep", "prepare", "digits", "--out", str(out), "--format",
+    return subprocess.run([sys.executable, "-m", "pipeline", "data", "prepare", "digits", "--out", str(out), "--format",
                            fmt, "--tasks", "blocks", "--classes-per-task", "2", "--quiet"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
@@ -53,6 +53,6 @@ def test_prepare_on_a_full_disk_stops_naming_the_file_and_resumes(tmp_path, fmt,
                    for name in built for line in second.stdout.splitlines() if line.startswith(f"{name} "))
         assert _hashes(out) == _hashes(reference)
         assert not list(out.glob(".*partial"))
-        verify = subprocess.run([sys.executable, "-m", "data_prep", "verify", str(out)], cwd=ROOT,
+        verify = subprocess.run([sys.executable, "-m", "pipeline", "data", "verify", str(out)], cwd=ROOT,
                                 capture_output=True, text=True, timeout=300)
         assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from base.config import ConfigError, config_hash, resolved, validate
-from data_prep.cli import main as data_main
 from data_prep.config import DataConfig, TasksConfig
 from data_prep.manifest import load_manifest, read_unit
 from data_prep.prepare import prepare
@@ -20,6 +19,7 @@ from data_prep.sources import open_source
 from data_prep.task_transform import TaskTransform, check_transform, permutation, rotate
 from data_prep.tasks import FAMILY_TASKS_VERSION, Task, check_tasks, load_tasks, save_tasks, split_tasks
 from loaders import make_loader
+from pipeline.cli import main as nws
 from pipeline.config import experiment_schema
 from pipeline.task_labels import label
 
@@ -140,7 +140,7 @@ def test_images_are_written_once(permuted):
     assert summary["bytes_total"] == summary["units"]["pretrain"]["bytes"]
     tasks, meta = load_tasks(out / "tasks.json")
     assert [t.transform["seed"] for t in tasks] == [5, 6, 7] and meta["task_kind"] == "permuted"
-    assert data_main(["verify", str(out)]) == 0
+    assert nws(["data", "verify", str(out)]) == 0
 
 
 def test_a_rerun_skips_and_a_damaged_base_is_named(tmp_path, digits, capsys):
@@ -152,7 +152,7 @@ def test_a_rerun_skips_and_a_damaged_base_is_named(tmp_path, digits, capsys):
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(ValueError, match=r"pretrain/train-000000.tar: .* bytes, the manifest says"):
         make_loader(out / "task01", "train", "wds", train=False)
-    assert data_main(["verify", str(out)]) == 4
+    assert nws(["data", "verify", str(out)]) == 4
     # a blocks request in the same folder later: the task names become units with folders again
     prepare("digits", None, out, ("wds",), "blocks", {"classes_per_task": 5}, source=digits, progress=False)
     assert "view_of" not in read_unit(out / "task01") and (out / "task01").is_dir()
@@ -256,13 +256,13 @@ def test_configs_of_other_kinds_hash_as_before():
 
 def test_the_command_line(tmp_path, capsys):
     out = tmp_path / "data"
-    assert data_main(["prepare", "digits", "--out", str(out), "--format", "wds", "--tasks", "rotated",
+    assert nws(["data", "prepare", "digits", "--out", str(out), "--format", "wds", "--tasks", "rotated",
                       "--angles", "0,45", "--quiet"]) == 0
     assert "view of pretrain" in capsys.readouterr().out
     assert [t.transform["degrees"] for t in load_tasks(out / "tasks.json")[0]] == [0, 45]
-    assert data_main(["prepare", "digits", "--out", str(out), "--tasks", "blocks", "--count", "3"]) == 2
+    assert nws(["data", "prepare", "digits", "--out", str(out), "--tasks", "blocks", "--count", "3"]) == 2
     assert "--count is for --tasks permuted or rotated" in capsys.readouterr().err
     config = tmp_path / "c.yaml"
     config.write_text("data: {source: digits, tasks: {kind: permuted, count: 2}}\nincremental: {augment: false}\n")
-    assert data_main(["prepare", "-c", str(config), "--out", str(out), "--count", "3"]) == 2
+    assert nws(["data", "prepare", "-c", str(config), "--out", str(out), "--count", "3"]) == 2
     assert "--count: with -c the config's data section says these" in capsys.readouterr().err

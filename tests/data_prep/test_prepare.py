@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.cli import main
 from data_prep.manifest import load_manifest, read_unit, verify_unit
 from data_prep.prepare import PrepareError, prepare, write_order
 from data_prep.sources import open_source
 from data_prep.tasks import load_tasks, task_records
 from loaders import make_loader
 from nws.io import read_json, sha256_file
+from pipeline.cli import main as nws
 from tests.data_prep import fixtures
 from tests.data_prep.test_writers import tiny_source
 
@@ -157,7 +157,7 @@ def test_a_task_without_images_in_a_split_is_an_error(tmp_path):
 
 
 def test_cli_prepares_digits_and_reports(tmp_path, capsys):
-    assert main(["prepare", "digits", "--out", str(tmp_path), "--quiet", "--max-per-shard", "100"]) == 0
+    assert nws(["data", "prepare", "digits", "--out", str(tmp_path), "--quiet", "--max-per-shard", "100"]) == 0
     printed = capsys.readouterr().out
     assert "6 unit(s) built" in printed and "pretrain" in printed
     source = open_source("digits")
@@ -171,21 +171,22 @@ def test_cli_prepares_digits_and_reports(tmp_path, capsys):
                 labels = np.concatenate([y.numpy() for _, y in loader])
                 assert len(labels) == want == loader.num_samples
                 assert set(labels) == set(range(10 if task is None else 2))
-    assert main(["prepare", "digits", "--out", str(tmp_path), "--quiet", "--max-per-shard", "100"]) == 0
+    assert nws(["data", "prepare", "digits", "--out", str(tmp_path), "--quiet", "--max-per-shard", "100"]) == 0
     assert "0 unit(s) built, 6 verified and skipped" in capsys.readouterr().out
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
-    assert main(["prepare", "image_folder", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert nws(["data", "prepare", "image_folder", "--root", str(tmp_path / "nowhere"),
+                "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(tmp_path / "nowhere") in err and err.count("\n") == 1
     assert "Traceback" not in err
     root = fixtures.write_image_folder(tmp_path, corrupt=True)
-    assert main(["prepare", "image_folder", "--root", str(root), "--out", str(tmp_path / "o"), "--strict",
+    assert nws(["data", "prepare", "image_folder", "--root", str(root), "--out", str(tmp_path / "o"), "--strict",
                  "--quiet", "--format", "wds"]) == 2
     err = capsys.readouterr().err
     assert any(name in err for name in fixtures.CORRUPT_FILES) and err.count("\n") == 1
-    assert main(["prepare", "digits", "--out", str(tmp_path / "o"), "--format", "tfrecord"]) == 2
+    assert nws(["data", "prepare", "digits", "--out", str(tmp_path / "o"), "--format", "tfrecord"]) == 2
     assert "--format" in capsys.readouterr().err
 
 
@@ -229,7 +230,7 @@ def check_units(out: Path, source_name: str, root, formats=("wds", "ffcv"), imag
 def test_end_to_end_cifar100_tarball(tmp_path, capsys):
     root = fixtures.write_cifar100_tarball(tmp_path, per_class_train=2, per_class_test=1)
     out = tmp_path / "out"
-    assert main(["prepare", "cifar100", "--root", str(root), "--out", str(out), "--quiet"]) == 0
+    assert nws(["data", "prepare", "cifar100", "--root", str(root), "--out", str(out), "--quiet"]) == 0
     tasks, _ = load_tasks(out / "tasks.json")
     assert len(tasks) == 20 and tasks[0].name == "aquatic_mammals" and tasks[-1].name == "vehicles_2"
     assert tasks[0].class_names == ["beaver", "dolphin", "otter", "seal", "whale"]
@@ -252,12 +253,12 @@ def test_end_to_end_cifar100_tarball(tmp_path, capsys):
 def test_end_to_end_imagenet_tree(tmp_path):
     root = fixtures.write_imagenet_tree(tmp_path)
     out = tmp_path / "out"
-    assert main(["prepare", "imagenet", "--root", str(root), "--out", str(out), "--quiet"]) == 0
+    assert nws(["data", "prepare", "imagenet", "--root", str(root), "--out", str(out), "--quiet"]) == 0
     assert list(load_manifest(out)["units"]) == ["pretrain"]  # 3 classes: one all-classes unit
     manifest = check_units(out, "imagenet", root, image_size=16)
     assert manifest["units"]["pretrain"]["image_size"] is None  # JPEGs of varying size, stored as they are
     out2 = tmp_path / "out2"
-    assert main(["prepare", "imagenet", "--root", str(root), "--out", str(out2), "--quiet", "--image-size", "12",
+    assert nws(["data", "prepare", "imagenet", "--root", str(root), "--out", str(out2), "--quiet", "--image-size", "12",
                  "--tasks", "explicit", "--explicit", "n01440764,n01484850;n01443537", "--no-pretrain-set",
                  "--image-format", "jpg", "--ffcv-write-mode", "jpg", "--jpeg-quality", "95"]) == 0
     manifest = check_units(out2, "imagenet", root)
@@ -270,7 +271,7 @@ def test_end_to_end_imagenet_tree(tmp_path):
 def test_end_to_end_image_folder_with_corrupt_files(tmp_path):
     root = fixtures.write_image_folder(tmp_path, corrupt=True)
     out = tmp_path / "out"
-    assert main(["prepare", "image_folder", "--root", str(root), "--out", str(out), "--quiet"]) == 0
+    assert nws(["data", "prepare", "image_folder", "--root", str(root), "--out", str(out), "--quiet"]) == 0
     manifest = check_units(out, "image_folder", root, image_size=8)
     bad = manifest["units"]["pretrain"]["splits"]["train"]["bad_images"]
     assert bad["count"] == 3 and sorted(Path(n).name for n in bad["names"]) == sorted(fixtures.CORRUPT_FILES)
@@ -280,12 +281,12 @@ def test_end_to_end_image_folder_with_corrupt_files(tmp_path):
 def test_end_to_end_idx_fashion_mnist_and_miniimagenet(tmp_path):
     root = fixtures.write_idx_fashion_mnist(tmp_path, n_train=40, n_test=20)
     out = tmp_path / "fm"
-    assert main(["prepare", "fashion_mnist", "--root", str(root), "--out", str(out), "--quiet"]) == 0
+    assert nws(["data", "prepare", "fashion_mnist", "--root", str(root), "--out", str(out), "--quiet"]) == 0
     manifest = check_units(out, "fashion_mnist", root)
     assert len(manifest["units"]) == 6 and manifest["units"]["task04"]["splits"]["train"]["num_samples"] == 8
     root = fixtures.write_miniimagenet(tmp_path)
     out = tmp_path / "mini"
-    assert main(["prepare", "miniimagenet", "--root", str(root), "--out", str(out), "--quiet",
+    assert nws(["data", "prepare", "miniimagenet", "--root", str(root), "--out", str(out), "--quiet",
                  "--option", "test_fraction=0.25", "--image-size", "10"]) == 0
     check_units(out, "miniimagenet", root, test_fraction=0.25)
 
@@ -293,7 +294,7 @@ def test_end_to_end_idx_fashion_mnist_and_miniimagenet(tmp_path):
 def test_end_to_end_cub2sketches(tmp_path):
     root = fixtures.write_cub2sketches(tmp_path)
     out = tmp_path / "out"
-    assert main(["prepare", "cub2sketches", "--root", str(root), "--out", str(out), "--quiet", "--format", "wds",
+    assert nws(["data", "prepare", "cub2sketches", "--root", str(root), "--out", str(out), "--quiet", "--format", "wds",
                  "--image-size", "8"]) == 0
     tasks, _ = load_tasks(out / "tasks.json")
     assert [t.name for t in tasks] == list(fixtures.CUB2SKETCHES)
@@ -308,7 +309,7 @@ def test_fashion_mnist_real_data_end_to_end(tmp_path, capsys):
         pytest.fail(f"{FMNIST}: real Fashion-MNIST missing; install the Debian package dataset-fashion-mnist")
     out = tmp_path / "fmnist"
     workers = str(min(2, os.cpu_count() or 1))
-    assert main(["prepare", "fashion_mnist", "--out", str(out), "--quiet", "--workers", workers]) == 0
+    assert nws(["data", "prepare", "fashion_mnist", "--out", str(out), "--quiet", "--workers", workers]) == 0
     tasks, meta = load_tasks(out / "tasks.json")
     assert [t.class_ids for t in tasks] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert meta["root"] is None and meta["source"] == "fashion_mnist"

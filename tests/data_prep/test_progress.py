@@ -41,7 +41,7 @@ def test_a_quick_bar_in_a_log_prints_nothing_and_a_terminal_gets_tqdm():
 
 
 def test_data_prepare_writes_no_carriage_return_into_a_log(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "data_prep", "prepare", "digits", "--out", str(tmp_path / "d"),
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "data", "prepare", "digits", "--out", str(tmp_path / "d"),
                            "--format", "wds,ffcv", "--tasks", "blocks", "--classes-per-task", "2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_prep.cli import main
 from data_prep.manifest import load_manifest
 from data_prep.sources import open_source
 from data_prep.subset import per_class, sample_per_class
 from data_prep.tasks import load_tasks
 from loaders import make_loader
+from pipeline.cli import main as nws
 from tests.data_prep.test_prepare import run
 from tests.data_prep.test_writers import tiny_source
 
@@ -57,12 +57,12 @@ def test_per_class_errors_name_the_key(tmp_path, capsys):
         per_class(source, {"valid": 5})
     with pytest.raises(ValueError, match=r"data.per_class.train: expected a positive number"):
         per_class(source, {"train": 0})
-    assert main(["prepare", "digits", "--out", str(tmp_path), "--per-class", "train150"]) == 2
+    assert nws(["data", "prepare", "digits", "--out", str(tmp_path), "--per-class", "train150"]) == 2
     assert "--per-class 'train150': expected SPLIT=N" in capsys.readouterr().err
 
 
 def test_cli_per_class_on_digits(tmp_path, capsys):
-    assert main(["prepare", "digits", "--out", str(tmp_path), "--quiet", "--format", "wds",
+    assert nws(["data", "prepare", "digits", "--out", str(tmp_path), "--quiet", "--format", "wds",
                  "--per-class", "train=15"]) == 0
     source = open_source("digits")
     units = load_manifest(tmp_path)["units"]
@@ -78,7 +78,7 @@ def test_damaged_shards_are_named_by_the_loaders_and_by_nws_data_verify(tmp_path
 
     from pipeline.cli import main as nws
 
-    assert main(["prepare", "digits", "--out", str(tmp_path), "--quiet", "--format", "wds"]) == 0
+    assert nws(["data", "prepare", "digits", "--out", str(tmp_path), "--quiet", "--format", "wds"]) == 0
     assert nws(["data", "verify", str(tmp_path)]) == 0
     assert "6 unit(s), 12 file(s) re-hashed, 0 problem(s)" in capsys.readouterr().out
     shard = tmp_path / "task01" / "train-000000.tar"

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from pipeline.config import experiment_schema, validate
+from base.config import validate
+from pipeline.config import experiment_schema
 from tests.conftest import SEED, THREADS
 from tests.incremental.fixtures import DATA, LENET, make_config, make_pretrain, prepare_digits
 

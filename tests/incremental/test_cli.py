@@ -1,4 +1,5 @@
-"""`nws incremental` and `python -m incremental`: the same code, config + overrides, clear errors, exit codes."""
+"""`nws incremental` and `python -m pipeline incremental`: the same code, config + overrides, clear errors, exit
+codes."""
 
 import json
 import re
@@ -6,8 +7,8 @@ import re
 import yaml
 
 from incremental.chance import LEGEND
-from incremental.cli import main
 from pipeline.cli import build_parser
+from pipeline.cli import main as nws
 from tests.incremental.fixtures import DATA, MODEL
 
 
@@ -26,9 +27,9 @@ def test_nws_incremental_subcommand_is_registered():
 
 def test_cli_runs_a_method_with_overrides(digits, pretrained, tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml")
-    rc = main(["-c", str(cfg), "--method", "finetune", "--data", str(digits), "--pretrain", str(pretrained),
-               "--out", str(tmp_path / "out"), "--strict", "incremental.num_tasks=1", "incremental.epochs=2",
-               "incremental.milestones=[1]", "incremental.augment=false"])
+    rc = nws(["incremental", "-c", str(cfg), "--method", "finetune", "--data", str(digits),
+              "--pretrain", str(pretrained), "--out", str(tmp_path / "out"), "--strict", "incremental.num_tasks=1",
+              "incremental.epochs=2", "incremental.milestones=[1]", "incremental.augment=false"])
     # --strict: a healthy run passes (96-100% over seeds 0-2, above chance from 65.3% on; one epoch of 9 steps with
     # augmentation leaves Finetune at 50.0%, and two at 60-78%: at or near chance)
     assert rc == 0
@@ -53,9 +54,9 @@ def test_a_task_at_chance_is_marked_and_fails_with_strict(digits, pretrained, tm
     real_get = methods_module.get_method
     monkeypatch.setattr(methods_module, "get_method", lambda name: Sabotaged if name == "finetune" else real_get(name))
     cfg = write_config(tmp_path / "c.yaml", max_steps_per_epoch=2)
-    args = ["-c", str(cfg), "--method", "finetune", "--data", str(digits), "--pretrain", str(pretrained),
-            "--out", str(tmp_path / "out")]
-    assert main(args + ["--strict"]) == 6
+    args = ["incremental", "-c", str(cfg), "--method", "finetune", "--data", str(digits),
+            "--pretrain", str(pretrained), "--out", str(tmp_path / "out")]
+    assert nws(args + ["--strict"]) == 6
     doc = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
     captured = capsys.readouterr()
     marked = [f"{100 * a:.1f}*" for a in doc["acc_matrix"][-1]]
@@ -64,26 +65,27 @@ def test_a_task_at_chance_is_marked_and_fails_with_strict(digits, pretrained, tm
     for task in ("task00", "task01"):
         assert f"WARNING: finetune {task}: " in captured.err
     assert "--strict exits with 6" in captured.err
-    assert main(args) == 0  # without --strict: marked and warned only (the finished run is not redone)
+    assert nws(args) == 0  # without --strict: marked and warned only (the finished run is not redone)
     captured = capsys.readouterr()
     assert LEGEND in captured.out and "WARNING: finetune task01: " in captured.err
 
 
 def test_cli_errors_are_clear(digits, pretrained, tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml")
-    assert main(["-c", str(cfg), "incremental.epoch=2"]) == 2
+    assert nws(["incremental", "-c", str(cfg), "incremental.epoch=2"]) == 2
     assert "unknown key 'incremental.epoch'" in capsys.readouterr().err
-    assert main(["-c", str(cfg), "--method", "nope", "--data", str(digits), "--pretrain", str(pretrained),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert nws(["incremental", "-c", str(cfg), "--method", "nope", "--data", str(digits),
+                "--pretrain", str(pretrained), "--out", str(tmp_path / "o")]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
-    assert main(["-c", str(cfg), "--method", "nws", "--data", str(digits), "--pretrain", str(tmp_path / "none"),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert nws(["incremental", "-c", str(cfg), "--method", "nws", "--data", str(digits),
+                "--pretrain", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "pools.safetensors: file not found; run `nws pretrain`" in capsys.readouterr().err
 
 
 def test_two_processes_under_a_launcher(digits, pretrained, tmp_path):
-    """`torchrun --nproc_per_node 2 -m incremental` (what `accelerate launch` does per node): gloo on the CPU, the
-    global batch split over the ranks, rank 0 writing; every stored task evaluated over both ranks' shares."""
+    """`torchrun --nproc_per_node 2 -m pipeline incremental` (what `accelerate launch` does per node): gloo on the
+    CPU, the global batch split over the ranks, rank 0 writing; every stored task evaluated over both ranks'
+    shares."""
     import os
     import subprocess
     import sys
@@ -91,8 +93,8 @@ def test_two_processes_under_a_launcher(digits, pretrained, tmp_path):
 
     cfg = write_config(tmp_path / "c.yaml", epochs=2, milestones=[1], num_tasks=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "incremental", "-c",
-           str(cfg), "--method", "nws", "--data", str(digits), "--pretrain", str(pretrained), "--out",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "pipeline", "incremental",
+           "-c", str(cfg), "--method", "nws", "--data", str(digits), "--pretrain", str(pretrained), "--out",
            str(tmp_path / "out")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

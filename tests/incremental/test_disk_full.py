@@ -10,8 +10,8 @@ import json
 import pytest
 
 from incremental import checkpoint
-from incremental.cli import main
 from nws.disk import DiskFull, free_bytes
+from pipeline.cli import main as nws
 from tests.incremental.test_cli import write_config
 from tests.small_disk import small_disk
 
@@ -20,7 +20,7 @@ def test_a_full_disk_is_named_and_the_run_goes_on_from_the_stored_tasks(digits, 
     cfg = write_config(tmp_path / "c.yaml")
     args = ["-c", str(cfg), "--method", "nws", "--data", str(digits), "--pretrain", str(pretrained),
             "incremental.augment=false"]
-    assert main([*args, "--out", str(tmp_path / "reference")]) == 0
+    assert nws(["incremental", *args, "--out", str(tmp_path / "reference")]) == 0
     reference = json.loads((tmp_path / "reference" / "nws" / "metrics.json").read_text())
     capsys.readouterr()
     real_save, filled = checkpoint.save, []
@@ -35,7 +35,7 @@ def test_a_full_disk_is_named_and_the_run_goes_on_from_the_stored_tasks(digits, 
     with small_disk(tmp_path / "disk", "20m") as disk, pytest.MonkeyPatch.context() as mp:
         mp.setattr(checkpoint, "save", fill_then_save)
         out, filler = disk.path / "out", disk.path / "someone-elses-file"
-        assert main([*args, "--out", str(out)]) == DiskFull.EXIT_CODE
+        assert nws(["incremental", *args, "--out", str(out)]) == DiskFull.EXIT_CODE
         first = capsys.readouterr()
         error = first.err.strip().splitlines()[-1]
         assert error.startswith(f"error: {out / 'nws'}/") and ": no space left on device" in error, error
@@ -43,7 +43,7 @@ def test_a_full_disk_is_named_and_the_run_goes_on_from_the_stored_tasks(digits, 
         assert not [p for p in out.rglob(".*.tmp")]  # no temp file left behind
         assert list(out.rglob("epoch*")) == []  # nor a half-written checkpoint
         filler.unlink()  # space freed
-        assert main([*args, "--out", str(out)]) == 0
+        assert nws(["incremental", *args, "--out", str(out)]) == 0
         second = capsys.readouterr()
         assert "task 0 (task00) stored and evaluated by an earlier run, kept: R[0]" in second.out
         assert "task 0 (1/2) epoch" not in second.out and "task 1 (2/2) epoch 1/1" in second.out

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from base.config import validate
-from data_prep.cli import prepare_section
+from data_prep.run import prepare_section
 from incremental.evaluate import accuracy
 from incremental.loop import make_accelerator, run
 from incremental.methods.finetune import NETWORK

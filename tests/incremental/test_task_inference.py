@@ -9,11 +9,11 @@ import torch
 import yaml
 
 from base.layout import TASK_INFERENCE
-from incremental.cli import main
 from incremental.loop import run
 from incremental.methods import make_method
 from incremental.task_inference import batch_stat_outputs, entropy, evaluate, min_entropy, one_shot_gradient
 from nws.artifact import ArtifactError
+from pipeline.cli import main as nws
 from tests import margin
 from tests.incremental.fixtures import DATA, MODEL, make_config
 from tests.incremental.test_methods import method_for, sample_batch, train_a_little
@@ -98,13 +98,13 @@ def test_cli_task_inference_on_a_run_and_again_on_the_finished_run(digits, pretr
     cfg.write_text(yaml.safe_dump({"name": "ti", "data": DATA, "model": MODEL, "incremental": inc}))
     args = ["-c", str(cfg), "--method", "finetune", "--data", str(digits), "--pretrain", str(pretrained), "--out",
             str(tmp_path / "out"), "--task-inference", "--task-inference-batch-size", "32"]
-    assert main(args) == 0
+    assert nws(["incremental", *args]) == 0
     out = capsys.readouterr().out
     assert "finetune task inference (min_entropy, batch 32): inference accuracy" in out
     path = tmp_path / "out" / "finetune" / TASK_INFERENCE
     first = json.loads(path.read_text())
     path.unlink()
-    assert main(args + ["--task-inference-samples", "1"]) == 0  # nothing left to train: inference only
+    assert nws(["incremental", *args, "--task-inference-samples", "1"]) == 0  # nothing left to train: inference only
     again = json.loads(path.read_text())
     assert again["entropy_samples"] == 1 and first["entropy_samples"] == "batch"
     assert again["acc_given"] == first["acc_given"]

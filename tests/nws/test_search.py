@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nws import search
-from nws.search import SearchCache, nearest, nearest_with_margin
+from nws.cache import SearchCache
+from nws.search import nearest, nearest_with_margin
 
 
 def brute(flat, pool):

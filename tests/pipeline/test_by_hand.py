@@ -13,11 +13,9 @@ import sys
 import pytest
 import yaml
 
-from data_prep.cli import main as data_main
-from incremental.cli import main as incremental_main
 from nws.io import read_json
+from pipeline.cli import main as nws
 from pipeline.layout import VariantConflict
-from pipeline.report_cli import main as report_main
 from pipeline.runner import run_pipeline
 from tests.pipeline.test_runner import CONFIG as RUNNER_CONFIG
 from tests.pipeline.test_runner import statuses
@@ -36,10 +34,10 @@ def stamps(folder) -> dict:
 
 
 def pretrain_by_hand(runs, config, *args: str) -> subprocess.CompletedProcess:
-    """`python -m pretrain -c CONFIG --runs-dir RUNS` as a user types it (its own process: it forms a process
-    group), the MLflow store in the runs folder."""
-    return subprocess.run([sys.executable, "-m", "pretrain", "-c", str(config), "--runs-dir", str(runs), *args],
-                          cwd=ROOT, env=cli_env(runs), capture_output=True, text=True, timeout=600)
+    """`python -m pipeline pretrain -c CONFIG --runs-dir RUNS` as a user types it (its own process: it forms a
+    process group), the MLflow store in the runs folder."""
+    return subprocess.run([sys.executable, "-m", "pipeline", "pretrain", "-c", str(config), "--runs-dir", str(runs),
+                           *args], cwd=ROOT, env=cli_env(runs), capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +47,11 @@ def by_hand(tmp_path_factory):
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
     runs = root / "runs"
-    assert data_main(["prepare", "-c", str(config), "--runs-dir", str(runs), "--quiet"]) == 0
+    assert nws(["data", "prepare", "-c", str(config), "--runs-dir", str(runs), "--quiet"]) == 0
     proc = pretrain_by_hand(runs, config)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert incremental_main(["-c", str(config), "--runs-dir", str(runs), "--method", "nws"]) == 0
-    assert report_main(["--dir", str(runs / "tiny"), "--no-track"]) == 0
+    assert nws(["incremental", "-c", str(config), "--runs-dir", str(runs), "--method", "nws"]) == 0
+    assert nws(["report", "--dir", str(runs / "tiny"), "--no-track"]) == 0
     return config, runs
 
 
@@ -101,9 +99,9 @@ def test_stage_commands_after_the_pipeline_use_its_outputs(by_hand, capfd):
     pools.safetensors: file not found`) finds its pools and keeps its tasks, `nws report -c` reports it, and the
     pipeline still finds every stage up to date."""
     config, runs = by_hand
-    assert incremental_main(["-c", str(config), "--runs-dir", str(runs), "--method", "nws"]) == 0
+    assert nws(["incremental", "-c", str(config), "--runs-dir", str(runs), "--method", "nws"]) == 0
     assert "task 1 (task01) stored and evaluated by an earlier run, kept" in capfd.readouterr().out
-    assert report_main(["-c", str(config), "--runs-dir", str(runs), "--no-track"]) == 0
+    assert nws(["report", "-c", str(config), "--runs-dir", str(runs), "--no-track"]) == 0
     assert set(statuses(run_pipeline(config, seeds=[0], runs_dir=runs)).values()) == {"skipped"}
 
 
@@ -117,9 +115,9 @@ def test_another_config_is_refused_not_overwritten(by_hand, capfd):
     with pytest.raises(VariantConflict, match=r"seed0/config.yaml holds a run of another config \(incremental.epochs: "
                                               r"1 there, 2 here\).*--variant NAME.*--replace"):
         run_pipeline(config, ["incremental.epochs=2"], runs_dir=runs)
-    assert incremental_main(["-c", str(config), "--runs-dir", str(runs), "incremental.epochs=2"]) == 2
+    assert nws(["incremental", "-c", str(config), "--runs-dir", str(runs), "incremental.epochs=2"]) == 2
     assert "incremental.epochs: 1 there, 2 here" in capfd.readouterr().err
-    assert data_main(["prepare", "-c", str(config), "--runs-dir", str(runs), "data.per_class.train=20"]) == 2
+    assert nws(["data", "prepare", "-c", str(config), "--runs-dir", str(runs), "data.per_class.train=20"]) == 2
     assert "data.per_class.train: None there, 20 here" in capfd.readouterr().err
     assert stamps(exp) == before
 
@@ -154,14 +152,14 @@ def test_the_report_does_not_average_two_configs(by_hand, capfd):
     exp = runs / "tiny"
     seed1 = ["-c", str(config), "--runs-dir", str(runs), "--seed", "1", "--pretrain", str(exp / "seed0" / "pretrain"),
              "incremental.epochs=2"]
-    assert incremental_main(seed1) == 2
+    assert nws(["incremental", *seed1]) == 2
     assert "seed0/config.yaml holds a run of another config (incremental.epochs: 1 there, 2 here)" \
         in capfd.readouterr().err
     assert not (exp / "seed1").exists()
-    assert incremental_main([*seed1, "--replace"]) == 0
+    assert nws(["incremental", *seed1, "--replace"]) == 0
     assert read_json(exp / "seed1" / "incremental" / "nws" / "metrics.json")["epochs"] == 2
     report = stamps(exp / "report")
-    assert report_main(["--dir", str(exp), "--no-track"]) == 2
+    assert nws(["report", "--dir", str(exp), "--no-track"]) == 2
     err = capfd.readouterr().err
     assert "are runs of different configs (incremental.epochs: 1 in seed0, 2 in seed1)" in err
     assert "not averaged" in err and stamps(exp / "report") == report

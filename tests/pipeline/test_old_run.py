@@ -11,13 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from base.config import config_hash, load_config
+from base.layout import Layout
 from incremental import loop
 from incremental.evaluate import evaluate_stored
 from incremental.loop import make_accelerator, run_hash, task_list
 from incremental.methods import make_method
 from pipeline import stages
-from pipeline.config import config_hash, experiment_schema, load_config
-from pipeline.layout import Layout
+from pipeline.config import experiment_schema
 from pipeline.report import make_report
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "old_run"

@@ -11,7 +11,7 @@ import pytest
 import nws
 from base.layout import PLAIN, POOLS
 from nws.io import load_metadata, read_json
-from pipeline.run_cli import main as cli_main
+from pipeline.cli import main as nws_main
 from pipeline.runner import run_pipeline
 from pretrain import outputs
 from tests.pipeline.fixtures import DEMO, NARROW, make_reusable
@@ -69,8 +69,8 @@ def test_an_absolute_reuse_stays_and_the_same_image_size_has_no_note(pools, capf
 ])
 def test_reused_outputs_of_another_network_stop_before_any_stage(pools, override, differs, capfd):
     runs, folder = pools
-    rc = cli_main(["run", "-c", str(DEMO), "--runs-dir", str(runs), "name=other", f"pretrain.reuse={folder}",
-                   *NARROW, override])
+    rc = nws_main(["pipeline", "run", "-c", str(DEMO), "--runs-dir", str(runs), "name=other",
+                   f"pretrain.reuse={folder}", *NARROW, override])
     err = capfd.readouterr().err
     assert rc == 2 and err.count("error:") == 1
     assert f"error: pretrain.reuse: {folder} holds pretrain outputs of another network: {differs}. Reuse" in err
@@ -83,8 +83,8 @@ def test_outputs_without_their_config_are_checked_from_the_safetensors_metadata(
     bare = runs / "bare" / "seed0" / "pretrain"
     shutil.copytree(folder, bare)
     (bare / "config.json").unlink()
-    rc = cli_main(["run", "-c", str(DEMO), "--runs-dir", str(runs), "name=other", "pretrain.reuse=bare/seed0/pretrain",
-                   *NARROW, "model.pool_size=32"])
+    rc = nws_main(["pipeline", "run", "-c", str(DEMO), "--runs-dir", str(runs), "name=other",
+                   "pretrain.reuse=bare/seed0/pretrain", *NARROW, "model.pool_size=32"])
     assert rc == 2
     assert (f"pretrain.reuse: {bare.resolve()} holds pretrain outputs of another network: model.pool_size: 16 there "
             "(pools.safetensors), 32 here. Reuse") in capfd.readouterr().err
@@ -96,7 +96,8 @@ def test_a_backbone_of_other_input_channels_is_refused(pools, capfd):
     shutil.copytree(folder, grey)
     net = nws.models.resnet18(num_classes=10, width=0.125, stem="nws", in_channels=1)
     outputs.write_plain(grey, net, load_metadata(folder / PLAIN))
-    rc = cli_main(["run", "-c", str(DEMO), "--runs-dir", str(runs), "name=other", f"pretrain.reuse={grey}", *NARROW])
+    rc = nws_main(["pipeline", "run", "-c", str(DEMO), "--runs-dir", str(runs), "name=other",
+                   f"pretrain.reuse={grey}", *NARROW])
     assert rc == 2
     assert (f"pretrain.reuse: {grey} holds pretrain outputs of another network: input channels: 1 there "
             "(plain_backbone.safetensors), 3 here. Reuse") in capfd.readouterr().err
@@ -104,7 +105,7 @@ def test_a_backbone_of_other_input_channels_is_refused(pools, capfd):
 
 def test_a_missing_reused_folder_is_named_as_resolved(pools, capfd):
     runs, _ = pools
-    rc = cli_main(["run", "-c", str(DEMO), "--runs-dir", str(runs), "--only", "pretrain", "name=lost",
+    rc = nws_main(["pipeline", "run", "-c", str(DEMO), "--runs-dir", str(runs), "--only", "pretrain", "name=lost",
                    "pretrain.reuse=nowhere/seed0/pretrain", *NARROW])
     err = capfd.readouterr().err
     assert rc == 2 and err.count("error:") == 1

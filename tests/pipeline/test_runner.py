@@ -11,7 +11,7 @@ import yaml
 
 from base.config import ConfigError
 from nws.io import read_json
-from pipeline.run_cli import main as cli_main
+from pipeline.cli import main as nws
 from pipeline.runner import run_pipeline
 
 CONFIG = {
@@ -94,7 +94,7 @@ def test_mlflow_has_one_parent_with_a_child_per_stage_seed_and_method(pipeline_r
 
 def test_a_second_run_skips_every_stage(pipeline_run, capsys):
     config, runs, _ = pipeline_run
-    assert cli_main(["run", "-c", str(config), "--runs-dir", str(runs)]) == 0
+    assert nws(["pipeline", "run", "-c", str(config), "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
     assert "0 stage(s) ran, 6 up to date" in out
 
@@ -114,7 +114,6 @@ def test_stored_files_changed_after_the_run_are_noticed(pipeline_run, capfd):
     of the stage, naming the file), a missing data shard is named, and the report refuses the edited file. Every
     file is put back afterwards and the run is up to date again."""
     from pipeline import stages as S
-    from pipeline.report_cli import main as report_main
     from pipeline.runner import up_to_date
 
     config, runs, _ = pipeline_run
@@ -124,7 +123,7 @@ def test_stored_files_changed_after_the_run_are_noticed(pipeline_run, capfd):
     indices.write_bytes(bytes([original[0] ^ 1]) + original[1:])
     args = ["run", "-c", str(config), "--runs-dir", str(runs), "--seed", "1", "--only", "incremental"]
     try:
-        assert cli_main(args) == 1
+        assert nws(["pipeline", *args]) == 1
     finally:
         indices.write_bytes(original)
     out = capfd.readouterr()
@@ -132,7 +131,7 @@ def test_stored_files_changed_after_the_run_are_noticed(pipeline_run, capfd):
     assert ("incremental (seed 1): changed since it finished: nws/coded/task01/indices.bin changed; "
             "nws/task01/indices.bin changed") in out.out
     assert f"{indices}: checksum mismatch" in out.err
-    assert cli_main(args) == 0 and "0 stage(s) ran, 1 up to date" in capfd.readouterr().out
+    assert nws(["pipeline", *args]) == 0 and "0 stage(s) ran, 1 up to date" in capfd.readouterr().out
 
     shard = exp / "data" / "task01" / "test-000000.tar"
     moved = shard.with_name("moved.tar")
@@ -155,7 +154,7 @@ def test_stored_files_changed_after_the_run_are_noticed(pipeline_run, capfd):
     metrics.write_text(kept.replace(f'"final_avg_acc": {doc["final_avg_acc"]}', '"final_avg_acc": 0.999'))
     try:
         assert metrics.read_text() != kept
-        assert report_main(["--dir", str(exp), "--out", str(exp / "edited"), "--no-track"]) == 2
+        assert nws(["report", "--dir", str(exp), "--out", str(exp / "edited"), "--no-track"]) == 2
         err = capfd.readouterr().err
         assert f"{metrics}: changed since the incremental stage recorded it" in err
         assert not (exp / "edited" / "results.md").exists()
@@ -166,20 +165,19 @@ def test_stored_files_changed_after_the_run_are_noticed(pipeline_run, capfd):
 def test_one_writer_per_run_folder(pipeline_run, capfd):
     """Issue 17: two `nws pipeline run` of one config both trained in one folder. A whole run locks runs/<name>/
     and each stage its folder; another writer is refused with exit 7 naming the holder, and changes nothing."""
-    from incremental.cli import main as incremental_main
     from nws.lock import folder_lock
 
     config, runs, _ = pipeline_run
     exp = runs / "tiny"
     before = {p: p.read_bytes() for p in exp.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
     with folder_lock(exp):
-        assert cli_main(["run", "-c", str(config), "--runs-dir", str(runs)]) == 7
+        assert nws(["pipeline", "run", "-c", str(config), "--runs-dir", str(runs)]) == 7
         assert f"error: {exp}: in use by pid {os.getpid()}" in capfd.readouterr().err
     with folder_lock(exp / "seed0" / "incremental"):
         args = ["run", "-c", str(config), "--runs-dir", str(runs), "--only", "incremental", "--seed", "0"]
-        assert cli_main(args) == 7
+        assert nws(["pipeline", *args]) == 7
         assert f"{exp / 'seed0' / 'incremental'}: in use by pid" in capfd.readouterr().err
-        assert incremental_main(["-c", str(exp / "seed0" / "config.yaml"), "--data", str(exp / "data"),
+        assert nws(["incremental", "-c", str(exp / "seed0" / "config.yaml"), "--data", str(exp / "data"),
                                  "--pretrain", str(exp / "seed0" / "pretrain"),
                                  "--out", str(exp / "seed0" / "incremental"), "--runs-dir", str(runs)]) == 7
     after = {p: p.read_bytes() for p in exp.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
@@ -196,10 +194,10 @@ def test_bad_requests_name_what_is_wrong(pipeline_run, tmp_path, capsys):
         run_pipeline(config, runs_dir=runs, only="data", start="pretrain")
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**CONFIG, "incremental": {**CONFIG["incremental"], "epochz": 3}}))
-    assert cli_main(["run", "-c", str(bad), "--runs-dir", str(runs)]) == 2
+    assert nws(["pipeline", "run", "-c", str(bad), "--runs-dir", str(runs)]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'incremental.epochz'" in err and "epochs" in err
-    assert cli_main(["run", "-c", str(config), "--runs-dir", str(runs), "incremental.lr=-1"]) == 2
+    assert nws(["pipeline", "run", "-c", str(config), "--runs-dir", str(runs), "incremental.lr=-1"]) == 2
     assert "incremental.lr" in capsys.readouterr().err
 
 

@@ -24,8 +24,9 @@ import pytest
 import torch
 
 from base.tracking import PARENT_ENV, start_run, tracking_uri
+from cluster.mlflow_server import server_command
 from pipeline.report import make_report
-from pipeline.ui import HOST, experiment_url, server_command
+from pipeline.ui import HOST, experiment_url
 from tests.conftest import THREADS
 from tests.pipeline.fixtures import make_experiment
 from tests.processes import stop_group

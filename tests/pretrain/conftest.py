@@ -42,8 +42,8 @@ def experiment(*overrides: str):
 
 @pytest.fixture(scope="module")
 def one_rank():
-    """A 1-rank gloo group in this process (what `python -m pretrain` makes for itself), torn down afterwards so
-    no rendezvous variable leaks into other tests."""
+    """A 1-rank gloo group in this process (what `python -m pipeline pretrain` makes for itself), torn down afterwards
+    so no rendezvous variable leaks into other tests."""
     import torch.distributed as dist
 
     from pretrain.launch import DIST_VARS, init_distributed
@@ -83,10 +83,11 @@ def cli_env(tmp: Path) -> dict[str, str]:
 
 def pretrain_command(data: Path, out: Path, *overrides: str, ranks: int = 1, config: Path = DEMO,
                      tiny: bool = True) -> list[str]:
-    """`python -m pretrain ...`, under torchrun (gloo, CPU) for several ranks; TINY settings unless `tiny=False`."""
+    """`python -m pipeline pretrain ...`, under torchrun (gloo, CPU) for several ranks; TINY settings unless
+    `tiny=False`."""
     launch = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                   f"--nproc_per_node={ranks}"]
-    return [*launch, "-m", "pretrain", "-c", str(config), "--data", str(data), "--out", str(out),
+    return [*launch, "-m", "pipeline", "pretrain", "-c", str(config), "--data", str(data), "--out", str(out),
             *(TINY if tiny else []), *overrides]
 
 

@@ -1,5 +1,5 @@
-"""The stage as users run it: `python -m pretrain` in subprocesses, one rank or two CPU ranks under torchrun (gloo),
-bf16 autocast, ZeRO-1. One uninterrupted reference run is compared with a run killed by SIGKILL mid-epoch and
+"""The stage as users run it: `python -m pipeline pretrain` in subprocesses, one rank or two CPU ranks under torchrun
+(gloo), bf16 autocast, ZeRO-1. One uninterrupted reference run is compared with a run killed by SIGKILL mid-epoch and
 resumed, and with the same global batch on 2 ranks; its outputs and MLflow run are read back."""
 
 from __future__ import annotations

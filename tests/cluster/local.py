@@ -100,7 +100,7 @@ def slurm_conf(root: Path, host: str, ctld_addr: str, nodes: tuple[Node, ...], c
     names = ",".join(n.name for n in nodes)
     node_lines = "\n".join(f"NodeName={n.name} NodeAddr={n.addr} CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN"
                            for n in nodes)
-    return f"""# {len(nodes)}-node Slurm for tests (cluster/local.py); every path is under {root}
+    return f"""# {len(nodes)}-node Slurm for tests (tests/cluster/local.py); every path is under {root}
 ClusterName=nwslocal
 SlurmctldHost={host}({ctld_addr})
 SlurmctldPort={ctld_port}

@@ -1,5 +1,0 @@
-import sys
-
-from pretrain.cli import main
-
-sys.exit(main())
