@@ -19,6 +19,11 @@ from nws.search import TINY, _Bounds, _check, _fp32_exact, _gamma, _margin, _sea
 
 REBASE = 0.5  # a call that would search more than this share of the rows searches all (and forgets old pools)
 MAX_JUMPED = 8  # more jumped kernels than this (and n/8): the same
+# after a call whose checks sent it to the full search anyway, the next `backoff` calls search in full without
+# checking (the checks cost about a third of a full search: paying them for nothing every step made pool
+# distillation slower than no cache); the backoff doubles while that repeats, up to MAX_BACKOFF, and is 1 again
+# after a call the checks paid for
+MAX_BACKOFF = 16
 
 
 class SearchCache:
@@ -43,6 +48,7 @@ class SearchCache:
         self.when: torch.Tensor | None = None  # per row: the stamp of the pool it was compared with (nws.drift)
         self.drift: PoolDrift | None = None
         self._work: torch.Tensor | None = None
+        self.skip, self.backoff = 0, 1  # full searches left without checks; the next skip (MAX_BACKOFF)
 
     def _valid_for(self, x: torch.Tensor, p: torch.Tensor) -> bool:
         a = self.anchor
@@ -62,10 +68,15 @@ class SearchCache:
         if static:
             rows = self._moved_rows(x)
         else:
+            if self.skip:
+                self.skip -= 1
+                return self._full(x, p)
             keep = self._drift_keep(x, p)
             rows = None if keep is None else (~keep).nonzero().squeeze(1)
             if rows is None or rows.numel() > REBASE * x.shape[0]:
+                self.skip, self.backoff = self.backoff, min(2 * self.backoff, MAX_BACKOFF)
                 return self._full(x, p)
+            self.backoff = 1
         self.last_searched = rows.numel()
         if rows.numel() == 0:
             return self.indices

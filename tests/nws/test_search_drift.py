@@ -208,3 +208,23 @@ def test_random_walks_of_rows_and_pool_equal_the_full_search(d):
                 pool[int(torch.randint(0, n, (1,), generator=g))] = w[int(torch.randint(0, 300, (1,), generator=g))]
             if step % 7 == 6 and n > 2:
                 pool[1] = pool[0]
+
+
+def test_checks_that_send_every_call_to_the_full_search_back_off(monkeypatch):
+    """Rows and pool moving far every step: each call ends in the full search, so the checks are skipped for
+    1, 2, 4, ... MAX_BACKOFF calls in a row (they cost a third of a search for nothing), and every answer stays the
+    full search's."""
+    from nws import cache as cache_module
+
+    checks = []
+    original = SearchCache._drift_keep
+    monkeypatch.setattr(SearchCache, "_drift_keep", lambda self, x, p: checks.append(1) or original(self, x, p))
+    g = torch.Generator().manual_seed(0)
+    pool, w = torch.randn(16, 9, generator=g), torch.randn(400, 9, generator=g)
+    cache = SearchCache()
+    for step in range(60):
+        assert torch.equal(cache(w, pool), brute(w, pool)), step
+        pool = pool + 0.5 * torch.randn(pool.shape, generator=g)
+        w = w + 0.5 * torch.randn(w.shape, generator=g)
+    # calls 2..60 move the pool; checks at 2, 4, 7, 12, 21, 38 (backoff 1, 2, 4, 8, 16, 16) and 55
+    assert len(checks) == 7 and cache.backoff == cache_module.MAX_BACKOFF
