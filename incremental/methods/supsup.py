@@ -16,7 +16,14 @@
   (the demo at 2 epochs) layer4's running variance was 6-12x the final network's, every stored task at chance
   (50.0%) while the same masks with these statistics gave 72-100%.
 - Head: masked like every other layer over frozen head weights (official: the GEMResNet head is a masked 1×1 conv;
-  task t uses the first C_t rows), or a trained float head per task (`head: float`).
+  task t uses the first C_t rows), or a trained float head per task (`head: float`). `output_size` gives the masked
+  head more rows than the task has classes, the official GNu `--output_size` (500 on PermutedMNIST with FC 1024-1024,
+  experiments/GNu/MNISTPerm): the extra rows are superfluous neurons that every task's mask learns to keep low on
+  its own inputs (the loss runs over all rows). It is what SupSup's one-shot task inference needs on permuted tasks:
+  on 8-10 permuted digits tasks with LeNet-300-100 the rule named the task of every batch with 100 rows and of
+  45-88% with the 10 class rows (tests/incremental/test_task_inference.py; Fashion-MNIST in BENCHMARKS.md). The
+  likely reason: off its own permutation a mask leaves the superfluous rows as large as the class rows, so at the
+  centre of the simplex they dominate the entropy, and only the right task's alpha pulls them all down.
 - Optimizer: the official Adam (lr 1e-3, weight decay 1e-4 on the scores) with CosineAnnealingLR over the epochs
   (`schedule: cosine`, which replaces incremental.milestones) or the loop's step schedule (`schedule: loop`). An
   unset `lr` is raised on a schedule too short for Adam's steps of ~lr to move a score across its init range
@@ -60,6 +67,7 @@ class Options(MethodOptions):
     er_scale: float = Field(8.0, gt=0)  # s of the ER rule (official --sparsity with --er-sparsity)
     density: float = Field(0.5, gt=0, le=1)  # fraction kept in every layer under density_rule uniform
     head: Literal["mask", "float"] = "mask"
+    output_size: int | None = Field(None, ge=1)  # rows of the masked head (official GNu --output_size); None: classes
     lr: float | None = Field(None, gt=0)  # None: 1e-3 (official), raised on a short schedule (methods._adam_reach)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "loop"] = "cosine"
@@ -146,7 +154,20 @@ class SupSup(Method):
         return self.ctx.method_dir / (BACKBONE if self.opts.weights == "backbone" else SIGNS)
 
     def head_rows(self) -> int:
-        return max(task.num_classes for task in self.ctx.tasks)
+        return max(self.rows(t) for t in range(len(self.ctx.tasks)))
+
+    def rows(self, t: int) -> int:
+        """Outputs of task t's network: its classes, or `output_size` (the first rows are the classes)."""
+        classes = self.ctx.tasks[t].num_classes
+        if self.opts.output_size is None:
+            return classes
+        if self.opts.head != "mask":
+            raise ValueError(f"incremental.options.supsup.output_size: superfluous neurons are rows of the masked "
+                             f"head; head is {self.opts.head!r}")
+        if self.opts.output_size < classes:
+            raise ValueError(f"incremental.options.supsup.output_size {self.opts.output_size} is fewer than the "
+                             f"{classes} classes of task {self.ctx.tasks[t].name}")
+        return self.opts.output_size
 
     def prepare(self) -> None:
         if self.opts.weights == "backbone":
@@ -199,8 +220,8 @@ class SupSup(Method):
     # ---- training ----
     def setup_task(self, t: int) -> nn.Module:
         self._epoch, self._task = 0, t
-        net = self.ctx.cfg.model.build(self.ctx.tasks[t].num_classes)
-        weights, bn = self.frozen(self.ctx.tasks[t].num_classes)
+        net = self.ctx.cfg.model.build(self.rows(t))
+        weights, bn = self.frozen(self.rows(t))
         if self.opts.head == "mask" and getattr(net.fc, "bias", None) is not None:
             raise ValueError("SupSup's masked head has no bias; use a model without a head bias or head: float")
         with torch.no_grad():
@@ -273,7 +294,7 @@ class SupSup(Method):
         save_tensors(folder / STATE, state, metadata=meta)
 
     def rebuild(self, t: int, folder: Path, verified: bool = False) -> nn.Module:
-        num_classes = self.ctx.tasks[t].num_classes
+        num_classes = self.rows(t)
         masks, state = load_masks(folder / MASKS), read_state(folder / STATE)
         head = load_metadata(folder / STATE).get("head", "mask")
         net = self.ctx.cfg.model.build(num_classes)
@@ -305,9 +326,9 @@ class SupSup(Method):
         the stored masks of `tasks` (official MultitaskMaskConv with task = -1; a float head is superposed the
         same way, Σ_i alphas_i fc_i). BatchNorm uses the batch's statistics (the official adaptor runs the model
         in train mode; the per-task running statistics belong to one task each)."""
-        classes = {self.ctx.tasks[i].num_classes for i in tasks}
+        classes = {self.rows(i) for i in tasks}
         if len(classes) != 1:
-            raise ValueError(f"superposed masks need tasks with one class count; tasks {tasks} have {classes}")
+            raise ValueError(f"superposed masks need tasks with one output count; tasks {tasks} have {classes}")
         num_classes = classes.pop()
         folders = [self.ctx.task_dir(i) for i in tasks]
         masks = [load_masks(f / MASKS) for f in folders]

@@ -173,6 +173,13 @@ def test_options_are_validated(digits, pretrained, tmp_path):
                        ({"weights": "random"}, "weights")]:
         with pytest.raises(ConfigError, match=rf"incremental.options.supsup.*{match}"):
             supsup(digits, pretrained, tmp_path / match, **bad)
+    # superfluous output rows: rows of the masked head only, and at least every task's classes (2 here)
+    for bad, match in [({"output_size": 10, "head": "float"}, " superfluous neurons .* masked head; head is 'float'"),
+                       ({"output_size": 1}, " 1 is fewer than the 2 classes of task task00")]:
+        with pytest.raises(ValueError, match=rf"incremental.options.supsup.output_size:?{match}"):
+            supsup(digits, pretrained, tmp_path / f"rows{bad['output_size']}", **bad).setup_task(0)
+    m = supsup(digits, pretrained, tmp_path / "rows", output_size=7)
+    assert m.setup_task(1).fc.weight.shape[0] == 7 and m.head_rows() == 7
 
 
 def test_cosine_schedule_and_its_checkpoint(digits, pretrained, tmp_path):
