@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 import nws
 from bench.common import cpu_name, write_section
+from nws import search_faiss
 from nws.cache import SearchCache
 from nws.search import nearest
 
@@ -56,6 +57,15 @@ class OfficialSearch:
 
     def reset(self) -> None:
         pass
+
+
+def faiss_k1(flat: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """The uncertified peer: faiss IndexFlatL2 over the pool, k=1 (its fused distance + argmin), torch's threads."""
+    faiss = search_faiss.faiss
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    index = faiss.IndexFlatL2(pool.shape[1])
+    index.add(pool.detach().float().contiguous().numpy())
+    return torch.from_numpy(index.search(flat.detach().float().contiguous().numpy(), 1)[1][:, 0])
 
 
 def machine() -> str:
@@ -169,6 +179,13 @@ def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=
             timed[(kind, b)] = step_fn(with_search(snet, kind), b, BETA, b, device)
     timed["search"] = lambda: [nearest(f, p) for f, p in layers]
     timed["official search"] = lambda: [OfficialSearch()(f, p) for f, p in layers]
+    with_faiss = search_faiss.available() and device.type == "cpu"
+    if with_faiss:
+        timed["faiss k=1"] = lambda: [faiss_k1(f, p) for f, p in layers]
+        timed["faiss certified"] = lambda: [nearest(f, p, backend="faiss") for f, p in layers]
+    else:
+        print("faiss rows skipped: " + ("faiss-cpu is not installed (the `search` extra)"
+                                       if not search_faiss.available() else "faiss runs on CPU only"))
     moved = one_sgd_step(snet, 32, seed=1, device=device)
     cached, searched = cached_search(layers, moved, clock)
     for fn in timed.values():  # warm-up (the cached steps prime their caches here)
@@ -187,6 +204,13 @@ def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=
     for (_, idx), new, (_, pool) in zip(searched, moved, layers, strict=True):
         if not torch.equal(idx, nearest(new, pool)):
             raise AssertionError("the cached search disagrees with the full search")
+    differ = 0
+    if with_faiss:
+        for f, p in layers:
+            exact = nearest(f, p)
+            if not torch.equal(nearest(f, p, backend="faiss"), exact):
+                raise AssertionError("the certified faiss search disagrees with the exact search")
+            differ += int((faiss_k1(f, p) != exact).sum())
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     rate = statistics.median(rates)
     floor = 1e3 * flops / rate
@@ -209,6 +233,11 @@ def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=
     rows.append(f"| official-style search (cdist use_mm + argmin) | – | {ms['official search']:.1f} | "
                 f"{ms['official search'] / floor:.2f}× floor; ours {ms['official search'] / ms['search']:.1f}× "
                 f"faster |")
+    if with_faiss:
+        rows.append(f"| faiss IndexFlatL2 k=1, not certified ({differ:,} of {kernels:,} kernels differ from exact) "
+                    f"| – | {ms['faiss k=1']:.1f} | {ms['faiss k=1'] / ms['search']:.2f}× exact search |")
+        rows.append(f"| faiss k=2 candidates + certificate, exact (nws.search_faiss) | – | "
+                    f"{ms['faiss certified']:.1f} | {ms['faiss certified'] / ms['search']:.2f}× exact search |")
     rows.append(f"| cached search after one SGD step (lr {LR}; {resized:,} of {kernels:,} kernels searched again) "
                 f"| – | {ms['cached search']:.1f} | {ms['cached search'] / floor:.2f}× floor |")
     where = machine() if device.type != "cuda" else f"{torch.cuda.get_device_name(device)} (host: {machine()})"
@@ -297,8 +326,12 @@ square-matmul rate; the exact search computes the scores of a chunk of rows with
 kernels, so writing the scores costs about as much as computing them), reduces them with a max-pool (argmax) and
 an amax (runner-up), and sends the rows whose best and second-best scores are too close for the proven fp32 error
 bound (about 0.3% of the kernels here) to the reference `cdist` (nws/search.py). Scalar kernels (1×1 convs, the
-head) are searched in the sorted pool. The cached search re-searches only the kernels that moved at least their
-margin since they were last compared; its result is checked against the full search in the same run.
+head) are searched in the sorted pool. The faiss rows (when faiss-cpu is installed) time faiss's IndexFlatL2 on the
+same kernels: k=1 alone (its fused distance + argmin; not certified: the row counts the kernels where it differs
+from the exact search) and k=2 as candidates under the same certificate, uncertified rows recomputed by the
+reference (nws/search_faiss.py; checked equal to the exact search in the same run). The cached search re-searches
+only the kernels that moved at least their margin since they were last compared; its result is checked against the
+full search in the same run.
 This machine is shared with other jobs: absolute times move with its load, the interleaved ratios much less."""
 
 

@@ -79,9 +79,11 @@ class _Bounds:
     Score error: |ŝ - s| <= gs·(||p||² + 2||w||·||p||) + eta_s <= gs·(8 W + 2 D) + eta_s, since ||p|| <= ||w|| + √D
     (W = ||w||²). The reference puts k strictly after j* if (D_k (1-gr) - eta_r)(1-u)² > (D_j* (1+gr) + eta_r)(1+u)²."""
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, tiny: float = TINY):
+        """`tiny` bounds the absolute error of one underflowing operation (TINY under IEEE gradual underflow;
+        `nws.search_faiss` passes a larger one, which holds even where subnormal results are flushed to zero)."""
         self.gs, self.gr, self.gw = _gamma(d + 3), _gamma(d + 2), _gamma(d)
-        self.eta_s, self.eta_r = (2 * d + 4) * TINY, (2 * d + 2) * TINY
+        self.eta_s, self.eta_r = (2 * d + 4) * tiny, (2 * d + 2) * tiny
         self.a, self.b = (1 - self.gr) * (1 - U) ** 2, (1 + self.gr) * (1 + U) ** 2
         # the ordering test, linear in the scores: v2 - v1 > k1·|v1| + c·W + e (`certified_fast`)
         lo, hi = self.a / (1 + 2 * self.gs), self.b / (1 - 2 * self.gs)
@@ -130,6 +132,13 @@ class _Bounds:
         lhs = down(down(down(r2_lo * s_lo) - e) * (1 - U))
         rhs = up(up(up(r1_hi * s_hi) + e) * (1 + U))
         return lhs > rhs
+
+
+def _norm2_hi(x: torch.Tensor) -> torch.Tensor:
+    """One cheap upper bound on ||w||² for every row w of x (N × d, fp32): d·max|w_i|², rounded up; a 0-d
+    tensor, NaN or inf where x holds a non-finite value (every row then fails `_Bounds.certified_fast`)."""
+    lo, hi = torch.aminmax(x)
+    return torch.maximum(lo.abs(), hi.abs()).square() * (x.shape[1] * (1 + 4 * U))
 
 
 _MAXPOOL = torch.ops.aten.max_pool2d_with_indices.out
@@ -248,8 +257,7 @@ def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_boun
             w2_hi = x[:, 0].square() * (1 + 4 * U)
         else:
             v1, idx, v2 = (_top2_cpu if device.type == "cpu" else _top2_rows)(x, p, chunk)
-            lo, hi = torch.aminmax(x)  # ||w||² <= d·max|w_i|² for every row: one cheap bound for the layer
-            w2_hi = torch.maximum(lo.abs(), hi.abs()).square() * (d * (1 + 4 * U))
+            w2_hi = _norm2_hi(x)
         bounds = _Bounds(d)
         redo = (~bounds.certified_fast(w2_hi, v1, v2)).nonzero().squeeze(1)
         d1_hi = d2_lo = None
@@ -264,12 +272,19 @@ def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_boun
         return idx, d1_hi, d2_lo
 
 
-def nearest(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def nearest(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None = None, backend: str = "torch") -> torch.Tensor:
     """Eq. 1 for every row of `flat` (N × d temporary kernels): the index of the nearest row of `pool` (n × d).
 
     Equal to `torch.cdist(flat, pool, compute_mode="donot_use_mm_for_euclid_dist").argmin(1)` on the fp32
     inputs, ties to the lowest index. Extra memory: chunk × n scores (`default_chunk(n, device)` rows by default).
-    Runs on the inputs' device, without autograd, in fp32 even under autocast."""
+    Runs on the inputs' device, without autograd, in fp32 even under autocast. `backend`: "torch" (this module),
+    "faiss" (`nws.search_faiss`: faiss's candidates under the same certificate, CPU only, needs faiss-cpu) or
+    "auto" (faiss where installed, on CPU, for d > 1); every backend gives the same indices, CUDA keeps torch."""
+    if backend != "torch":
+        from nws import search_faiss
+
+        if search_faiss.use_faiss(backend, flat):
+            return search_faiss.nearest_faiss(flat, pool)
     return _search(flat, pool, chunk, want_bounds=False)[0]
 
 
