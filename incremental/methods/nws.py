@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -67,6 +68,10 @@ class Options(MethodOptions):
     """`incremental.options.nws`: storage levers (issue 9; measured in BENCHMARKS.md, Storage)."""
 
     keep_margin: float = Field(0.0, ge=0)  # 0 = off; keep the previous index within (1 + margin) × the nearest
+    # where task t's temporary kernels start: the network task t-1 stored (the official code, notes/algorithms.md
+    # §1) or the pretrained base network for every task (BENCHMARKS.md: on short budgets over unrelated tasks the
+    # previous task's network is a worse start than the pretrained one)
+    start: Literal["previous", "pretrained"] = "previous"
 
 
 class NWS(Method):
@@ -154,7 +159,7 @@ class NWS(Method):
         return net
 
     def setup_task(self, t: int) -> nn.Module:
-        if t == 0:
+        if t == 0 or self.opts.start == "pretrained":
             manifest = read_manifest(self.base_dir)
             num = nws_net.base_num_classes(manifest, self.base_dir)
             net = nws_net.build(self.ctx.cfg.model, num, self.pools(), float_head=False, source=str(self.pools_path))

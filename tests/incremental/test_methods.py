@@ -183,3 +183,18 @@ def test_corrupted_shared_files_are_refused(digits, pretrained, tmp_path, victim
     loader = make_loader(digits / m.ctx.tasks[0].name, "test", "memory", batch_size=64)
     with pytest.raises(ArtifactError, match=f"{victim}: checksum mismatch"):
         evaluate_stored(m, 0, loader, make_accelerator(m.inc))
+
+
+@pytest.mark.parametrize("start", ["previous", "pretrained"])
+def test_nws_task_starts_from_the_previous_task_or_the_pretrained_network(digits, pretrained, tmp_path, start):
+    """`incremental.options.nws.start`: task 1's temporary kernels start as task 0 stored them (official) or as the
+    pretrained base network has them."""
+    m = method_for("nws", digits, pretrained, tmp_path, options={"nws": {"start": start}})
+    base = {n: v.clone() for n, v in nws.export_indices(m.setup_task(0)).items()}
+    model = train_a_little(m, m.setup_task(0), 0, steps=6)
+    m.write_artifact(model, 0, m.ctx.task_dir(0))
+    stored = nws.export_indices(m.load(0))
+    assert any(not torch.equal(stored[n], base[n]) for n in base if n != "fc")  # task 0 moved off the base
+    start_of_1 = nws.export_indices(m.setup_task(1))
+    want = stored if start == "previous" else base
+    assert all(torch.equal(start_of_1[n], want[n]) for n in base if n != "fc")
