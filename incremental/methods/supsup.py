@@ -19,13 +19,19 @@
   task t uses the first C_t rows), or a trained float head per task (`head: float`). `output_size` gives the masked
   head more rows than the task has classes, the official GNu `--output_size` (500 on PermutedMNIST with FC 1024-1024,
   experiments/GNu/MNISTPerm): the extra rows are superfluous neurons that every task's mask learns to keep low on
-  its own inputs (the loss runs over all rows). It is what SupSup's one-shot task inference needs on permuted tasks:
-  on 8-10 permuted digits tasks with LeNet-300-100 the rule named the task of every batch with 100 rows and of
-  45-88% with the 10 class rows (tests/incremental/test_task_inference.py; Fashion-MNIST in BENCHMARKS.md). The
-  likely reason: off its own permutation a mask leaves the superfluous rows as large as the class rows, so at the
-  centre of the simplex they dominate the entropy, and only the right task's alpha pulls them all down.
+  its own inputs (the loss runs over all rows).
+- Task inference (incremental.task_inference): SupSup's one-shot rule needs its GNu setting, superfluous rows AND
+  small mask updates. On 8-10 permuted digits tasks (LeNet-300-100) it named the task of every batch with 100 rows
+  and 45-88% with the 10 class rows; on 10 permuted Fashion-MNIST tasks (FC 1024-1024, 500 rows, 60 steps a task)
+  it named 0% under Adam at the raised lr (2.7e-3, every score moves past its init range) and 100% under the GNu
+  RMSprop at 1e-4, at the same task accuracy (BENCHMARKS.md). Our reading: with small updates each mask is its
+  random start plus a task-specific change, and only the right task's change lowers the entropy at the centre of
+  the simplex; large updates give every mask a shared, input-independent way to lower it, and the tasks that
+  have most of it win every batch.
 - Optimizer: the official Adam (lr 1e-3, weight decay 1e-4 on the scores) with CosineAnnealingLR over the epochs
-  (`schedule: cosine`, which replaces incremental.milestones) or the loop's step schedule (`schedule: loop`). An
+  (`schedule: cosine`, which replaces incremental.milestones) or the loop's step schedule (`schedule: loop`); or
+  the GNu runs' recipe, `optimizer: rmsprop` (lr 1e-4, no weight decay), `schedule: constant`, `mask: threshold`
+  (scores >= 0, official FastMultitaskMaskConv), which the one-shot task inference needs (above). An
   unset `lr` is raised on a schedule too short for Adam's steps of ~lr to move a score across its init range
   (methods._adam_reach: 7.4e-3 at 18 steps a task, 3.2e-3 at the demo's 54, 1e-3 on the official 250 epochs).
 - Task artifact: the masks bit-packed (incremental.masks) + the BN running statistics (+ the float head).
@@ -59,6 +65,7 @@ MASKS = "masks.safetensors"
 STATE = "state.safetensors"
 GAIN = math.sqrt(2.0)  # nn.init.calculate_gain("relu"), the official signed_constant gain
 OFFICIAL_LR = 1e-3
+OFFICIAL_GNU_LR = 1e-4  # the GNu runs' RMSprop (experiments/GNu/MNISTPerm/*/supsup_h.py)
 
 
 class Options(MethodOptions):
@@ -68,9 +75,14 @@ class Options(MethodOptions):
     density: float = Field(0.5, gt=0, le=1)  # fraction kept in every layer under density_rule uniform
     head: Literal["mask", "float"] = "mask"
     output_size: int | None = Field(None, ge=1)  # rows of the masked head (official GNu --output_size); None: classes
-    lr: float | None = Field(None, gt=0)  # None: 1e-3 (official), raised on a short schedule (methods._adam_reach)
-    weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["cosine", "loop"] = "cosine"
+    # how a score tensor becomes the mask: the top-k fraction of |scores| (official GetSubnet, the GG runs) or
+    # scores >= 0 (official FastMultitaskMaskConv, the GNu runs; the density is then learned, `density_rule` unused)
+    mask: Literal["top_k", "threshold"] = "top_k"
+    optimizer: Literal["adam", "rmsprop"] = "adam"  # rmsprop: the GNu runs' RMSprop, lr 1e-4, no weight decay
+    lr: float | None = Field(None, gt=0)  # None: Adam 1e-3 (official), raised on a short schedule
+    # (methods._adam_reach); RMSprop 1e-4 (official GNu), as it is
+    weight_decay: float = Field(1e-4, ge=0)  # Adam's (RMSprop's official call passes none)
+    schedule: Literal["cosine", "loop", "constant"] = "cosine"  # constant: the GNu runs' --no_scheduler
     recalibrate_bn: bool = True  # store BN statistics recomputed for the final masks (False: the running averages)
 
 
@@ -109,20 +121,23 @@ def top_k_mask(scores: torch.Tensor, k: float) -> torch.Tensor:
 
 
 class Supermask(nn.Module):
-    """Parametrization W -> W ⊙ top-k(|scores|): the forward uses the binary mask exactly, the backward sends the
-    gradient of the mask straight through to |scores| (official GetSubnet.backward)."""
+    """Parametrization W -> W ⊙ mask(scores): the forward uses the binary mask exactly, the backward sends the
+    gradient of the mask straight through, to |scores| for top-k masks (official GetSubnet.backward), to the scores
+    for threshold masks, scores >= 0 (official GetSubnetFast; `density` is then None)."""
 
-    def __init__(self, shape: tuple[int, ...], density: float):
+    def __init__(self, shape: tuple[int, ...], density: float | None):
         super().__init__()
         self.density = density
         self.scores = nn.Parameter(torch.empty(shape))
         nn.init.kaiming_uniform_(self.scores, a=math.sqrt(5))  # official mask_init
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        a = self.scores.abs()
-        return weight * (top_k_mask(self.scores, self.density).to(weight.dtype) + (a - a.detach()))
+        a = self.scores if self.density is None else self.scores.abs()
+        return weight * (self.mask().to(weight.dtype) + (a - a.detach()))
 
     def mask(self) -> torch.Tensor:
+        if self.density is None:
+            return self.scores.detach() >= 0
         return top_k_mask(self.scores, self.density)
 
 
@@ -231,7 +246,8 @@ class SupSup(Method):
                 layer.weight.copy_(weights[name])
                 layer.weight.requires_grad_(False)
                 shape = tuple(layer.weight.shape)
-                parametrize.register_parametrization(layer, "weight", Supermask(shape, layer_density(shape, self.opts)))
+                density = None if self.opts.mask == "threshold" else layer_density(shape, self.opts)
+                parametrize.register_parametrization(layer, "weight", Supermask(shape, density))
             for name, m in batchnorms(net).items():
                 for key in ("weight", "bias", "running_mean", "running_var"):
                     getattr(m, key).copy_(bn[f"{name}.{key}"])
@@ -240,6 +256,8 @@ class SupSup(Method):
         return net
 
     def official_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        if self.opts.optimizer == "rmsprop":
+            return torch.optim.RMSprop(groups, lr=self.lr(self._task))
         return torch.optim.Adam(groups, lr=self.lr(self._task), weight_decay=self.opts.weight_decay)
 
     def lr(self, t: int) -> float:
@@ -249,16 +267,19 @@ class SupSup(Method):
             return self.inc.lr
         if self.opts.lr is not None:
             return self.opts.lr
+        if self.opts.optimizer == "rmsprop":
+            return OFFICIAL_GNU_LR
         factor = adam_reach.cosine if self.opts.schedule == "cosine" else None
         return adam_reach.adam_lr(OFFICIAL_LR, adam_reach.reach(self.ctx, t, factor))
 
     def before_step(self, model: nn.Module) -> None:
-        """CosineAnnealingLR(T_max = epochs) stepped per epoch, as the official GG runs (replaces the milestones; the
-        official recipe only: "paper" keeps the loop's milestones)."""
-        if self.recipe == "official" and self.opts.schedule == "cosine" and self.optimizer is not None:
-            factor = adam_reach.cosine(self._epoch, self.epochs())
-            for g in self.optimizer.param_groups:
-                g["lr"] = g["initial_lr"] * factor
+        """CosineAnnealingLR(T_max = epochs) stepped per epoch, as the official GG runs, or a constant lr, as the GNu
+        runs (both replace the milestones; the official recipe only: "paper" keeps the loop's milestones)."""
+        if self.recipe != "official" or self.opts.schedule == "loop" or self.optimizer is None:
+            return
+        factor = adam_reach.cosine(self._epoch, self.epochs()) if self.opts.schedule == "cosine" else 1.0
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * factor
 
     def epochs(self) -> int:
         """T_max: the epochs of the task being trained (the loop's resolved schedule when it provides one as

@@ -112,6 +112,44 @@ def test_straight_through_gradient_reaches_every_score():
     assert (sm.scores.grad[~sm.mask()] != 0).any()  # dropped entries learn too
 
 
+
+def test_threshold_masks_pass_the_gradient_to_the_scores():
+    """mask: threshold (official GetSubnetFast): mask = scores >= 0, the gradient reaches the scores unchanged."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, bias=False)
+    w = conv.weight.detach().clone()
+    parametrize.register_parametrization(conv, "weight", Supermask(tuple(w.shape), None))
+    sm = conv.parametrizations.weight[0]
+    assert torch.equal(sm.mask(), sm.scores.detach() >= 0)
+    x = torch.randn(2, 3, 5, 5)
+    conv(x).square().sum().backward()
+    w_eff = (w * sm.mask()).requires_grad_(True)
+    F.conv2d(x, w_eff).square().sum().backward()
+    assert torch.allclose(sm.scores.grad, w_eff.grad * w, atol=1e-6)  # no sign(s): d/ds of W ⊙ [s >= 0] ~ W
+
+
+def test_the_gnu_recipe(digits, pretrained, tmp_path):
+    """The GNu runs' recipe: RMSprop at 1e-4 (unset lr: not raised), no weight decay, lr constant over the task
+    (the loop's milestones replaced), threshold masks stored with their learned density."""
+    m = supsup(digits, pretrained, tmp_path, mask="threshold", optimizer="rmsprop", schedule="constant")
+    model = m.setup_task(0)
+    opt = m.make_optimizer(m.param_groups(model))
+    assert isinstance(opt, torch.optim.RMSprop) and opt.param_groups[0]["lr"] == 1e-4
+    assert opt.param_groups[0]["weight_decay"] == 0
+    for g in opt.param_groups:
+        g["initial_lr"] = g["lr"]
+        g["lr"] = 1e-5  # as the loop's milestone would set it
+    m.after_epoch(model, 0)
+    m.before_step(model)
+    assert opt.param_groups[0]["lr"] == 1e-4
+    model = train_a_little(m, model, 0, steps=3)
+    m.write_artifact(model, 0, m.ctx.task_dir(0))
+    report = m.task_report(0, m.ctx.task_dir(0))
+    assert 0.3 < report["density"] < 0.7  # scores start symmetric around 0: about half kept
+    x = sample_batch(m, 0)
+    with torch.no_grad():
+        assert torch.equal(m.rebuild(0, m.ctx.task_dir(0))(x), model.eval()(x))
+
 @pytest.mark.parametrize("weights,head", [("signed_constant", "mask"), ("backbone", "float")])
 def test_artifact_round_trip_and_stored_bits(digits, pretrained, tmp_path, weights, head):
     m = supsup(digits, pretrained, tmp_path, weights=weights, head=head)
