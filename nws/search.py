@@ -272,19 +272,13 @@ def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_boun
         return idx, d1_hi, d2_lo
 
 
-def nearest(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None = None, backend: str = "torch") -> torch.Tensor:
+def nearest(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Eq. 1 for every row of `flat` (N × d temporary kernels): the index of the nearest row of `pool` (n × d).
 
     Equal to `torch.cdist(flat, pool, compute_mode="donot_use_mm_for_euclid_dist").argmin(1)` on the fp32
     inputs, ties to the lowest index. Extra memory: chunk × n scores (`default_chunk(n, device)` rows by default).
-    Runs on the inputs' device, without autograd, in fp32 even under autocast. `backend`: "torch" (this module),
-    "faiss" (`nws.search_faiss`: faiss's candidates under the same certificate, CPU only, needs faiss-cpu) or
-    "auto" (faiss where installed, on CPU, for d > 1); every backend gives the same indices, CUDA keeps torch."""
-    if backend != "torch":
-        from nws import search_faiss
-
-        if search_faiss.use_faiss(backend, flat):
-            return search_faiss.nearest_faiss(flat, pool)
+    Runs on the inputs' device, without autograd, in fp32 even under autocast. `nws.search_faiss.nearest` gives the
+    same indices with faiss's candidates (CPU, optional)."""
     return _search(flat, pool, chunk, want_bounds=False)[0]
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from nws import search
 from nws.search import _Bounds, _check, _fp32_exact, _norm2_hi, _reference_rows, _search
 
 try:
@@ -42,8 +43,17 @@ def available() -> bool:
     return faiss is not None
 
 
+def nearest(flat: torch.Tensor, pool: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """`nws.search.nearest` through the chosen backend: "torch" (nws.search), "faiss" (`nearest_faiss`, CPU only,
+    needs faiss-cpu) or "auto" (faiss where installed, on CPU, for d > 1); every backend gives the same indices,
+    CUDA inputs keep torch. (The dispatch lives here, not in nws.search, which this module builds on.)"""
+    if use_faiss(backend, flat):
+        return nearest_faiss(flat, pool)
+    return search.nearest(flat, pool)
+
+
 def use_faiss(backend: str, flat: torch.Tensor) -> bool:
-    """Whether `nws.search.nearest(..., backend=backend)` searches with faiss: "torch" never; "faiss" on CPU
+    """Whether `nearest(..., backend=backend)` searches with faiss: "torch" never; "faiss" on CPU
     (an error if faiss is not installed); "auto" on CPU for kernels of d > 1 when faiss is installed (scalar
     kernels are searched faster in the sorted pool). CUDA inputs always keep the torch path."""
     if backend not in ("torch", "faiss", "auto"):

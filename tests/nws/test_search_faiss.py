@@ -63,15 +63,16 @@ def test_backend_switch(faiss, monkeypatch):
     flat, pool = kernels(500, 9, 0.3, seed=1), kernels(64, 9, 1.0, seed=2)
     expected = nearest(flat, pool)
     for backend in ("faiss", "auto"):
-        assert torch.equal(nearest(flat, pool, backend=backend), expected)
+        assert torch.equal(search_faiss.nearest(flat, pool, backend=backend), expected)
     assert search_faiss.use_faiss("auto", flat) and not search_faiss.use_faiss("auto", flat[:, :1])
     assert not search_faiss.use_faiss("torch", flat)
     with pytest.raises(ValueError, match="backend"):
-        nearest(flat, pool, backend="gpu")
+        search_faiss.nearest(flat, pool, backend="gpu")
     monkeypatch.setattr(search_faiss, "faiss", None)
-    assert not search_faiss.use_faiss("auto", flat) and torch.equal(nearest(flat, pool, backend="auto"), expected)
+    assert not search_faiss.use_faiss("auto", flat)
+    assert torch.equal(search_faiss.nearest(flat, pool, backend="auto"), expected)
     with pytest.raises(ModuleNotFoundError, match="faiss-cpu"):
-        nearest(flat, pool, backend="faiss")
+        search_faiss.nearest(flat, pool, backend="faiss")
 
 
 @pytest.mark.parametrize("d", [1, 9])
