@@ -72,9 +72,10 @@ def _require() -> None:
                                   "(the project's `search` extra)")
 
 
-def _bounded(t: torch.Tensor) -> bool:
-    """True where faiss's error bound holds for t's values: finite, below 2**62, no subnormals."""
-    if not bool(_norm2_hi(t) < HUGE):  # NaN compares False
+def _bounded(t: torch.Tensor, norm2_hi: torch.Tensor) -> bool:
+    """True where faiss's error bound holds for t's values (`norm2_hi` = `_norm2_hi(t)`): finite, below 2**62, no
+    subnormals."""
+    if not bool(norm2_hi < HUGE):  # NaN compares False
         return False
     return not bool(((t.abs() < NORMAL) & (t != 0)).any())
 
@@ -90,7 +91,10 @@ def nearest_faiss(flat: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     x = flat.detach().to(torch.float32).contiguous()
     p = pool.detach().to(torch.float32).contiguous()
     num, n, d = x.shape[0], p.shape[0], x.shape[1]
-    if num == 0 or n == 1 or not (_bounded(x) and _bounded(p)):
+    if num == 0 or n == 1:
+        return _search(x, p, None, want_bounds=False)[0]
+    w2_hi = _norm2_hi(x)  # one bound for every row: faiss's input check and the certificate
+    if not (_bounded(x, w2_hi) and _bounded(p, _norm2_hi(p))):
         return _search(x, p, None, want_bounds=False)[0]
     faiss.omp_set_num_threads(torch.get_num_threads())
     index = faiss.IndexFlatL2(d)
@@ -99,10 +103,9 @@ def nearest_faiss(flat: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     f = torch.from_numpy(dist)
     lab = torch.from_numpy(labels)
     idx = lab[:, 0].contiguous()
-    ok = _Bounds(d, TINY).certified_fast(_norm2_hi(x), f[:, 0], f[:, 1]) & (lab >= 0).all(1)
+    ok = _Bounds(d, TINY).certified_fast(w2_hi, f[:, 0], f[:, 1]) & (lab >= 0).all(1)
     redo = (~ok).nonzero().squeeze(1)
     if redo.numel():
         with _fp32_exact(x.device):
             idx[redo] = _reference_rows(x[redo], p)[0]
     return idx
-
