@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import nws
 from base.config import validate
 from data_prep.prepare import prepare
+from data_prep.run import prepare_section
 from loaders import make_loader
 from pipeline.config import experiment_schema
 from pretrain import outputs
@@ -30,6 +31,18 @@ def make_config(**incremental):
            **incremental}
     return validate(experiment_schema(), {"name": "t", "seeds": [SEED], "data": DATA, "model": MODEL,
                                           "incremental": inc})
+
+
+def permuted_digits(out: Path, count: int, steps: int, supsup: dict):
+    """`count` permuted digits tasks on LeNet-300-100 (every task all 10 classes, its own pixel permutation): the
+    validated config (`steps` a task, SupSup's options `supsup`) and the data folder the data stage prepares."""
+    data = {"source": "digits", "tasks": {"kind": "permuted", "count": count}, "formats": ["wds"], "loader": "memory"}
+    inc = {"steps": steps, "epochs": None, "batch_size": 64, "lr": 0.05, "milestones": [0.75], "track": False,
+           "augment": False, "options": {"supsup": supsup}}
+    cfg = validate(experiment_schema(), {"name": "t", "seeds": [SEED], "data": data, "model": LENET,
+                                         "incremental": inc})
+    prepare_section(cfg.data, out, progress=False)
+    return cfg, out
 
 
 def prepare_digits(out: Path) -> Path:

@@ -8,27 +8,18 @@ from __future__ import annotations
 
 import pytest
 
-from base.config import validate
-from data_prep.run import prepare_section
 from incremental.loop import run
-from pipeline.config import experiment_schema
 from tests import margin
-from tests.conftest import SEED
-from tests.incremental.fixtures import LENET
+from tests.incremental.fixtures import permuted_digits
 
 TASKS = 20
 
 
 @pytest.fixture(scope="module")
 def long_run(lenet_pretrained, tmp_path_factory):
-    data = {"source": "digits", "tasks": {"kind": "permuted", "count": TASKS}, "formats": ["wds"], "loader": "memory"}
-    inc = {"steps": 12, "epochs": None, "batch_size": 64, "lr": 0.05, "milestones": [0.75], "track": False,
-           "augment": False, "options": {"supsup": {"density_rule": "uniform", "density": 0.5}}}
-    cfg = validate(experiment_schema(), {"name": "t", "seeds": [SEED], "data": data, "model": LENET,
-                                         "incremental": inc})
     root = tmp_path_factory.mktemp("long")
-    prepare_section(cfg.data, root / "data", progress=False)
-    return run(cfg, root / "data", lenet_pretrained, root / "out", methods=["nws", "supsup", "wsn"])
+    cfg, data = permuted_digits(root / "data", TASKS, steps=12, supsup={"density_rule": "uniform", "density": 0.5})
+    return run(cfg, data, lenet_pretrained, root / "out", methods=["nws", "supsup", "wsn"])
 
 
 @pytest.mark.parametrize("name", ["nws", "supsup", "wsn"])

@@ -137,22 +137,13 @@ def test_one_shot_names_permuted_tasks_with_superfluous_output_rows(lenet_pretra
     network without BatchNorm, signed-constant weights, a masked head with superfluous rows (official
     --output_size). It names the task of every batch here; with only the 10 class rows it named 45-88% (8 and 10
     tasks, seeds 0-2), the failure BENCHMARKS.md traces."""
-    from base.config import validate
-    from data_prep.run import prepare_section
     from incremental.loop import task_list
-    from pipeline.config import experiment_schema
-    from tests.conftest import SEED
-    from tests.incremental.fixtures import LENET
+    from tests.incremental.fixtures import permuted_digits
 
-    data = {"source": "digits", "tasks": {"kind": "permuted", "count": 8}, "formats": ["wds"], "loader": "memory"}
-    inc = {"steps": 24, "epochs": None, "batch_size": 64, "lr": 0.05, "milestones": [0.75], "track": False,
-           "augment": False, "options": {"supsup": {"density_rule": "uniform", "density": 0.5, "output_size": 100}}}
-    cfg = validate(experiment_schema(), {"name": "t", "seeds": [SEED], "data": data, "model": LENET,
-                                         "incremental": inc})
-    prepare_section(cfg.data, tmp_path / "data", progress=False)
-    doc = run(cfg, tmp_path / "data", lenet_pretrained, tmp_path / "out", methods=["supsup"])["supsup"]
-    method = make_method("supsup", cfg, tmp_path / "data", lenet_pretrained, tmp_path / "out" / "supsup",
-                         task_list(tmp_path / "data", None))
+    cfg, data = permuted_digits(tmp_path / "data", 8, steps=24,
+                                supsup={"density_rule": "uniform", "density": 0.5, "output_size": 100})
+    doc = run(cfg, data, lenet_pretrained, tmp_path / "out", methods=["supsup"])["supsup"]
+    method = make_method("supsup", cfg, data, lenet_pretrained, tmp_path / "out" / "supsup", task_list(data, None))
     x = sample_batch(method, 0)
     assert method.rebuild(0, method.ctx.task_dir(0))(x).shape == (x.shape[0], 100)  # the classes are rows 0-9
     result = evaluate(method, batch_size=64)
