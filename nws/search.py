@@ -3,8 +3,10 @@
 The official code (notes/algorithms.md §1.1) runs `torch.cdist` from every temporary kernel to every pool
 kernel and takes the argmin, writing the whole (kernels × pool) distance matrix. Here the scores
 s_j = ||p_j||² - 2 w·p_j (||w||² does not change the argmin) come from one matmul per chunk of rows, so the extra
-memory is at most chunk × n scores; scalar kernels (d = 1: 1×1 convs, Linear weights) are searched in the sorted
-pool instead. Everything is fp32 with autocast off and IEEE fp32 matmuls (no TF32/bf16), whatever the caller set.
+memory is at most chunk × n scores; on CPU the fused C++ kernel of `nws.search_native` computes the same scores
+without any score matrix (issue 20: the selection, not the arithmetic, was most of the time); scalar kernels
+(d = 1: 1×1 convs, Linear weights) are searched in the sorted pool instead. Everything is fp32 with autocast off
+and IEEE fp32 matmuls (no TF32/bf16), whatever the caller set.
 
 Exactness. The result is defined as, and equal to, the brute force
 `torch.cdist(flat, pool, compute_mode="donot_use_mm_for_euclid_dist").argmin(1)` on the fp32 inputs, ties
@@ -28,6 +30,7 @@ import math
 
 import torch
 
+from nws import search_native
 from nws.drift import down, up
 
 U = 2.0**-24  # unit roundoff of fp32
@@ -234,9 +237,11 @@ def _reference_rows(x: torch.Tensor, p: torch.Tensor):
 
 
 @torch.no_grad()
-def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_bounds: bool):
+def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_bounds: bool, native: bool = True):
     """The indices and, if wanted, float64 bounds (D1_hi, D2_lo) on the true squared distances of every row to its
-    nearest pool kernel and to every other one (0 and inf for a one-kernel pool)."""
+    nearest pool kernel and to every other one (0 and inf for a one-kernel pool). `native`: on CPU, for d > 1, the
+    fused kernel of `nws.search_native` where it is built (the same scores without a score matrix), else the torch
+    path."""
     _check(flat, pool)
     device = flat.device
     with _fp32_exact(device):
@@ -252,11 +257,15 @@ def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_boun
         chunk = default_chunk(n, device) if chunk is None else int(chunk)
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
+        kernel = search_native.default_kernel() if native and device.type == "cpu" and d > 1 else None
         if d == 1:
             v1, idx, v2 = _top2_scalar(x, p)
             w2_hi = x[:, 0].square() * (1 + 4 * U)
         else:
-            v1, idx, v2 = (_top2_cpu if device.type == "cpu" else _top2_rows)(x, p, chunk)
+            if kernel is not None:
+                v1, idx, v2 = search_native.top2(x, p, kernel)
+            else:
+                v1, idx, v2 = (_top2_cpu if device.type == "cpu" else _top2_rows)(x, p, chunk)
             w2_hi = _norm2_hi(x)
         bounds = _Bounds(d)
         redo = (~bounds.certified_fast(w2_hi, v1, v2)).nonzero().squeeze(1)
@@ -272,14 +281,16 @@ def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_boun
         return idx, d1_hi, d2_lo
 
 
-def nearest(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def nearest(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None = None, *, native: bool = True) -> torch.Tensor:
     """Eq. 1 for every row of `flat` (N × d temporary kernels): the index of the nearest row of `pool` (n × d).
 
     Equal to `torch.cdist(flat, pool, compute_mode="donot_use_mm_for_euclid_dist").argmin(1)` on the fp32
-    inputs, ties to the lowest index. Extra memory: chunk × n scores (`default_chunk(n, device)` rows by default).
-    Runs on the inputs' device, without autograd, in fp32 even under autocast. `nws.search_faiss.nearest` gives the
-    same indices with faiss's candidates (CPU, optional)."""
-    return _search(flat, pool, chunk, want_bounds=False)[0]
+    inputs, ties to the lowest index. On CPU the scores come from the fused C++ kernel (`nws.search_native`, built
+    by `make setup`; no score matrix) unless `native=False` or it is not built; otherwise the torch path uses
+    chunk × n scores of extra memory (`default_chunk(n, device)` rows by default). Runs on the inputs' device,
+    without autograd, in fp32 even under autocast. `nws.search_faiss.nearest` gives the same indices with faiss's
+    candidates (CPU, optional)."""
+    return _search(flat, pool, chunk, want_bounds=False, native=native)[0]
 
 
 def nearest_with_margin(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None = None):

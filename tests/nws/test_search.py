@@ -5,9 +5,18 @@ import math
 import pytest
 import torch
 
-from nws import search
+from nws import search, search_native
 from nws.cache import SearchCache
 from nws.search import nearest, nearest_with_margin
+
+
+@pytest.fixture(params=[True, False], ids=["native", "torch"])
+def native(request):
+    """Each exactness test runs on both CPU paths: the fused C++ kernel (`make setup` builds it; a missing or stale
+    build fails here rather than silently testing the torch path twice) and the torch path."""
+    if request.param:
+        assert search_native.default_kernel() is not None, "the native search kernel is not built: make setup"
+    return request.param
 
 
 def brute(flat, pool):
@@ -21,34 +30,34 @@ def kernels(n, d, scale, seed):
 
 @pytest.mark.parametrize("d", [1, 2, 9, 49])
 @pytest.mark.parametrize("n", [2, 7, 512])
-def test_equals_brute_force_on_random_data(d, n):
+def test_equals_brute_force_on_random_data(d, n, native):
     pool = kernels(n, d, 1.0, seed=d * 1000 + n)
     for scale, chunk in [(0.05, None), (1.0, 37), (3.0, 1)]:
         flat = kernels(300, d, scale, seed=n + d)
-        assert torch.equal(nearest(flat, pool, chunk=chunk), brute(flat, pool))
+        assert torch.equal(nearest(flat, pool, chunk=chunk, native=native), brute(flat, pool))
 
 
 @pytest.mark.parametrize("d", [1, 9])
-def test_ties_go_to_the_lowest_index_like_brute_force(d):
+def test_ties_go_to_the_lowest_index_like_brute_force(d, native):
     pool = kernels(64, d, 1.0, seed=1)
     pool = torch.cat([pool, pool[torch.arange(0, 64, 3)], pool[:5]])  # duplicated pool rows, later indices
     flat = kernels(400, d, 0.7, seed=2)
     flat[:150] = pool[torch.randint(0, pool.shape[0], (150,), generator=torch.Generator().manual_seed(3))]
-    idx = nearest(flat, pool, chunk=50)
+    idx = nearest(flat, pool, chunk=50, native=native)
     assert torch.equal(idx, brute(flat, pool))
     assert (idx[:150] < 64).all()  # a flat row equal to a duplicated kernel takes its first copy
 
 
-def test_exact_distance_ties_between_distinct_kernels():
+def test_exact_distance_ties_between_distinct_kernels(native):
     """On a coarse grid many distinct pool kernels are at exactly the same distance; rounding decides nothing."""
     g = torch.Generator().manual_seed(4)
     for d in (1, 2, 9):
         pool = torch.randint(-3, 4, (200, d), generator=g).float()
         flat = torch.randint(-6, 7, (500, d), generator=g).float() / 2
-        assert torch.equal(nearest(flat, pool), brute(flat, pool))
+        assert torch.equal(nearest(flat, pool, native=native), brute(flat, pool))
 
 
-def test_near_ties_below_fp32_resolution(monkeypatch):
+def test_near_ties_below_fp32_resolution(monkeypatch, native):
     """Kernels on the bisector of the two nearest pool kernels, up to 1e-7: the two distances differ by about an
     ulp, so only the reference's own rounding decides, and those rows must be handed to it."""
     g = torch.Generator().manual_seed(5)
@@ -58,14 +67,14 @@ def test_near_ties_below_fp32_resolution(monkeypatch):
     handed = []
     real = torch.cdist
     monkeypatch.setattr(torch, "cdist", lambda a, b, **kw: handed.append(a.shape[0]) or real(a, b, **kw))
-    idx = nearest(w, pool)
+    idx = nearest(w, pool, native=native)
     monkeypatch.undo()
     assert torch.equal(idx, brute(w, pool)) and set(idx.tolist()) == {0, 1}
     assert sum(handed) > 0
 
 
 @pytest.mark.parametrize("d", [1, 9])
-def test_cancellation_far_from_the_origin(d):
+def test_cancellation_far_from_the_origin(d, native):
     """Kernels and pool far from 0: ||p||² - 2 w·p loses most digits, so the expanded scores alone would often
     pick the wrong kernel; the certified bound must send those rows to the reference."""
     g = torch.Generator().manual_seed(30 + d)
@@ -74,12 +83,13 @@ def test_cancellation_far_from_the_origin(d):
     p64, f64 = pool.double(), flat.double()
     expanded = ((p64 * p64).sum(1).float() - 2 * (flat @ pool.t())).argmin(1)
     assert not torch.equal(expanded, brute(flat, pool))  # the data really defeats the naive formula
-    assert torch.equal(nearest(flat, pool), brute(flat, pool))
-    assert torch.equal(nearest(f64, p64), brute(flat, pool))
+    assert torch.equal(nearest(flat, pool, native=native), brute(flat, pool))
+    assert torch.equal(nearest(f64, p64, native=native), brute(flat, pool))
 
 
 def test_scores_never_exceed_chunk_times_pool(monkeypatch):
-    """Every score block the search writes (the `out` of its matmuls) holds at most chunk × n values."""
+    """Every score block the torch path writes (the `out` of its matmuls) holds at most chunk × n values (the
+    native kernel writes none)."""
     blocks = []
     for name in ("addmm", "baddbmm"):
         real = getattr(torch, name)
@@ -90,12 +100,12 @@ def test_scores_never_exceed_chunk_times_pool(monkeypatch):
 
         monkeypatch.setattr(torch, name, spy)
     flat, pool = kernels(1000, 9, 0.1, seed=6), kernels(512, 9, 1.0, seed=7)
-    assert torch.equal(nearest(flat, pool, chunk=64), brute(flat, pool))
+    assert torch.equal(nearest(flat, pool, chunk=64, native=False), brute(flat, pool))
     assert len(blocks) == math.ceil(1000 / 64) and max(blocks) <= 64 * 512
     blocks.clear()
     chunk = search.default_chunk(512)
     many = kernels(3 * chunk + 5, 9, 0.1, seed=8)
-    assert torch.equal(nearest(many, pool), brute(many, pool))
+    assert torch.equal(nearest(many, pool, native=False), brute(many, pool))
     assert len(blocks) == 4 and max(blocks) <= chunk * 512
     blocks.clear()
     search._top2_rows(flat, pool, 100)  # the CUDA layout, run here on CPU
@@ -103,14 +113,14 @@ def test_scores_never_exceed_chunk_times_pool(monkeypatch):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_any_thread_count(threads):
+def test_any_thread_count(threads, native):
     """The CPU path splits each chunk in one batch entry per thread; odd counts leave a tail chunk."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         flat, pool = kernels(1001, 9, 0.2, seed=40), kernels(512, 9, 1.0, seed=41)
         for chunk in (None, 100, 7):
-            assert torch.equal(nearest(flat, pool, chunk=chunk), brute(flat, pool))
+            assert torch.equal(nearest(flat, pool, chunk=chunk, native=native), brute(flat, pool))
     finally:
         torch.set_num_threads(before)
 
@@ -124,17 +134,17 @@ def test_both_score_layouts_agree():
         assert torch.allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
-def test_fp32_under_autocast_low_precision_inputs_and_matmul_settings():
+def test_fp32_under_autocast_low_precision_inputs_and_matmul_settings(native):
     flat, pool = kernels(500, 9, 0.1, seed=10), kernels(512, 9, 1.0, seed=11)
     expected = brute(flat, pool)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(nearest(flat, pool), expected)
+        assert torch.equal(nearest(flat, pool, native=native), expected)
     bf = flat.bfloat16()
-    assert torch.equal(nearest(bf, pool), brute(bf.float(), pool))
+    assert torch.equal(nearest(bf, pool, native=native), brute(bf.float(), pool))
     old = torch.backends.mkldnn.matmul.fp32_precision
     torch.backends.mkldnn.matmul.fp32_precision = "bf16"
     try:
-        assert torch.equal(nearest(flat, pool), expected)
+        assert torch.equal(nearest(flat, pool, native=native), expected)
         assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"  # the caller's setting is restored
     finally:
         torch.backends.mkldnn.matmul.fp32_precision = old
@@ -147,12 +157,12 @@ def test_no_autograd_graph():
 
 
 @pytest.mark.parametrize("d", [1, 9])
-def test_non_finite_values_follow_the_reference(d):
+def test_non_finite_values_follow_the_reference(d, native):
     flat, pool = kernels(20, d, 0.1, seed=14), kernels(30, d, 1.0, seed=15)
     flat[3, 0], flat[7, -1] = float("nan"), float("inf")
-    assert torch.equal(nearest(flat, pool), brute(flat, pool))
+    assert torch.equal(nearest(flat, pool, native=native), brute(flat, pool))
     pool[11, 0] = float("nan")  # the reference then answers 11 everywhere (argmin takes NaN as the minimum)
-    assert torch.equal(nearest(flat, pool), brute(flat, pool))
+    assert torch.equal(nearest(flat, pool, native=native), brute(flat, pool))
 
 
 def test_edge_shapes_and_errors():

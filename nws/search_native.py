@@ -1,0 +1,185 @@
+"""The fused kernel of Eq. 1 (seed 004_): scores and their best / second-best in one C++ pass (nws/native/top2.cpp).
+
+Why. The torch path of `nws.search` writes every row's n scores to memory (one matmul per chunk) and reads them
+back to select the best two; at 9-element kernels the selection, not the arithmetic, is most of its time, so it
+sits several times above its FLOP floor and behind faiss's fused k=1 search. The kernel here keeps each row's
+scores in registers (NWS_ROWS rows against NWS_LANES pool kernels at a time) and updates the best, its index and
+the second-best as it goes: no score matrix at all. Its scores are the torch path's, s_j = ||p_j||² - 2 w·p_j as a
+chain of d fused multiply-adds from ||p_j||², so `nws.search._Bounds` certifies them unchanged and the rows it does
+not certify go to the reference as before: the indices are exactly `nws.search.nearest`'s (tests/nws/
+test_search_native.py). This module only computes (best, index, second); `nws.search` certifies.
+
+Build. `make setup` (or `python -c 'import nws.search_native as s; s.main()'`) compiles the source once per
+instruction set (x86: AVX-512 as x86-64-v4, AVX2 as x86-64-v3, and SSE2; other CPUs: the compiler's default) into
+one shared library, loaded with ctypes; the variant is the one torch itself picked for this CPU
+(`torch.backends.cpu.get_cpu_capability()`), so a library built on a cluster's login node runs on any of its nodes.
+The library records the hash of its source: a stale build is ignored, with a warning, as is a missing one, and the
+search keeps the torch path (set NWS_NATIVE_SEARCH=0 to choose it on purpose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import functools
+import hashlib
+import logging
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("native") / "top2.cpp"
+LIBRARY = SOURCE.with_name("_top2.so")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One build of the source: compiler flags, floats per vector, rows per pass, entry-point suffix."""
+
+    flags: tuple[str, ...]
+    lanes: int
+    rows: int
+    suffix: str
+
+
+# rows per pass measured on a 2-core AMD EPYC (Zen 4), 1 thread, 1.4 M 9-element rows against 512 kernels:
+# AVX-512 4/6/8 rows 135/127/129 ms, AVX2 2/4/6 rows 253/212/212 ms
+X86 = {"AVX512": Variant(("-march=x86-64-v4", "-mprefer-vector-width=512"), 16, 6, "avx512"),
+       "AVX2": Variant(("-march=x86-64-v3",), 8, 4, "avx2"),
+       "DEFAULT": Variant(("-msse2",), 4, 4, "generic")}
+OTHER = {"DEFAULT": Variant((), 4, 4, "generic")}
+
+
+def variants() -> dict[str, Variant]:
+    """The builds for this machine's architecture, keyed by torch's CPU capability names."""
+    return X86 if platform.machine().lower() in ("x86_64", "amd64") else OTHER
+
+
+def source_hash() -> str:
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+
+
+def build(out: Path = LIBRARY, compiler: str | None = None) -> Path:
+    """Compile every variant of `variants()` and link them into `out` (replaced atomically); returns `out`.
+    Raises RuntimeError with the compiler's message when it fails."""
+    cxx = compiler or os.environ.get("CXX", "c++")
+    digest = source_hash()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nws-top2-") as tmp:
+        objects = []
+        for v in variants().values():
+            obj = Path(tmp) / f"{v.suffix}.o"
+            _compile([cxx, "-O3", "-std=c++17", "-fPIC", "-pthread", "-fno-math-errno", *v.flags,
+                      f"-DNWS_LANES={v.lanes}", f"-DNWS_ROWS={v.rows}", f"-DNWS_SUFFIX={v.suffix}",
+                      f'-DNWS_SOURCE_HASH="{digest}"', "-c", str(SOURCE), "-o", str(obj)])
+            objects.append(str(obj))
+        staged = Path(tmp) / out.name
+        _compile([cxx, "-shared", "-pthread", *objects, "-o", str(staged)])
+        os.replace(staged, out) if staged.stat().st_dev == out.parent.stat().st_dev else _copy(staged, out)
+    return out
+
+
+def _compile(cmd: list[str]) -> None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError as e:
+        raise RuntimeError(f"no C++ compiler {cmd[0]!r} (set CXX, or install g++): {e}") from e
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the native search kernel failed: {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy across file systems, then rename into place (a running process keeps its mapped old library)."""
+    part = dst.with_suffix(".part")
+    part.write_bytes(src.read_bytes())
+    os.replace(part, dst)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """The loaded entry point for this CPU and its lane count (the pool is padded to a multiple of it)."""
+
+    fn: ctypes._CFuncPtr
+    lanes: int
+    name: str
+
+
+def load(path: Path = LIBRARY, capability: str | None = None) -> Kernel | None:
+    """The kernel for this CPU from the library at `path`, or None (and why, logged) when it is missing, stale, or
+    turned off by NWS_NATIVE_SEARCH=0."""
+    if os.environ.get("NWS_NATIVE_SEARCH", "1") == "0":
+        return None
+    path = Path(path)
+    if not path.exists():
+        log.warning("the native search kernel is not built (%s); the search keeps its slower torch path. "
+                    "`make setup` builds it", path)
+        return None
+    cap = capability or torch.backends.cpu.get_cpu_capability()
+    table = variants()
+    v = table.get(cap, table["DEFAULT"])
+    lib = ctypes.CDLL(str(path))
+    try:
+        source = getattr(lib, f"nws_top2_source_{v.suffix}")
+        fn = getattr(lib, f"nws_top2_{v.suffix}")
+    except AttributeError:
+        log.warning("%s lacks the %s variant; `make setup` rebuilds it", path, v.suffix)
+        return None
+    source.restype = ctypes.c_char_p
+    if source().decode() != source_hash():
+        log.warning("%s was built from another version of %s; the search keeps its torch path until "
+                    "`make setup` rebuilds it", path, SOURCE.name)
+        return None
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    return Kernel(fn, v.lanes, v.suffix)
+
+
+@functools.cache
+def default_kernel() -> Kernel | None:
+    """The kernel of the built library for this CPU, loaded once per process (None: the torch path serves)."""
+    return load()
+
+
+def top2(x: torch.Tensor, p: torch.Tensor, kernel: Kernel, threads: int | None = None):
+    """(best score, its index, second-best score) of every row of x (N × d, fp32, contiguous, CPU) against the pool
+    p (n × d), scores s_j = ||p_j||² - 2 w·p_j; ties keep the lowest index and give best == second. A pool with a
+    non-finite ||p_j||² makes every best NaN (no row can then be certified: the reference decides). Runs on
+    `threads` threads (default torch's count); releases the GIL."""
+    num, d, n = x.shape[0], x.shape[1], p.shape[0]
+    npad = -(-n // kernel.lanes) * kernel.lanes
+    pt = torch.zeros(d, npad)
+    pt[:, :n] = p.t() * -2  # exact: a power of two
+    pn = torch.full((npad,), math.inf)
+    pn[:n] = p.double().square().sum(1)
+    v1, v2 = torch.empty(num), torch.empty(num)
+    idx = torch.empty(num, dtype=torch.long)
+    if num:
+        kernel.fn(x.data_ptr(), num, d, pt.data_ptr(), pn.data_ptr(), npad, v1.data_ptr(), idx.data_ptr(),
+                  v2.data_ptr(), threads or torch.get_num_threads())
+    if not bool(torch.isfinite(pn[:n]).all()):
+        v1.fill_(math.nan)
+    return v1, idx, v2
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="nws.search_native", description="Build the native search kernel.")
+    p.add_argument("--out", type=Path, default=LIBRARY, help=f"the shared library to write (default {LIBRARY})")
+    p.add_argument("--cxx", default=None, help="the C++ compiler (default $CXX or c++)")
+    args = p.parse_args(argv)
+    path = build(args.out, args.cxx)
+    kernel = load(path)
+    print(f"built {path} ({', '.join(v.suffix for v in variants().values())}); this CPU uses "
+          f"{kernel.name if kernel else 'none'}")
+
+
+if __name__ == "__main__":
+    main()
