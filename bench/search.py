@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import nws
 from bench.common import cpu_name, write_section
-from nws import search_faiss
+from nws import search_faiss, search_native
 from nws.cache import SearchCache
 from nws.search import nearest
 
@@ -178,6 +178,11 @@ def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=
         for kind in ("full", "cached", "official"):
             timed[(kind, b)] = step_fn(with_search(snet, kind), b, BETA, b, device)
     timed["search"] = lambda: [nearest(f, p) for f, p in layers]
+    with_native = device.type == "cpu" and search_native.default_kernel() is not None
+    if with_native:
+        timed["search, torch path"] = lambda: [nearest(f, p, native=False) for f, p in layers]
+    elif device.type == "cpu":
+        print("the native kernel is not built (make setup): the exact search row is the torch path")
     timed["official search"] = lambda: [OfficialSearch()(f, p) for f, p in layers]
     with_faiss = search_faiss.available() and device.type == "cpu"
     if with_faiss:
@@ -204,6 +209,10 @@ def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=
     for (_, idx), new, (_, pool) in zip(searched, moved, layers, strict=True):
         if not torch.equal(idx, nearest(new, pool)):
             raise AssertionError("the cached search disagrees with the full search")
+    if with_native:
+        for f, p in layers:
+            if not torch.equal(nearest(f, p), nearest(f, p, native=False)):
+                raise AssertionError("the native kernel's search disagrees with the torch path")
     differ = 0
     if with_faiss:
         for f, p in layers:
@@ -228,8 +237,13 @@ def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=
                     f"{ms[('official', b)] / plain:.2f}× plain |")
     rows.append(f"| FLOP floor: {flops / 1e9:.2f} GFLOP at {rate / 1e9:.0f} GFLOP/s ({matmul_size}² matmul) | – | "
                 f"{floor:.1f} | 1.00 (reference) |")
-    rows.append(f"| search alone, exact ({kernels:,} kernels) | – | {ms['search']:.1f} | "
+    path = "native kernel" if with_native else ("torch path" if device.type == "cpu" else "CUDA")
+    rows.append(f"| search alone, exact, {path} ({kernels:,} kernels) | – | {ms['search']:.1f} | "
                 f"{ms['search'] / floor:.2f}× floor |")
+    if with_native:
+        rows.append(f"| search alone, exact, torch path (nearest(..., native=False)) | – | "
+                    f"{ms['search, torch path']:.1f} | {ms['search, torch path'] / floor:.2f}× floor; "
+                    f"{ms['search, torch path'] / ms['search']:.2f}× native |")
     rows.append(f"| official-style search (cdist use_mm + argmin) | – | {ms['official search']:.1f} | "
                 f"{ms['official search'] / floor:.2f}× floor; ours {ms['official search'] / ms['search']:.1f}× "
                 f"faster |")
@@ -275,7 +289,7 @@ def ema_pools(layers, steps: int, seed: int, restart_every: int = 5, dead_usage:
 
 def one_pool_moves_run(layers, steps: int, clock):
     """One run of `ema_pools` from fresh caches: the time spent in each search and the rows the cache searched."""
-    caches = [SearchCache() for _ in layers]
+    caches = [SearchCache(track_moves=True) for _ in layers]  # the checks, timed against the full search
     spent, searched = {"full": 0.0, "cached": 0.0}, []
 
     def both(i, flat, pool):

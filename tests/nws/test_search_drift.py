@@ -25,6 +25,7 @@ def _distill(steps, enabled, check=False, seed=0):
     layers = dict(nws.nws_layers(snet))
     for layer in layers.values():
         layer.search_cache.enabled = enabled
+        layer.search_cache.track_moves = True  # the checks under test (on CPU with the native kernel: off by default)
     opt = torch.optim.SGD(snet.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
     searched = []
@@ -70,6 +71,7 @@ def test_distill_mode_looks_up_the_moved_pool_when_no_index_changed():
     snet = nws.set_mode(nws.convert(nn.Sequential(nn.Conv2d(4, 8, 3, bias=False)), pool_size=16, seed=0,
                                     pool_init="sample"), "distill")
     layer = snet[0]
+    layer.search_cache.track_moves = True  # the cache keeps its rows across the move (not the native default)
     layer.effective_weight()
     with torch.no_grad():
         layer.pool.mul_(1 + 1e-6)
@@ -87,7 +89,7 @@ def _drifting(seed, n=64, d=9, rows=2000):
 
 def test_a_kernel_that_jumps_onto_a_row_takes_it_and_leaves_far_rows_alone():
     g, pool, w = _drifting(1)
-    cache = SearchCache()
+    cache = SearchCache(track_moves=True)
     cache(w, pool)
     for step, row in enumerate((7, 100, 1500)):
         pool = pool + 1e-4 * torch.randn(pool.shape, generator=g)  # every kernel drifts a little (EMA-like)
@@ -103,7 +105,7 @@ def test_a_kernel_that_jumps_onto_a_row_takes_it_and_leaves_far_rows_alone():
 
 def test_one_jumped_kernel_does_not_invalidate_rows_far_from_it():
     g, pool, w = _drifting(2)
-    cache = SearchCache()
+    cache = SearchCache(track_moves=True)
     cache(w, pool)
     pool = pool.clone()
     had = int((cache.indices == 5).sum())
@@ -116,7 +118,7 @@ def test_duplicated_pool_kernels_tie_to_the_lowest_index_while_the_pool_moves():
     g, pool, w = _drifting(3, n=40)
     pool = torch.cat([pool, pool[::4]])  # later duplicates: ties to the earlier copy
     w[:300] = pool[torch.randint(0, pool.shape[0], (300,), generator=g)]  # rows exactly on kernels
-    cache = SearchCache()
+    cache = SearchCache(track_moves=True)
     for step in range(12):
         assert torch.equal(cache(w, pool), brute(w, pool)), step
         shift = 1e-4 * torch.randn(pool.shape[1], generator=g)
@@ -129,7 +131,7 @@ def test_duplicated_pool_kernels_tie_to_the_lowest_index_while_the_pool_moves():
 
 def test_non_finite_rows_and_kernels_are_searched_again():
     g, pool, w = _drifting(4)
-    cache = SearchCache()
+    cache = SearchCache(track_moves=True)
     cache(w, pool)
     w = w.clone()
     w[10], w[11, 3], w[12, 0] = math.nan, math.inf, -math.inf
@@ -146,7 +148,7 @@ def test_non_finite_rows_and_kernels_are_searched_again():
 def test_rows_compared_with_a_pool_that_left_the_history_are_searched_again(monkeypatch):
     monkeypatch.setattr("nws.drift.HISTORY", 4)
     g, pool, w = _drifting(5, rows=500)
-    cache = SearchCache()
+    cache = SearchCache(track_moves=True)
     searched = []
     for _ in range(12):
         assert torch.equal(cache(w, pool), brute(w, pool))
@@ -162,7 +164,7 @@ def test_a_row_recompared_with_a_newer_pool_remembers_a_jumped_kernel_near_it(mo
     drift step (under the jump threshold) and takes the row."""
     monkeypatch.setattr("nws.drift.HISTORY", 2)
     g, pool, w = _drifting(6)
-    cache = SearchCache()
+    cache = SearchCache(track_moves=True)
     idx = cache(w, pool)
     d1 = (w - pool[idx]).norm(dim=1)
     others = torch.cdist(w, pool).scatter_(1, idx[:, None], math.inf).amin(1)
@@ -198,7 +200,7 @@ def test_random_walks_of_rows_and_pool_equal_the_full_search(d):
         pool = torch.randn(n, d, generator=g)
         w = torch.randn(300, d, generator=g) * 0.8
         w[:50] = pool[torch.randint(0, n, (50,), generator=g)]
-        cache, empty = SearchCache(), SearchCache()
+        cache, empty = SearchCache(track_moves=True), SearchCache(track_moves=True)
         for step in range(20):
             assert torch.equal(cache(w, pool), brute(w, pool)), (n, step)
             assert empty(w[:0], pool).numel() == 0
@@ -221,10 +223,33 @@ def test_checks_that_send_every_call_to_the_full_search_back_off(monkeypatch):
     monkeypatch.setattr(SearchCache, "_drift_keep", lambda self, x, p: checks.append(1) or original(self, x, p))
     g = torch.Generator().manual_seed(0)
     pool, w = torch.randn(16, 9, generator=g), torch.randn(400, 9, generator=g)
-    cache = SearchCache()
+    cache = SearchCache(track_moves=True)
     for step in range(60):
         assert torch.equal(cache(w, pool), brute(w, pool)), step
         pool = pool + 0.5 * torch.randn(pool.shape, generator=g)
         w = w + 0.5 * torch.randn(w.shape, generator=g)
     # calls 2..60 move the pool; checks at 2, 4, 7, 12, 21, 38 (backoff 1, 2, 4, 8, 16, 16) and 55
     assert len(checks) == 7 and cache.backoff == cache_module.MAX_BACKOFF
+
+
+def test_with_the_native_kernel_moved_pools_are_searched_in_full():
+    """The default on CPU where the fused kernel is built: a moved pool is searched in full every call (cheaper
+    than the checks), a fixed pool keeps the moved-rows shortcut, and every answer is the full search's."""
+    from nws import search_native
+
+    assert search_native.default_kernel() is not None, "the native search kernel is not built: make setup"
+    g = torch.Generator().manual_seed(3)
+    pool, w = torch.randn(64, 9, generator=g), torch.randn(500, 9, generator=g) * 0.8
+    cache = SearchCache()
+    assert torch.equal(cache(w, pool), brute(w, pool)) and cache.last_searched == 500
+    w = w + 1e-4 * torch.randn(w.shape, generator=g)
+    assert torch.equal(cache(w, pool), brute(w, pool)) and cache.last_searched < 50  # fixed pool: shortcut
+    for _ in range(3):
+        pool = pool + 1e-4 * torch.randn(pool.shape, generator=g)
+        w = w + 1e-4 * torch.randn(w.shape, generator=g)
+        assert torch.equal(cache(w, pool), brute(w, pool)) and cache.last_searched == 500
+    assert torch.equal(cache(w, pool), brute(w, pool)) and cache.last_searched == 500  # moved once: stays full
+    tracked = SearchCache(track_moves=True)
+    tracked(w, pool)
+    pool = pool + 1e-6 * torch.randn(pool.shape, generator=g)
+    assert torch.equal(tracked(w, pool), brute(w, pool)) and tracked.last_searched < 500
