@@ -46,14 +46,14 @@ FULL_RUNS = [CPU_RUNS[0], CPU_RUNS[2]]  # same global batch; the 2-thread row is
 FULL_WIDTH, FULL_POOL, FULL_STEPS = 1.0, 512, 20
 AIM = 1.6  # the speed-up of 2 ranks over 1 that the full-width row is meant to reach
 NOTES = """Reading the table: the global batch is the same in every row (64 = 1 × 64 = 2 × 32), so rows differ only in
-how the work is split; "vs 1 rank" divides by the first row's median. Each rank joins a gloo group; DeepSpeed
-all-reduces fp32 gradients every step and the pool update all-reduces its assignment statistics (two tensors per
-NWS layer). The NWS rows include the fp32 nearest-kernel search of every layer in every forward (pools move every
-step in pool distillation: the drift-aware cache of issue 20 searches again only the kernels a move can affect), and
-that search runs on every rank (the weights are replicated): it does not shrink with more ranks, so NWS gains less
-from ranks than the plain network. This machine
-has 2 cores shared with other jobs: a second thread or rank competes with them for a core (and OpenMP threads
-spin-wait on a busy core), so absolute numbers move with the load; the interleaved ratios much less."""
+how the work is split; "vs 1 rank" divides by the first row's median. Each rank joins a gloo group; DeepSpeed (ZeRO-1)
+all-reduces fp32 gradients every step and all-gathers the updated parameters, while the pool update needs no
+communication (its statistics depend on the replicated weights and pools only, nws.distill). The NWS rows include the
+fp32 nearest-kernel search of every layer in every forward (pools move every step in pool distillation: the
+drift-aware cache of issue 20 searches again only the kernels a move can affect), and that search runs on every rank
+(the weights are replicated): it does not shrink with more ranks, so NWS gains less from ranks than the plain network.
+This machine has 2 cores shared with other jobs: a second thread or rank competes with them for a core (and OpenMP
+threads spin-wait on a busy core), so absolute numbers move with the load; the interleaved ratios much less."""
 FULL_NOTES = """Reading the table: both rows train the same global batch (64 = 1 × 64 = 2 × 32) for the same optimizer
 steps, so they differ only in how the work is split; "vs 1 rank" divides by the first row's median. images/s is the
 stage's own count (images of the applied steps over the training time, the first step included; no start-up, pool
