@@ -99,6 +99,21 @@ def step_fn(model, batch: int, beta: float, seed: int, device: torch.device = CP
     return step
 
 
+def distill_step_fn(snet, batch: int, seed: int, device: torch.device = CPU):
+    """One pool-distillation step as pretraining runs it (nws.distill): SGD on CE + beta·Eq. 2 with every layer in
+    `distill` mode (search every forward against the moving pools), then the EMA update of Eq. 4 with the demo
+    config's dead-kernel restarts (usage 1.0, every 26 steps)."""
+    model = copy.deepcopy(snet).to(device)
+    distiller = nws.PoolDistiller(model, restart_every=26, dead_usage=1.0)
+    train = step_fn(model, batch, BETA, seed, device)
+
+    def step():
+        train()
+        distiller.step()
+
+    return step
+
+
 def with_search(snet, kind: str):
     """A copy of the search-mode network whose layers search in full, through the cache, or officially."""
     model = copy.deepcopy(snet)
@@ -177,6 +192,7 @@ def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=
         timed[("plain", b)] = step_fn(copy.deepcopy(net), b, 0.0, b, device)
         for kind in ("full", "cached", "official"):
             timed[(kind, b)] = step_fn(with_search(snet, kind), b, BETA, b, device)
+        timed[("distill", b)] = distill_step_fn(snet, b, b, device)
     timed["search"] = lambda: [nearest(f, p) for f, p in layers]
     with_native = device.type == "cpu" and search_native.default_kernel() is not None
     if with_native:
@@ -235,6 +251,8 @@ def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=
                     f"{ms[('cached', b)] / plain:.2f}× plain |")
         rows.append(f"| official-style step (cdist + argmin) | {b} | {ms[('official', b)]:.1f} | "
                     f"{ms[('official', b)] / plain:.2f}× plain |")
+        rows.append(f"| pool-distillation step (moving pools, EMA update) | {b} | {ms[('distill', b)]:.1f} | "
+                    f"{ms[('distill', b)] / plain:.2f}× plain |")
     rows.append(f"| FLOP floor: {flops / 1e9:.2f} GFLOP at {rate / 1e9:.0f} GFLOP/s ({matmul_size}² matmul) | – | "
                 f"{floor:.1f} | 1.00 (reference) |")
     path = "native kernel" if with_native else ("torch path" if device.type == "cpu" else "CUDA")
