@@ -96,14 +96,15 @@ class PoolDrift:
         """Per row compared with pool stamp `when` (float64): an upper bound on how far any kernel outside the
         jumped set J moved since then. J (left in `jumped`) holds the kernels that moved more than JUMP × the
         median since some row's pool, and any non-finite one: every row is compared with them directly."""
-        slots = (when % HISTORY).unique()
+        slot = when % HISTORY
+        slots = torch.bincount(slot, minlength=HISTORY).nonzero().squeeze(1)  # the slots in use (no sort of N rows)
         n, d = pool.shape
         eps = norm_hi(pool.expand(slots.numel(), n, d).reshape(-1, d), self.pools[slots].reshape(-1, d)).view(-1, n)
         tau = JUMP * eps.nan_to_num(nan=math.inf).median(1, keepdim=True).values
         self.jumped = (~eps.isfinite() | (eps > tau)).any(0)
         most = torch.zeros(HISTORY, dtype=torch.float64, device=pool.device)
         most[slots] = eps.masked_fill(self.jumped, 0.0).amax(1)
-        return most[when % HISTORY]
+        return most[slot]
     def nearest_jumped_lo(self, x: torch.Tensor, pool: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
         """Per row of x, a lower bound on its distance to the jumped kernels other than its own index `own`
         (inf when none)."""

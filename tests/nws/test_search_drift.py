@@ -8,7 +8,19 @@ import torch
 from torch import nn
 
 import nws
+from nws import search_native
 from nws.cache import SearchCache
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def path(request, monkeypatch):
+    """Every test on both CPU paths: the native kernel (search and the moving-pool test, `make setup` builds it)
+    and the torch code (as on CUDA or without a build)."""
+    if request.param == "torch":
+        monkeypatch.setattr(search_native, "default_kernel", lambda: None)
+    else:
+        assert search_native.default_kernel() is not None, "the native search kernel is not built: make setup"
+    return request.param
 
 
 def brute(flat, pool):
@@ -231,25 +243,3 @@ def test_checks_that_send_every_call_to_the_full_search_back_off(monkeypatch):
     # calls 2..60 move the pool; checks at 2, 4, 7, 12, 21, 38 (backoff 1, 2, 4, 8, 16, 16) and 55
     assert len(checks) == 7 and cache.backoff == cache_module.MAX_BACKOFF
 
-
-def test_with_the_native_kernel_moved_pools_are_searched_in_full():
-    """The default on CPU where the fused kernel is built: a moved pool is searched in full every call (cheaper
-    than the checks), a fixed pool keeps the moved-rows shortcut, and every answer is the full search's."""
-    from nws import search_native
-
-    assert search_native.default_kernel() is not None, "the native search kernel is not built: make setup"
-    g = torch.Generator().manual_seed(3)
-    pool, w = torch.randn(64, 9, generator=g), torch.randn(500, 9, generator=g) * 0.8
-    cache = SearchCache()
-    assert torch.equal(cache(w, pool), brute(w, pool)) and cache.last_searched == 500
-    w = w + 1e-4 * torch.randn(w.shape, generator=g)
-    assert torch.equal(cache(w, pool), brute(w, pool)) and cache.last_searched < 50  # fixed pool: shortcut
-    for _ in range(3):
-        pool = pool + 1e-4 * torch.randn(pool.shape, generator=g)
-        w = w + 1e-4 * torch.randn(w.shape, generator=g)
-        assert torch.equal(cache(w, pool), brute(w, pool)) and cache.last_searched == 500
-    assert torch.equal(cache(w, pool), brute(w, pool)) and cache.last_searched == 500  # moved once: stays full
-    tracked = SearchCache(track_moves=True)
-    tracked(w, pool)
-    pool = pool + 1e-6 * torch.randn(pool.shape, generator=g)
-    assert torch.equal(tracked(w, pool), brute(w, pool)) and tracked.last_searched < 500

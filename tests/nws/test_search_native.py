@@ -110,3 +110,66 @@ def test_a_missing_or_stale_library_is_refused_with_a_warning(library, tmp_path,
 def test_a_failing_compiler_names_the_command(tmp_path):
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         search_native.build(tmp_path / "x.so", compiler=str(tmp_path / "no-such-c++"))
+
+
+@pytest.mark.parametrize("d", [1, 2, 9, 49])
+def test_the_moving_pool_test_matches_the_torch_code(library, d):
+    """`drift_keep` against nws.drift.norm_hi and _Bounds.ordered on rows near and far from their budget, with a
+    NaN row, a budget of -inf (a row whose pool left the history) and both thread counts: the bounds agree to the
+    last bits (only the order of the d squares differs) and so do the decisions."""
+    from nws.drift import down, norm_hi, rel
+    from nws.search import U, _Bounds
+
+    g = torch.Generator().manual_seed(d)
+    n, num = 64, 3001
+    pool = torch.randn(n, d, generator=g)
+    idx = torch.randint(0, n, (num,), generator=g)
+    anchor = pool[idx] + 0.1 * torch.randn(num, d, generator=g)
+    x = anchor + 0.01 * torch.randn(num, d, generator=g)
+    budget = norm_hi(anchor, pool[idx]) * (1 + torch.rand(num, generator=g, dtype=torch.float64) * 2)
+    eps = torch.rand(num, generator=g, dtype=torch.float64) * 0.1 * math.sqrt(d)
+    x[5, 0], budget[6] = math.nan, -math.inf
+    bounds = _Bounds(d)
+    r1 = norm_hi(x, pool[idx])
+    r2 = down(down(budget - norm_hi(x, anchor)) - eps)
+    keep = bounds.ordered(r1, r2)
+    assert 0.2 < keep.float().mean() < 0.8  # both decisions occur (measured 0.51-0.69 over d and seeds)
+    for cap in runnable():
+        k = search_native.load(library, capability=cap)
+        for threads in (1, 2):
+            got_keep, got_r1, got_r2 = search_native.drift_keep(k, x, anchor, pool, idx, budget, eps, rel(d),
+                                                                 bounds.ordered_constants(), U, threads=threads)
+            assert torch.equal(got_keep, keep)
+            for a, b in ((got_r1, r1), (got_r2, r2)):
+                finite = b.isfinite()
+                assert torch.equal(finite, a.isfinite())
+                assert ((a[finite] - b[finite]).abs() <= 4 * 2.0**-52 * b[finite].abs()).all()
+            assert not got_keep[5] and not got_keep[6]
+
+
+def test_with_the_native_kernel_moved_pools_are_searched_in_full():
+    """The search cache's default on CPU where the fused kernel is built: a moved pool is searched in full every
+    call (cheaper than the checks), a fixed pool keeps the moved-rows shortcut, and every answer is the full
+    search's; asked to, it tracks the moves."""
+    from nws.cache import SearchCache
+
+    assert search_native.default_kernel() is not None, "the native search kernel is not built: make setup"
+    g = torch.Generator().manual_seed(3)
+    pool, w = torch.randn(64, 9, generator=g), torch.randn(500, 9, generator=g) * 0.8
+    cache = SearchCache()
+    assert torch.equal(cache(w, pool), reference(w, pool)) and cache.last_searched == 500
+    w = w + 1e-4 * torch.randn(w.shape, generator=g)
+    assert torch.equal(cache(w, pool), reference(w, pool)) and cache.last_searched < 50  # fixed pool: shortcut
+    for _ in range(3):
+        pool = pool + 1e-4 * torch.randn(pool.shape, generator=g)
+        w = w + 1e-4 * torch.randn(w.shape, generator=g)
+        assert torch.equal(cache(w, pool), reference(w, pool)) and cache.last_searched == 500
+    assert torch.equal(cache(w, pool), reference(w, pool)) and cache.last_searched == 500  # moved once: stays full
+    tracked = SearchCache(track_moves=True)
+    tracked(w, pool)
+    pool = pool + 1e-6 * torch.randn(pool.shape, generator=g)
+    assert torch.equal(tracked(w, pool), reference(w, pool)) and tracked.last_searched < 500
+
+
+def reference(flat, pool):
+    return torch.cdist(flat, pool, compute_mode="donot_use_mm_for_euclid_dist").argmin(1)
