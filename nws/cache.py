@@ -17,8 +17,8 @@ import math
 import torch
 
 from nws import search_native
-from nws.drift import PoolDrift, down, norm_hi, rel
-from nws.search import TINY, U, _Bounds, _check, _fp32_exact, _gamma, _margin, _search, nearest
+from nws.drift import PoolDrift, down, norm_hi
+from nws.search import TINY, _Bounds, _check, _fp32_exact, _gamma, _margin, _search, nearest
 
 REBASE = 0.5  # a call that would search more than this share of the rows searches all (and forgets old pools)
 MAX_JUMPED = 8  # more jumped kernels than this (and n/8): the same
@@ -136,14 +136,9 @@ class SearchCache:
         if int(self.drift.jumped.sum()) > max(MAX_JUMPED, p.shape[0] // 8):  # direct comparisons cost too much
             return None
         bounds = _Bounds(x.shape[1])
-        kernel = search_native.default_kernel() if x.device.type == "cpu" else None
-        if kernel is not None:  # the same test in one pass over the rows
-            keep, r1, r2 = search_native.drift_keep(kernel, x, self.anchor, p, self.indices, self.budget, eps,
-                                                    rel(x.shape[1]), bounds.ordered_constants(), U)
-        else:
-            r1 = norm_hi(x, p[self.indices])
-            r2 = down(down(self.budget - norm_hi(x, self.anchor)) - eps)
-            keep = bounds.ordered(r1, r2)
+        r1 = norm_hi(x, p[self.indices])
+        r2 = down(down(self.budget - norm_hi(x, self.anchor)) - eps)
+        keep = bounds.ordered(r1, r2)
         if self.drift.jumped.any():
             rows = keep.nonzero().squeeze(1)
             near = self.drift.nearest_jumped_lo(x[rows], p, self.indices[rows])

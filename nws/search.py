@@ -127,15 +127,11 @@ class _Bounds:
         m = num / (s_lo * (1 - U) + s_hi * (1 + U))
         return torch.nan_to_num(m, nan=0.0, posinf=0.0).clamp_min(0) * (1 - 1e-6)
 
-    def ordered_constants(self) -> tuple[float, float, float]:
-        """(s_lo, s_hi, e) of `ordered` (also handed to the native kernel's copy of that test)."""
-        return math.sqrt(1 - self.gr), math.sqrt(1 + self.gr), math.sqrt(self.eta_r)
-
     def ordered(self, r1_hi: torch.Tensor, r2_lo: torch.Tensor) -> torch.Tensor:
         """True where true distances ||w - p_j*|| <= r1_hi and ||w - p_k|| >= r2_lo (every k != j*) make the
         reference put j* strictly first: the test of `margin` at δ = 0, each float64 step rounded against it
         (`nws.drift.down`/`up`); NaN gives False. The pool-drift test of `nws.cache.SearchCache`."""
-        s_lo, s_hi, e = self.ordered_constants()
+        s_lo, s_hi, e = math.sqrt(1 - self.gr), math.sqrt(1 + self.gr), math.sqrt(self.eta_r)
         lhs = down(down(down(r2_lo * s_lo) - e) * (1 - U))
         rhs = up(up(up(r1_hi * s_hi) + e) * (1 + U))
         return lhs > rhs

@@ -110,7 +110,6 @@ class Kernel:
     fn: ctypes._CFuncPtr
     lanes: int
     name: str
-    drift: ctypes._CFuncPtr  # the moving-pool test of nws.cache (`drift_keep`)
 
 
 def load(path: Path = LIBRARY, capability: str | None = None) -> Kernel | None:
@@ -130,7 +129,6 @@ def load(path: Path = LIBRARY, capability: str | None = None) -> Kernel | None:
     try:
         source = getattr(lib, f"nws_top2_source_{v.suffix}")
         fn = getattr(lib, f"nws_top2_{v.suffix}")
-        drift = getattr(lib, f"nws_drift_keep_{v.suffix}")
     except AttributeError:
         log.warning("%s lacks the %s variant; `make setup` rebuilds it", path, v.suffix)
         return None
@@ -142,10 +140,7 @@ def load(path: Path = LIBRARY, capability: str | None = None) -> Kernel | None:
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    drift.restype = None
-    drift.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 2 + [ctypes.c_double] * 5 + [ctypes.c_void_p] * 3 \
-        + [ctypes.c_int64]
-    return Kernel(fn, v.lanes, v.suffix, drift)
+    return Kernel(fn, v.lanes, v.suffix)
 
 
 @functools.cache
@@ -173,23 +168,6 @@ def top2(x: torch.Tensor, p: torch.Tensor, kernel: Kernel, threads: int | None =
     if not bool(torch.isfinite(pn[:n]).all()):
         v1.fill_(math.nan)
     return v1, idx, v2
-
-
-def drift_keep(kernel: Kernel, x, anchor, pool, idx, budget, eps, rel: float, ordered: tuple[float, float, float],
-               u: float, threads: int | None = None):
-    """The moving-pool test of `nws.cache.SearchCache` in one pass over the rows (the torch code takes a dozen):
-    r1 = norm_hi(x, pool[idx]), r2 = down(down(budget - norm_hi(x, anchor)) - eps) and keep =
-    `_Bounds.ordered(r1, r2)`, with `ordered` = (s_lo, s_hi, e) of `_Bounds.ordered_constants()`; the same
-    float64 operations, each rounded the same way (nws.drift). x, anchor: N × d fp32; pool: n × d fp32; idx: N
-    int64; budget, eps: N float64. Returns (keep: bool, r1, r2: float64)."""
-    num, d = x.shape
-    keep = torch.empty(num, dtype=torch.uint8)
-    r1, r2 = torch.empty(num, dtype=torch.float64), torch.empty(num, dtype=torch.float64)
-    args = [t.contiguous() for t in (x, anchor, pool, idx, budget, eps)]
-    if num:
-        kernel.drift(*(t.data_ptr() for t in args), num, d, rel, *ordered, u, keep.data_ptr(), r1.data_ptr(),
-                     r2.data_ptr(), threads or torch.get_num_threads())
-    return keep.bool(), r1, r2
 
 
 def main(argv: list[str] | None = None) -> None:

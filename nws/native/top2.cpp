@@ -11,7 +11,6 @@
 // extensions, so one loop serves AVX-512, AVX2 and plain SSE/NEON), NWS_ROWS rows per pass (each pool vector loaded
 // once serves that many rows), NWS_SUFFIX names the variant's entry point.
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -113,63 +112,9 @@ void run(const float* x, int64_t num, int64_t d, const float* pt, const float* p
   for (auto& t : pool) t.join();
 }
 
-// The moving-pool test of nws.cache (nws.drift.norm_hi, nws.search._Bounds.ordered) for rows [begin, end), in
-// float64 with the same correctly rounded operations as the torch code, each bound stepped one float64 outward
-// (nextafter): r1 >= ||x - p[idx]||, r2 <= budget - ||x - anchor|| - eps, keep where the reference's ordering
-// holds. Only the order of the d squares differs from torch's, which the `rel` slack covers (any order).
-void drift_rows(const float* x, const float* anchor, const float* pool, const int64_t* idx, const double* budget,
-                const double* eps, int64_t begin, int64_t end, int64_t d, double rel, double s_lo, double s_hi,
-                double e, double u, uint8_t* keep, double* r1, double* r2) {
-  const double inf = std::numeric_limits<double>::infinity();
-  for (int64_t r = begin; r < end; ++r) {
-    const float* w = x + r * d;
-    const float* a = anchor + r * d;
-    const float* k = pool + idx[r] * d;
-    double own = 0.0, moved = 0.0;
-    for (int64_t i = 0; i < d; ++i) {
-      const double dk = static_cast<double>(w[i]) - static_cast<double>(k[i]);
-      const double da = static_cast<double>(w[i]) - static_cast<double>(a[i]);
-      own += dk * dk;
-      moved += da * da;
-    }
-    const double hi1 = std::nextafter(std::sqrt(own) * (1 + rel), inf);
-    const double delta = std::nextafter(std::sqrt(moved) * (1 + rel), inf);
-    const double lo2 = std::nextafter(std::nextafter(budget[r] - delta, -inf) - eps[r], -inf);
-    const double lhs = std::nextafter(std::nextafter(std::nextafter(lo2 * s_lo, -inf) - e, -inf) * (1 - u), -inf);
-    const double rhs = std::nextafter(std::nextafter(std::nextafter(hi1 * s_hi, inf) + e, inf) * (1 + u), inf);
-    keep[r] = lhs > rhs;
-    r1[r] = hi1;
-    r2[r] = lo2;
-  }
-}
-
-template <typename F>
-void split(int64_t num, int64_t threads, int64_t grain, F&& body) {
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, num / grain));
-  const int64_t share = (num + parts - 1) / parts;
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < parts; ++t) {
-    const int64_t a = t * share, b = std::min(num, a + share);
-    if (a < b) pool.emplace_back(body, a, b);
-  }
-  body(0, std::min(num, share));
-  for (auto& t : pool) t.join();
-}
-
 }  // namespace
 
 extern "C" {
-
-// see drift_rows; outputs keep (0/1), r1 and r2 per row
-void NWS_CAT(nws_drift_keep_, NWS_SUFFIX)(const float* x, const float* anchor, const float* pool, const int64_t* idx,
-                                          const double* budget, const double* eps, int64_t num, int64_t d,
-                                          double rel, double s_lo, double s_hi, double e, double u, uint8_t* keep,
-                                          double* r1, double* r2, int64_t threads) {
-  split(num, threads, 4096, [=](int64_t a, int64_t b) {
-    drift_rows(x, anchor, pool, idx, budget, eps, a, b, d, rel, s_lo, s_hi, e, u, keep, r1, r2);
-  });
-}
-
 
 // x: num x d rows (fp32, row-major); pt: d x npad (-2 p, transposed, zero-padded); pn: npad (||p||^2, +inf
 // padded); outputs per row: v1 (best score), idx (its pool index), v2 (second-best score). npad % NWS_LANES == 0.

@@ -14,8 +14,8 @@ from nws.cache import SearchCache
 
 @pytest.fixture(autouse=True, params=["native", "torch"])
 def path(request, monkeypatch):
-    """Every test on both CPU paths: the native kernel (search and the moving-pool test, `make setup` builds it)
-    and the torch code (as on CUDA or without a build)."""
+    """Every test on both CPU search paths: the native kernel (`make setup` builds it) and the torch code (as on
+    CUDA or without a build)."""
     if request.param == "torch":
         monkeypatch.setattr(search_native, "default_kernel", lambda: None)
     else:

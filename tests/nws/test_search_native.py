@@ -112,41 +112,6 @@ def test_a_failing_compiler_names_the_command(tmp_path):
         search_native.build(tmp_path / "x.so", compiler=str(tmp_path / "no-such-c++"))
 
 
-@pytest.mark.parametrize("d", [1, 2, 9, 49])
-def test_the_moving_pool_test_matches_the_torch_code(library, d):
-    """`drift_keep` against nws.drift.norm_hi and _Bounds.ordered on rows near and far from their budget, with a
-    NaN row, a budget of -inf (a row whose pool left the history) and both thread counts: the bounds agree to the
-    last bits (only the order of the d squares differs) and so do the decisions."""
-    from nws.drift import down, norm_hi, rel
-    from nws.search import U, _Bounds
-
-    g = torch.Generator().manual_seed(d)
-    n, num = 64, 3001
-    pool = torch.randn(n, d, generator=g)
-    idx = torch.randint(0, n, (num,), generator=g)
-    anchor = pool[idx] + 0.1 * torch.randn(num, d, generator=g)
-    x = anchor + 0.01 * torch.randn(num, d, generator=g)
-    budget = norm_hi(anchor, pool[idx]) * (1 + torch.rand(num, generator=g, dtype=torch.float64) * 2)
-    eps = torch.rand(num, generator=g, dtype=torch.float64) * 0.1 * math.sqrt(d)
-    x[5, 0], budget[6] = math.nan, -math.inf
-    bounds = _Bounds(d)
-    r1 = norm_hi(x, pool[idx])
-    r2 = down(down(budget - norm_hi(x, anchor)) - eps)
-    keep = bounds.ordered(r1, r2)
-    assert 0.2 < keep.float().mean() < 0.8  # both decisions occur (measured 0.51-0.69 over d and seeds)
-    for cap in runnable():
-        k = search_native.load(library, capability=cap)
-        for threads in (1, 2):
-            got_keep, got_r1, got_r2 = search_native.drift_keep(k, x, anchor, pool, idx, budget, eps, rel(d),
-                                                                 bounds.ordered_constants(), U, threads=threads)
-            assert torch.equal(got_keep, keep)
-            for a, b in ((got_r1, r1), (got_r2, r2)):
-                finite = b.isfinite()
-                assert torch.equal(finite, a.isfinite())
-                assert ((a[finite] - b[finite]).abs() <= 4 * 2.0**-52 * b[finite].abs()).all()
-            assert not got_keep[5] and not got_keep[6]
-
-
 def test_with_the_native_kernel_moved_pools_are_searched_in_full():
     """The search cache's default on CPU where the fused kernel is built: a moved pool is searched in full every
     call (cheaper than the checks), a fixed pool keeps the moved-rows shortcut, and every answer is the full
