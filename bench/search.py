@@ -354,16 +354,19 @@ def run_pool_moves(width: float, steps: int, repeats: int, clock=time.perf_count
 
 
 NOTES = """Reading the table: the FLOP floor is what the brute-force search costs if the machine ran it at its large
-square-matmul rate; the exact search computes the scores of a chunk of rows with one matmul (K = k² = 9 for 3×3
-kernels, so writing the scores costs about as much as computing them), reduces them with a max-pool (argmax) and
-an amax (runner-up), and sends the rows whose best and second-best scores are too close for the proven fp32 error
-bound (about 0.3% of the kernels here) to the reference `cdist` (nws/search.py). Scalar kernels (1×1 convs, the
-head) are searched in the sorted pool. The faiss rows (when faiss-cpu is installed) time faiss's IndexFlatL2 on the
-same kernels: k=1 alone (its fused distance + argmin; not certified: the row counts the kernels where it differs
-from the exact search) and k=2 as candidates under the same certificate, uncertified rows recomputed by the
-reference (nws/search_faiss.py; checked equal to the exact search in the same run). The cached search re-searches
-only the kernels that moved at least their margin since they were last compared; its result is checked against the
-full search in the same run.
+square-matmul rate. The exact search runs, on CPU, the fused C++ kernel of nws/search_native.py (built by `make
+setup`): each row's scores against the pool stay in registers while the best, its index and the second-best are
+kept, so no score matrix is written (K = k² = 9 for 3×3 kernels: writing and re-reading the scores cost the torch path
+more than computing them); rows whose best and second-best are too close for the proven fp32 error bound go to the
+reference `cdist` (nws/search.py). The torch path (`native=False`: a matmul per chunk, then a max-pool and an amax) is
+timed beside it and checked equal. Scalar kernels (1×1 convs, the head) are searched in the sorted pool. The faiss
+rows (when faiss-cpu is installed) time faiss's IndexFlatL2 on the same kernels: k=1 alone (its fused distance +
+argmin; not certified: the row counts the kernels where it differs from the exact search) and k=2 as candidates
+under the same certificate (nws/search_faiss.py; checked equal to the exact search in the same run). The cached
+search re-searches only the kernels that moved at least their margin since they were last compared; its result is
+checked against the full search in the same run. The pool-distillation step is pretraining's: every layer searches
+against pools that moved since the last step (on CPU with the native kernel in full, which costs less than the
+drift checks of nws.cache), then the EMA update of Eq. 4.
 This machine is shared with other jobs: absolute times move with its load, the interleaved ratios much less."""
 
 
