@@ -15,13 +15,15 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
 def cpu_name() -> str:
-    """The CPU model (and the GPU, when there is one) and the cores this process sees."""
+    """The CPU model with the vector instruction set torch uses on it (two machines named "AMD EPYC" differ: AVX2
+    or AVX-512), the GPU when there is one, and the cores this process sees."""
     cpu = platform.processor() or platform.machine()
     try:
         names = re.findall(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
         cpu = names[0].strip() if names else cpu
     except OSError:
         pass
+    cpu += f" ({torch.backends.cpu.get_cpu_capability()})"
     if torch.cuda.is_available():
         cpu += f"; GPU {torch.cuda.get_device_name(0)}"
     return f"{cpu}, {os.cpu_count()} cores visible"

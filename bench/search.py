@@ -18,6 +18,7 @@ drift-aware `SearchCache`, interleaved, their indices checked equal.
 
     python -m bench.search [--quick] [--repeats 5] [--threads N] [--clock wall|cpu] [--device cpu|cuda] [--write]
     python -m bench.search --pool-moves [--steps 30] [--quick] [--repeats 3] [--threads N] [--clock wall|cpu]
+    python -m bench.search --profile [--quick] [--threads N]     (where a distillation step's extra time goes)
 
 `--clock cpu` times with the process's CPU time instead of the wall clock: with `--threads 1` on a machine
 shared with other jobs, that is the work done, free of the time spent waiting for a core. `--device cuda` runs every
@@ -384,6 +385,38 @@ steps) in the demo's pool distillation on the digits (`python scripts/distill_se
 where the checks should pay; cheaper fp32 bounds are what the speed on this loop waits for (issue 20)."""
 
 
+def run_profile(width: float, batch: int, device: torch.device = CPU, rows: int = 12) -> str:
+    """Where a pool-distillation step's time goes beyond the plain step's (issue 20): torch's profiler over one
+    plain step and one distillation step (after two warm-up steps each), self CPU time per operator, the native
+    search kernel as its own row; the operators the two steps share are set side by side."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    net = nws.models.resnet18(num_classes=5, stem="nws", width=width)
+    snet = nws.set_mode(nws.convert(net, pool_size=512, seed=0), "search").to(device)
+    steps = {"plain": step_fn(copy.deepcopy(net), batch, 0.0, batch, device),
+             "distill": distill_step_fn(snet, batch, batch, device)}
+    self_ms, total = {}, {}
+    for kind, fn in steps.items():
+        fn()
+        fn()
+        with profile() as prof:
+            fn()
+        events = prof.key_averages()
+        self_ms[kind] = {e.key: e.self_cpu_time_total / 1e3 for e in events}
+        total[kind] = sum(self_ms[kind].values())
+    extra = {k: v - self_ms["plain"].get(k, 0.0) for k, v in self_ms["distill"].items()}
+    top = sorted(extra, key=lambda k: -extra[k])[:rows]
+    lines = [f"Machine: {machine()}. Width {width}, pools of 512, batch {batch}, one profiled step each; self CPU "
+             f"time per operator (ms): plain step {total['plain']:.0f}, distillation step {total['distill']:.0f}.",
+             "", "| operator | plain ms | distillation ms | extra ms |", "| --- | ---: | ---: | ---: |"]
+    for k in top:
+        lines.append(f"| {k} | {self_ms['plain'].get(k, 0.0):.1f} | {self_ms['distill'][k]:.1f} | {extra[k]:.1f} |")
+    rest = total["distill"] - total["plain"] - sum(extra[k] for k in top)
+    lines.append(f"| every other operator | – | – | {rest:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: width 1/8, batch 4, 2 repeats")
@@ -394,8 +427,12 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--pool-moves", action="store_true",
                    help="time a distillation-like loop (pools move each step): drift-aware cache vs full search")
     p.add_argument("--steps", type=int, default=30, help="steps of the --pool-moves loop")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one plain and one pool-distillation step at batch 32: where the extra time goes")
     p.add_argument("--write", action="store_true", help="update the Search section of BENCHMARKS.md")
     args = p.parse_args(argv)
+    if args.write and args.profile:
+        p.error("--profile prints its table; it writes no section")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: this torch sees no CUDA device")
@@ -405,7 +442,9 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(args.threads or threads)
     try:
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
-        if args.pool_moves:
+        if args.profile:
+            body = run_profile(0.125 if args.quick else 1.0, 4 if args.quick else 32, device)
+        elif args.pool_moves:
             width, steps = (0.125, min(args.steps, 6)) if args.quick else (1.0, args.steps)
             body = run_pool_moves(width, steps, 1 if args.quick else args.repeats, clock, device=device)
         elif args.quick:

@@ -163,8 +163,9 @@ def top2(x: torch.Tensor, p: torch.Tensor, kernel: Kernel, threads: int | None =
     v1, v2 = torch.empty(num), torch.empty(num)
     idx = torch.empty(num, dtype=torch.long)
     if num:
-        kernel.fn(x.data_ptr(), num, d, pt.data_ptr(), pn.data_ptr(), npad, v1.data_ptr(), idx.data_ptr(),
-                  v2.data_ptr(), threads or torch.get_num_threads())
+        with torch.profiler.record_function("nws.search_native.top2"):  # named in profiles (bench.search --profile)
+            kernel.fn(x.data_ptr(), num, d, pt.data_ptr(), pn.data_ptr(), npad, v1.data_ptr(), idx.data_ptr(),
+                      v2.data_ptr(), threads or torch.get_num_threads())
     if not bool(torch.isfinite(pn[:n]).all()):
         v1.fill_(math.nan)
     return v1, idx, v2

@@ -260,8 +260,20 @@ def test_bench_quick_runs():
     table = bench_search.main(["--quick", "--threads", "1"])
     assert torch.get_num_threads() == threads
     for row in ("plain step", "full search every step", "cached search", "official-style step", "FLOP floor",
-                "search alone", "official-style search", "after one SGD step"):
+                "search alone", "official-style search", "after one SGD step", "pool-distillation step",
+                "exact, native kernel", "exact, torch path"):
         assert row in table
+
+
+def test_bench_profile_names_the_native_kernel_among_the_extra_time():
+    from bench import search as bench_search
+
+    table = bench_search.main(["--profile", "--quick", "--threads", "1"])
+    extra = {line.split(" | ")[0].strip("| "): float(line.rsplit("|", 2)[1]) for line in table.splitlines()
+             if line.startswith("| ") and line.rsplit("|", 2)[1].strip() not in ("extra ms", "---:")}
+    assert extra["nws.search_native.top2"] > 0  # the kernel ran, in the distillation step only
+    with pytest.raises(SystemExit):
+        bench_search.main(["--profile", "--quick", "--write"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
