@@ -13,8 +13,9 @@ Build. `make setup` (or `python -c 'import nws.search_native as s; s.main()'`) c
 instruction set (x86: AVX-512 as x86-64-v4, AVX2 as x86-64-v3, and SSE2; other CPUs: the compiler's default) into
 one shared library, loaded with ctypes; the variant is the one torch itself picked for this CPU
 (`torch.backends.cpu.get_cpu_capability()`), so a library built on a cluster's login node runs on any of its nodes.
-The library records the hash of its source: a stale build is ignored, with a warning, as is a missing one, and the
-search keeps the torch path (set NWS_NATIVE_SEARCH=0 to choose it on purpose).
+The library's name carries the hash of its source (and the library records it): an edited source is built afresh at
+its first use in a process where `make setup` did not build it already; where it cannot be built the search keeps
+the torch path, with a warning (NWS_NATIVE_SEARCH=0 chooses that path on purpose).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import torch
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native") / "top2.cpp"
-LIBRARY = SOURCE.with_name("_top2.so")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +66,18 @@ def source_hash() -> str:
     return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
 
 
-def build(out: Path = LIBRARY, compiler: str | None = None) -> Path:
-    """Compile every variant of `variants()` and link them into `out` (replaced atomically); returns `out`.
-    Raises RuntimeError with the compiler's message when it fails."""
+def library_path() -> Path:
+    """Where the build of the current source lives: its name carries the source's hash, so an edited source never
+    meets an old build (and no process ever loads a stale one)."""
+    return SOURCE.with_name(f"_top2-{source_hash()}.so")
+
+
+def build(out: Path | None = None, compiler: str | None = None) -> Path:
+    """Compile every variant of `variants()` and link them into `out` (default `library_path()`; replaced
+    atomically); returns `out`. Raises RuntimeError with the compiler's message when it fails."""
     cxx = compiler or os.environ.get("CXX", "c++")
     digest = source_hash()
-    out = Path(out)
+    out = Path(out or library_path())
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nws-top2-") as tmp:
         objects = []
@@ -112,12 +118,10 @@ class Kernel:
     name: str
 
 
-def load(path: Path = LIBRARY, capability: str | None = None) -> Kernel | None:
-    """The kernel for this CPU from the library at `path`, or None (and why, logged) when it is missing, stale, or
-    turned off by NWS_NATIVE_SEARCH=0."""
-    if os.environ.get("NWS_NATIVE_SEARCH", "1") == "0":
-        return None
-    path = Path(path)
+def load(path: Path | None = None, capability: str | None = None) -> Kernel | None:
+    """The kernel for this CPU (or for torch's `capability` name) from the library at `path` (default
+    `library_path()`), or None (and why, logged) when it is missing or was built from another source."""
+    path = Path(path or library_path())
     if not path.exists():
         log.warning("the native search kernel is not built (%s); the search keeps its slower torch path. "
                     "`make setup` builds it", path)
@@ -143,10 +147,28 @@ def load(path: Path = LIBRARY, capability: str | None = None) -> Kernel | None:
     return Kernel(fn, v.lanes, v.suffix)
 
 
+def ensure(path: Path | None = None) -> Kernel | None:
+    """The kernel for this CPU, building the library first where the current source has none yet (a few seconds,
+    once per source version: `make setup` does it ahead); None, with a warning, where it cannot be built (no
+    compiler, a read-only install): the torch path serves then."""
+    path = Path(path or library_path())
+    if not path.exists():
+        log.info("building the native search kernel (once per source version): %s", path)
+        try:
+            build(path)
+        except (RuntimeError, OSError) as e:
+            log.warning("the native search kernel could not be built, the search keeps its slower torch path: %s", e)
+            return None
+    return load(path)
+
+
 @functools.cache
 def default_kernel() -> Kernel | None:
-    """The kernel of the built library for this CPU, loaded once per process (None: the torch path serves)."""
-    return load()
+    """The kernel `nws.search` uses on CPU, loaded (and built if need be) once per process; None where
+    NWS_NATIVE_SEARCH=0 or it cannot be built (the torch path serves)."""
+    if os.environ.get("NWS_NATIVE_SEARCH", "1") == "0":
+        return None
+    return ensure()
 
 
 def top2(x: torch.Tensor, p: torch.Tensor, kernel: Kernel, threads: int | None = None):
@@ -172,14 +194,23 @@ def top2(x: torch.Tensor, p: torch.Tensor, kernel: Kernel, threads: int | None =
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="nws.search_native", description="Build the native search kernel.")
-    p.add_argument("--out", type=Path, default=LIBRARY, help=f"the shared library to write (default {LIBRARY})")
+    p = argparse.ArgumentParser(prog="nws.search_native", description="Build the native search kernel for the "
+                                "current source, unless that build exists (make setup runs this).")
+    p.add_argument("--out", type=Path, default=None, help="the shared library to write (default "
+                   "nws/native/_top2-<source hash>.so, where the search looks for it)")
     p.add_argument("--cxx", default=None, help="the C++ compiler (default $CXX or c++)")
+    p.add_argument("--force", action="store_true", help="build even where the library exists")
     args = p.parse_args(argv)
-    path = build(args.out, args.cxx)
+    path = Path(args.out or library_path())
+    if args.force or not path.exists():
+        build(path, args.cxx)
+        for old in SOURCE.parent.glob("_top2-*.so"):  # builds of earlier sources (a running process keeps its map)
+            if old != path and args.out is None:
+                old.unlink(missing_ok=True)
+        print(f"built {path} ({', '.join(v.suffix for v in variants().values())})")
     kernel = load(path)
-    print(f"built {path} ({', '.join(v.suffix for v in variants().values())}); this CPU uses "
-          f"{kernel.name if kernel else 'none'}")
+    print(f"{path.name}: this CPU ({torch.backends.cpu.get_cpu_capability()}) uses the "
+          f"{kernel.name if kernel else 'torch path'} variant")
 
 
 if __name__ == "__main__":

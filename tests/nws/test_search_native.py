@@ -104,7 +104,20 @@ def test_a_missing_or_stale_library_is_refused_with_a_warning(library, tmp_path,
     assert "another version" in caplog.text
     monkeypatch.undo()
     monkeypatch.setenv("NWS_NATIVE_SEARCH", "0")
-    assert search_native.load(library) is None
+    assert search_native.default_kernel.__wrapped__() is None  # the torch path on purpose
+
+
+def test_first_use_builds_a_missing_library_and_survives_a_missing_compiler(tmp_path, monkeypatch, caplog):
+    """Where `make setup` did not build the current source (a conda install, an edited source), the first search
+    builds it; without a compiler it warns and the torch path serves."""
+    caplog.set_level(logging.WARNING, logger="nws.search_native")
+    path = tmp_path / "first.so"
+    k = search_native.ensure(path)
+    assert k is not None and path.exists()
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    assert search_native.ensure(tmp_path / "other.so") is None
+    assert "could not be built" in caplog.text and not (tmp_path / "other.so").exists()
+    assert search_native.library_path().name == f"_top2-{search_native.source_hash()}.so"
 
 
 def test_a_failing_compiler_names_the_command(tmp_path):
