@@ -58,7 +58,7 @@ OTHER = {"DEFAULT": Variant((), 4, 4, "generic")}
 
 
 def variants() -> dict[str, Variant]:
-    """The builds for this machine's architecture, keyed by torch's CPU capability names."""
+    """The builds for this machine's architecture, keyed by torch's CPU capability names, widest first."""
     return X86 if platform.machine().lower() in ("x86_64", "amd64") else OTHER
 
 
@@ -74,18 +74,27 @@ def library_path() -> Path:
 
 def build(out: Path | None = None, compiler: str | None = None) -> Path:
     """Compile every variant of `variants()` and link them into `out` (default `library_path()`; replaced
-    atomically); returns `out`. Raises RuntimeError with the compiler's message when it fails."""
+    atomically); returns `out`. A wide variant the compiler cannot build (an old compiler without x86-64-v4) is left
+    out, with a warning: `load` then takes the next narrower one. Raises RuntimeError with the compiler's message
+    when the baseline variant or the link fails."""
     cxx = compiler or os.environ.get("CXX", "c++")
     digest = source_hash()
     out = Path(out or library_path())
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nws-top2-") as tmp:
         objects = []
-        for v in variants().values():
+        for name, v in variants().items():
             obj = Path(tmp) / f"{v.suffix}.o"
-            _compile([cxx, "-O3", "-std=c++17", "-fPIC", "-pthread", "-fno-math-errno", *v.flags,
-                      f"-DNWS_LANES={v.lanes}", f"-DNWS_ROWS={v.rows}", f"-DNWS_SUFFIX={v.suffix}",
-                      f'-DNWS_SOURCE_HASH="{digest}"', "-c", str(SOURCE), "-o", str(obj)])
+            try:
+                _compile([cxx, "-O3", "-std=c++17", "-fPIC", "-pthread", "-fno-math-errno", *v.flags,
+                          f"-DNWS_LANES={v.lanes}", f"-DNWS_ROWS={v.rows}", f"-DNWS_SUFFIX={v.suffix}",
+                          f'-DNWS_SOURCE_HASH="{digest}"', "-c", str(SOURCE), "-o", str(obj)])
+            except RuntimeError as e:
+                if name == "DEFAULT" or "no C++ compiler" in str(e):
+                    raise
+                log.warning("the %s variant of the native search kernel does not build here; left out: %s",
+                            v.suffix, str(e).splitlines()[-1] if str(e) else e)
+                continue
             objects.append(str(obj))
         staged = Path(tmp) / out.name
         _compile([cxx, "-shared", "-pthread", *objects, "-o", str(staged)])
@@ -127,15 +136,18 @@ def load(path: Path | None = None, capability: str | None = None) -> Kernel | No
                     "`make setup` builds it", path)
         return None
     cap = capability or torch.backends.cpu.get_cpu_capability()
-    table = variants()
-    v = table.get(cap, table["DEFAULT"])
+    names = list(variants())
     lib = ctypes.CDLL(str(path))
-    try:
-        source = getattr(lib, f"nws_top2_source_{v.suffix}")
-        fn = getattr(lib, f"nws_top2_{v.suffix}")
-    except AttributeError:
-        log.warning("%s lacks the %s variant; `make setup` rebuilds it", path, v.suffix)
+    # this CPU's variant, else the next narrower one the build holds (each instruction set includes the next)
+    for name in names[names.index(cap) if cap in names else names.index("DEFAULT"):]:
+        v = variants()[name]
+        if hasattr(lib, f"nws_top2_{v.suffix}"):
+            break
+    else:
+        log.warning("%s holds no variant of the native search kernel; `make setup` rebuilds it", path)
         return None
+    source = getattr(lib, f"nws_top2_source_{v.suffix}")
+    fn = getattr(lib, f"nws_top2_{v.suffix}")
     source.restype = ctypes.c_char_p
     if source().decode() != source_hash():
         log.warning("%s was built from another version of %s; the search keeps its torch path until "

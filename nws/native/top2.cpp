@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <thread>
 #include <vector>
@@ -106,7 +107,13 @@ void run(const float* x, int64_t num, int64_t d, const float* pt, const float* p
   std::vector<std::thread> pool;
   for (int64_t t = 1; t < parts; ++t) {
     const int64_t a = t * share, b = std::min(num, a + share);
-    if (a < b) pool.emplace_back(rows<D>, x, a, b, d, pt, pn, npad, v1, idx, v2);
+    if (a >= b) break;
+    try {
+      pool.emplace_back(rows<D>, x, a, b, d, pt, pn, npad, v1, idx, v2);
+    } catch (const std::exception&) {  // no thread to be had (a process limit): this thread takes the rest
+      rows<D>(x, a, num, d, pt, pn, npad, v1, idx, v2);
+      break;
+    }
   }
   rows<D>(x, 0, std::min(num, share), d, pt, pn, npad, v1, idx, v2);
   for (auto& t : pool) t.join();

@@ -73,7 +73,8 @@ def test_ties_keep_the_first_index_and_leave_no_gap(library):
 
 
 def test_a_non_finite_pool_certifies_nothing(library):
-    x, p = torch.randn(10, 9), torch.randn(30, 9)
+    g = torch.Generator().manual_seed(12)
+    x, p = torch.randn(10, 9, generator=g), torch.randn(30, 9, generator=g)
     p[4, 2] = math.inf
     v1, _, _ = search_native.top2(x, p, search_native.load(library), threads=1)
     assert torch.isnan(v1).all()
@@ -151,3 +152,17 @@ def test_with_the_native_kernel_moved_pools_are_searched_in_full():
 
 def reference(flat, pool):
     return torch.cdist(flat, pool, compute_mode="donot_use_mm_for_euclid_dist").argmin(1)
+
+
+def test_a_variant_the_compiler_rejects_is_left_out_and_the_next_narrower_serves(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="nws.search_native")
+    table = {"AVX512": search_native.Variant(("-march=no-such-cpu",), 16, 6, "wide"),
+             "DEFAULT": search_native.Variant((), 4, 4, "generic")}
+    monkeypatch.setattr(search_native, "variants", lambda: table)
+    path = search_native.build(tmp_path / "partial.so")
+    assert "wide variant" in caplog.text
+    k = search_native.load(path, capability="AVX512")
+    assert k is not None and k.name == "generic"
+    g = torch.Generator().manual_seed(11)
+    x, p = torch.randn(100, 9, generator=g), torch.randn(30, 9, generator=g)
+    assert torch.equal(search_native.top2(x, p, k)[1], reference_top2(x, p)[1])
