@@ -86,7 +86,7 @@ def build(out: Path | None = None, compiler: str | None = None) -> Path:
         for name, v in variants().items():
             obj = Path(tmp) / f"{v.suffix}.o"
             try:
-                _compile([cxx, "-O3", "-std=c++17", "-fPIC", "-pthread", "-fno-math-errno", *v.flags,
+                _compile([cxx, "-O3", "-std=c++17", "-fPIC", "-fopenmp", "-fno-math-errno", *v.flags,
                           f"-DNWS_LANES={v.lanes}", f"-DNWS_ROWS={v.rows}", f"-DNWS_SUFFIX={v.suffix}",
                           f'-DNWS_SOURCE_HASH="{digest}"', "-c", str(SOURCE), "-o", str(obj)])
             except RuntimeError as e:
@@ -97,7 +97,7 @@ def build(out: Path | None = None, compiler: str | None = None) -> Path:
                 continue
             objects.append(str(obj))
         staged = Path(tmp) / out.name
-        _compile([cxx, "-shared", "-pthread", *objects, "-o", str(staged)])
+        _compile([cxx, "-shared", "-fopenmp", *objects, "-o", str(staged)])
         os.replace(staged, out) if staged.stat().st_dev == out.parent.stat().st_dev else _copy(staged, out)
     return out
 
