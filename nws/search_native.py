@@ -187,7 +187,7 @@ def top2(x: torch.Tensor, p: torch.Tensor, kernel: Kernel, threads: int | None =
     """(best score, its index, second-best score) of every row of x (N × d, fp32, contiguous, CPU) against the pool
     p (n × d), scores s_j = ||p_j||² - 2 w·p_j; ties keep the lowest index and give best == second. A pool with a
     non-finite ||p_j||² makes every best NaN (no row can then be certified: the reference decides). Runs on
-    `threads` threads (default torch's count); releases the GIL."""
+    `threads` OpenMP threads of torch's own pool (default torch's count); releases the GIL."""
     num, d, n = x.shape[0], x.shape[1], p.shape[0]
     npad = -(-n // kernel.lanes) * kernel.lanes
     pt = torch.zeros(d, npad)
