@@ -49,8 +49,8 @@ NOTES = """Reading the table: the global batch is the same in every row (64 = 1 
 how the work is split; "vs 1 rank" divides by the first row's median. Each rank joins a gloo group; DeepSpeed (ZeRO-1)
 all-reduces fp32 gradients every step and all-gathers the updated parameters, while the pool update needs no
 communication (its statistics depend on the replicated weights and pools only, nws.distill). The NWS rows include the
-fp32 nearest-kernel search of every layer in every forward (pools move every step in pool distillation: the
-drift-aware cache of issue 20 searches again only the kernels a move can affect), and that search runs on every rank
+fp32 nearest-kernel search of every layer in every forward (pools move every step in pool distillation; on CPU
+the fused kernel searches them in full, which costs less than the drift checks of nws.cache), and it runs on every rank
 (the weights are replicated): it does not shrink with more ranks, so NWS gains less from ranks than the plain network.
 This machine has 2 cores shared with other jobs: a second thread or rank competes with them for a core (and OpenMP
 threads spin-wait on a busy core), so absolute numbers move with the load; the interleaved ratios much less."""

@@ -372,17 +372,18 @@ This machine is shared with other jobs: absolute times move with its load, the i
 
 
 POOL_MOVES_NOTES = """Reading the table: in pool distillation every pool kernel moves each step, so the fixed-pool
-shortcut of issue 2 never applies; the drift-aware cache (nws/cache.py, nws/drift.py) searches again only the
-kernels whose index could change by their own move, their pool kernel's move and the largest move of any other pool
-kernel since they were compared, and compares restarted (jumped) pool kernels with every kernel directly. Its
-indices are checked equal to the full search at every step of the run. In this loop every temporary kernel takes a
-random step of 1% of its layer's spread per step: about two thirds of the rows must be searched again, and the cache
-costs more than it saves (AMD EPYC, 1 thread: 1.11x the full search before the checks backed off, 1.09x after;
-re-searching from a quarter of the rows on, 1.14x). The checks cost about a third of a search (a float64 distance
-of every row to its own kernel, and the pool history): the cache is exact, not yet fast. But
-a real pretraining step re-searches far fewer rows: 19% per step (median; at most 34%, the first
-steps) in the demo's pool distillation on the digits (`python scripts/distill_search_share.py runs/demo/data`),
-where the checks should pay; cheaper fp32 bounds are what the speed on this loop waits for (issue 20)."""
+shortcut of issue 2 never applies; the drift-aware cache (nws/cache.py, nws/drift.py; `SearchCache(track_moves=
+True)` here) searches again only the kernels whose index could change by their own move, their pool kernel's move and
+the largest move of any other pool kernel since they were compared, and compares restarted (jumped) pool kernels
+with every kernel directly. Its indices are checked equal to the full search at every step of the run. In this loop
+every temporary kernel takes a random step of 1% of its layer's spread per step, so most rows must be searched again;
+and since the full search runs on the fused kernel of nws/search_native.py, it costs less than the checks alone (a
+float64 distance of every row to its own kernel and to where it was last compared, the pool history). A real
+distillation step re-searches fewer rows (13% on the full-width network at batch 32, 19% in the demo's pool
+distillation on the digits: `python scripts/distill_search_share.py runs/demo/data`), yet there too the tracked cache
+cost more than the full search (456 against 384 ms a step, 1 thread, interleaved in one process). So on CPU with
+the native kernel the layers search moved pools in full (`track_moves=None`, the default); the checks stay the
+default on CUDA and on the torch path."""
 
 
 def run_profile(width: float, batch: int, device: torch.device = CPU, rows: int = 12) -> str:
