@@ -226,14 +226,12 @@ def run(width: float, batches: list[int], repeats: int, matmul_size: int, clock=
     for (_, idx), new, (_, pool) in zip(searched, moved, layers, strict=True):
         if not torch.equal(idx, nearest(new, pool)):
             raise AssertionError("the cached search disagrees with the full search")
-    if with_native:
-        for f, p in layers:
-            if not torch.equal(nearest(f, p), nearest(f, p, native=False)):
-                raise AssertionError("the native kernel's search disagrees with the torch path")
     differ = 0
-    if with_faiss:
-        for f, p in layers:
-            exact = nearest(f, p)
+    for f, p in layers:
+        exact = nearest(f, p)
+        if with_native and not torch.equal(exact, nearest(f, p, native=False)):
+            raise AssertionError("the native kernel's search disagrees with the torch path")
+        if with_faiss:
             if not torch.equal(search_faiss.nearest(f, p, backend="faiss"), exact):
                 raise AssertionError("the certified faiss search disagrees with the exact search")
             differ += int((faiss_k1(f, p) != exact).sum())

@@ -260,13 +260,11 @@ def _search(flat: torch.Tensor, pool: torch.Tensor, chunk: int | None, want_boun
         kernel = search_native.default_kernel() if native and device.type == "cpu" and d > 1 else None
         if d == 1:
             v1, idx, v2 = _top2_scalar(x, p)
-            w2_hi = x[:, 0].square() * (1 + 4 * U)
+        elif kernel is not None:
+            v1, idx, v2 = search_native.top2(x, p, kernel)
         else:
-            if kernel is not None:
-                v1, idx, v2 = search_native.top2(x, p, kernel)
-            else:
-                v1, idx, v2 = (_top2_cpu if device.type == "cpu" else _top2_rows)(x, p, chunk)
-            w2_hi = _norm2_hi(x)
+            v1, idx, v2 = (_top2_cpu if device.type == "cpu" else _top2_rows)(x, p, chunk)
+        w2_hi = x[:, 0].square() * (1 + 4 * U) if d == 1 else _norm2_hi(x)
         bounds = _Bounds(d)
         redo = (~bounds.certified_fast(w2_hi, v1, v2)).nonzero().squeeze(1)
         d1_hi = d2_lo = None
